@@ -1,0 +1,1553 @@
+//! Side-by-side comparison of shmex with the transports it has to beat, measured in the same
+//! run on the same machine (DESIGN.md §6).
+//!
+//! ```text
+//! cargo run --release --example compare            # full run (sizes up to 1 GiB)
+//! cargo run --release --example compare -- --quick # smoke run for CI (max 64 MiB, 1,000 RTTs)
+//! ```
+//!
+//! Every two-process figure uses a second process that is this same executable re-run with a
+//! hidden `--child <mode> <cpu> <args..>` argument (never `fork()`). The parent talks to it
+//! over its stdout (one line per event), waits for it with a timeout, and kills it on any
+//! error; every blocking wait in the child has a deadline, and the child asks the kernel to
+//! kill it if the parent dies (`PR_SET_PDEATHSIG`), so no run leaves a process behind.
+//!
+//! Measured:
+//! - `memcpy`: one thread, `copy_from_slice` between two pre-faulted buffers;
+//! - `uds`: a Unix stream socket, parent writes SIZE bytes, child reads them and answers 1 byte;
+//! - `shmex`: a link (ring of at most 64 MiB), `send_stream` → `recv_stream_to_slice`, then a
+//!   small acknowledgement record on the result ring;
+//! - 8-byte round trips: shmex busy-polling, shmex sleeping on the futex, a raw futex
+//!   ping-pong, a Unix socket, and two processes busy-polling a shared atomic (the floor);
+//! - how long a blocked shmex receive takes to report a SIGKILLed peer.
+//!
+//! Output: a human table, then `RESULT <transport> <size> <metric> <value> <unit>` lines and
+//! `RATIO` lines for scripts.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use shmex::link::{AttachOptions, CreateOptions, Link};
+use shmex::ring::RecvError;
+use shmex::segment::SegmentName;
+use shmex::signal::{PeerLost, WaitStrategy};
+use shmex::{pattern, stream, sys};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, Error>;
+
+const KIB: usize = 1 << 10;
+const MIB: usize = 1 << 20;
+const GIB: usize = 1 << 30;
+const PAGE: usize = 4096;
+
+/// How long any single wait for the peer may take before the run is declared broken.
+const PEER_TIMEOUT: Duration = Duration::from_secs(60);
+/// The "active" wait strategy: spin for far longer than any gap in a benchmark.
+const ACTIVE_SPIN: Duration = Duration::from_secs(10);
+/// Ring capacity of the headline `shmex` throughput figure: the library's default (the target
+/// is "through a ring of at most 64 MiB"); other capacities are measured as context.
+const SHMEX_RING: usize = shmex::link::DEFAULT_RING_CAPACITY as usize;
+/// Socket buffer size requested for the Unix-socket figures (the kernel doubles it).
+const SOCKET_BUFFER: usize = 4 * MIB;
+/// Bytes per `write`/`read` call on the socket (the kernel splits larger ones anyway).
+const SOCKET_IO_CHUNK: usize = MIB;
+/// The byte a finished transfer is acknowledged with.
+const ACK: u8 = 0xA5;
+/// The round-trip payload that tells an echo child to stop (real pings are 8 bytes).
+const QUIT: &[u8] = b"q";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--child") {
+        let code = match child_main(&args[2..]) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("compare child {:?}: error: {e}", &args[2..]);
+                1
+            }
+        };
+        std::process::exit(code);
+    }
+    let quick = args.iter().skip(1).any(|a| a == "--quick");
+    if let Some(other) = args
+        .iter()
+        .skip(1)
+        .find(|a| *a != "--quick" && *a != "--bench")
+    {
+        eprintln!("compare: unknown argument {other:?} (only --quick is accepted)");
+        std::process::exit(2);
+    }
+    if let Err(e) = run(quick) {
+        eprintln!("compare: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Parent side
+// ---------------------------------------------------------------------------------------
+
+/// What one run measures.
+struct Config {
+    quick: bool,
+    sizes: Vec<usize>,
+    /// Minimum total time spent on each throughput figure.
+    min_total: Duration,
+    /// Minimum number of samples of each throughput figure.
+    min_samples: usize,
+    round_trips: usize,
+    warmup_round_trips: usize,
+    /// Minimum warm-up time of each round-trip transport.
+    warmup: Duration,
+    detection_repeats: usize,
+    /// CPUs this process may run on.
+    cpu_count: usize,
+    /// (parent CPU, child CPU) when the machine has at least two.
+    cpus: Option<(usize, usize)>,
+}
+
+/// One measured number.
+struct Figure {
+    transport: String,
+    size: String,
+    metric: &'static str,
+    value: f64,
+    unit: &'static str,
+}
+
+#[derive(Default)]
+struct Report {
+    figures: Vec<Figure>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn add(
+        &mut self,
+        transport: &str,
+        size: &str,
+        metric: &'static str,
+        value: f64,
+        unit: &'static str,
+    ) {
+        eprintln!("  {transport:<18} {size:>6} {metric:<16} {value:>10.3} {unit}");
+        self.figures.push(Figure {
+            transport: transport.to_string(),
+            size: size.to_string(),
+            metric,
+            value,
+            unit,
+        });
+    }
+
+    fn get(&self, transport: &str, size: &str, metric: &str) -> Option<f64> {
+        self.figures
+            .iter()
+            .find(|f| f.transport == transport && f.size == size && f.metric == metric)
+            .map(|f| f.value)
+    }
+}
+
+fn run(quick: bool) -> Res<()> {
+    let (cpu_count, cpus) = pick_cpus()?;
+    let config = Config {
+        quick,
+        sizes: if quick {
+            vec![4 * KIB, MIB, 64 * MIB]
+        } else {
+            vec![4 * KIB, MIB, 64 * MIB, GIB]
+        },
+        min_total: if quick {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_millis(200)
+        },
+        min_samples: if quick { 3 } else { 5 },
+        round_trips: if quick { 1_000 } else { 20_000 },
+        warmup_round_trips: if quick { 200 } else { 2_000 },
+        warmup: if quick {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_millis(500)
+        },
+        detection_repeats: if quick { 3 } else { 10 },
+        cpu_count,
+        cpus,
+    };
+    if let Some((parent, _)) = config.cpus {
+        pin_to_cpu(parent)?;
+    }
+    let mut report = Report::default();
+    report.notes.push(host_description(&config));
+    eprintln!("{}", report.notes[0]);
+
+    let max = *config.sizes.iter().max().ok_or("no sizes")?;
+    eprintln!("preparing a {} source buffer...", size_label(max));
+    let mut source = vec![0u8; max];
+    pattern::fill(&mut source, 0x5eed);
+    let transfers = start_transfers(&config, max, &mut report)?;
+    measure_throughput(&config, transfers, &source, &mut report)?;
+    drop(source);
+
+    eprintln!(
+        "round trips ({} after {} warm-up):",
+        config.round_trips, config.warmup_round_trips
+    );
+    // The sleeping transports take turns (their ratio is a target); the busy-polling ones run
+    // alone, each after its own warm-up.
+    let sleeping = vec![
+        ShmexPingPong::start(&config, "shmex-futex", Duration::ZERO)?,
+        FutexPingPong::start(&config)?,
+        UdsPingPong::start(&config)?,
+    ];
+    measure_round_trips(&config, sleeping, &mut report)?;
+    let shmex_spin = ShmexPingPong::start(&config, "shmex-spin", ACTIVE_SPIN)?;
+    measure_round_trips(&config, vec![shmex_spin], &mut report)?;
+    measure_round_trips(&config, vec![SpinPingPong::start(&config)?], &mut report)?;
+    report.notes.push(format!(
+        "round trips: {} per transport after a warm-up of at least {:?} and {} round trips; \
+         shmex-futex, futex-raw and uds measured in alternating batches of {ROUND_TRIP_BATCH}; \
+         futex-raw = store + futex_wake, futex_wait until answered (no spinning, a wake syscall \
+         every time); shmex-spin = WaitStrategy spin {ACTIVE_SPIN:?} on both sides, shmex-futex = spin 0",
+        config.round_trips, config.warmup, config.warmup_round_trips
+    ));
+
+    eprintln!(
+        "dead-peer detection ({} repeats):",
+        config.detection_repeats
+    );
+    bench_detection(&config, &mut report)?;
+
+    print_report(&config, &report);
+    Ok(())
+}
+
+fn host_description(config: &Config) -> String {
+    let cpus = config.cpu_count;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let pinning = match config.cpus {
+        Some((p, c)) => format!("parent pinned to CPU {p}, child to CPU {c} (sched_setaffinity)"),
+        None => "not pinned (fewer than 2 CPUs available)".to_string(),
+    };
+    format!(
+        "host: {cpus} CPUs, load average {load}; {pinning}; mode: {}",
+        if config.quick {
+            "QUICK (--quick: max 64 MiB, fewer samples and round trips)"
+        } else {
+            "full"
+        }
+    )
+}
+
+fn print_report(config: &Config, report: &Report) {
+    let mut out = String::new();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "=== shmex compare{} ===",
+        if config.quick { " (QUICK MODE)" } else { "" }
+    );
+    for note in &report.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    // Throughput table: one row per transport, one column per size.
+    let mut transports: Vec<&str> = Vec::new();
+    for f in report.figures.iter().filter(|f| f.metric == "gbps") {
+        if !transports.contains(&f.transport.as_str()) {
+            transports.push(&f.transport);
+        }
+    }
+    let _ = writeln!(out);
+    let _ = write!(out, "{:<20}", "throughput GB/s");
+    for &size in &config.sizes {
+        let _ = write!(out, "{:>10}", size_label(size));
+    }
+    let _ = writeln!(out);
+    for t in &transports {
+        let _ = write!(out, "{t:<20}");
+        for &size in &config.sizes {
+            match report.get(t, &size_label(size), "gbps") {
+                Some(v) => {
+                    let _ = write!(out, "{v:>10.2}");
+                }
+                None => {
+                    let _ = write!(out, "{:>10}", "-");
+                }
+            }
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<20}{:>12}{:>12}",
+        "8-byte round trip", "median us", "p99 us"
+    );
+    for t in ["shmex-spin", "shmex-futex", "futex-raw", "uds", "spin-raw"] {
+        if let (Some(m), Some(p)) = (
+            report.get(t, "8B", "rtt_median_us"),
+            report.get(t, "8B", "rtt_p99_us"),
+        ) {
+            let _ = writeln!(out, "{t:<20}{m:>12.3}{p:>12.3}");
+        }
+    }
+    let _ = writeln!(out);
+    if let (Some(m), Some(x)) = (
+        report.get("shmex", "-", "detect_median_ms"),
+        report.get("shmex", "-", "detect_max_ms"),
+    ) {
+        let _ = writeln!(
+            out,
+            "dead-peer detection (SIGKILL -> PeerLost::Dead): median {m:.2} ms, max {x:.2} ms"
+        );
+    }
+    let _ = writeln!(out);
+    for f in &report.figures {
+        let _ = writeln!(
+            out,
+            "RESULT {} {} {} {:.4} {}",
+            f.transport, f.size, f.metric, f.value, f.unit
+        );
+    }
+    let largest = size_label(*config.sizes.iter().max().unwrap_or(&GIB));
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.3}", a / b),
+        _ => "nan".to_string(),
+    };
+    let shmex = report.get("shmex", &largest, "gbps");
+    let _ = writeln!(
+        out,
+        "RATIO shmex/memcpy {largest} {}",
+        ratio(shmex, report.get("memcpy", &largest, "gbps"))
+    );
+    let _ = writeln!(
+        out,
+        "RATIO shmex/uds {largest} {}",
+        ratio(shmex, report.get("uds", &largest, "gbps"))
+    );
+    let _ = writeln!(
+        out,
+        "RATIO shmex-futex/futex-raw 8B {}",
+        ratio(
+            report.get("shmex-futex", "8B", "rtt_median_us"),
+            report.get("futex-raw", "8B", "rtt_median_us")
+        )
+    );
+    print!("{out}");
+}
+
+// ----- throughput -----------------------------------------------------------------------
+
+/// One way of moving a buffer from this process to a receiver.
+trait Transfer {
+    /// The transport's name in the report.
+    fn transport(&self) -> &str;
+    /// One untimed transfer of `source` that proves the receiver got exactly those bytes.
+    fn verify(&mut self, source: &[u8]) -> Res<()>;
+    /// One timed transfer of `source`, until the receiver has all of it.
+    fn timed(&mut self, source: &[u8]) -> Res<Duration>;
+    /// Tells the receiver (if any) to stop and waits for it to exit.
+    fn stop(self: Box<Self>) -> Res<()>;
+}
+
+/// Single-thread `copy_from_slice` into a pre-faulted buffer.
+struct MemcpyTransfer {
+    destination: Vec<u8>,
+}
+
+impl Transfer for MemcpyTransfer {
+    fn transport(&self) -> &str {
+        "memcpy"
+    }
+
+    fn verify(&mut self, source: &[u8]) -> Res<()> {
+        let len = source.len();
+        self.destination[..len].copy_from_slice(source);
+        check_checksum(
+            "memcpy",
+            len,
+            pattern::checksum(&self.destination[..len]),
+            pattern::checksum(source),
+        )
+    }
+
+    fn timed(&mut self, source: &[u8]) -> Res<Duration> {
+        let len = source.len();
+        // Batch small copies so one sample is long enough for the clock.
+        let batch = (256 * KIB / len).max(1);
+        let start = Instant::now();
+        for _ in 0..batch {
+            self.destination[..len].copy_from_slice(std::hint::black_box(source));
+            std::hint::black_box(&mut self.destination[..len]);
+        }
+        Ok(start.elapsed() / u32::try_from(batch)?)
+    }
+
+    fn stop(self: Box<Self>) -> Res<()> {
+        Ok(())
+    }
+}
+
+/// A Unix stream socket to a child that reads into a pre-faulted buffer and answers 1 byte.
+struct UdsTransfer {
+    peer: Peer,
+    socket: UnixStream,
+    _path: SocketPath,
+}
+
+impl UdsTransfer {
+    /// Announces the next message (untimed): its length and whether to answer with a checksum.
+    fn header(&mut self, len: usize, verify: bool) -> Res<()> {
+        let mut header = [0u8; 16];
+        header[..8].copy_from_slice(&(len as u64).to_le_bytes());
+        header[8] = u8::from(verify);
+        self.socket.write_all(&header)?;
+        Ok(())
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Res<()> {
+        for chunk in bytes.chunks(SOCKET_IO_CHUNK) {
+            self.socket.write_all(chunk)?;
+        }
+        Ok(())
+    }
+}
+
+impl Transfer for UdsTransfer {
+    fn transport(&self) -> &str {
+        "uds"
+    }
+
+    fn verify(&mut self, source: &[u8]) -> Res<()> {
+        self.header(source.len(), true)?;
+        self.send(source)?;
+        let mut sum = [0u8; 8];
+        self.socket.read_exact(&mut sum)?;
+        check_checksum(
+            "uds",
+            source.len(),
+            u64::from_le_bytes(sum),
+            pattern::checksum(source),
+        )
+    }
+
+    fn timed(&mut self, source: &[u8]) -> Res<Duration> {
+        self.header(source.len(), false)?;
+        let start = Instant::now();
+        self.send(source)?;
+        let mut ack = [0u8; 1];
+        self.socket.read_exact(&mut ack)?;
+        let elapsed = start.elapsed();
+        if ack[0] != ACK {
+            return Err(format!("uds: bad acknowledgement {:#x}", ack[0]).into());
+        }
+        Ok(elapsed)
+    }
+
+    fn stop(mut self: Box<Self>) -> Res<()> {
+        self.header(0, false)?;
+        self.peer.finish()
+    }
+}
+
+/// A shmex link to an agent child: `send_stream` on the task ring, `recv_stream_to_slice`
+/// into a pre-faulted buffer, then a 1-byte record back on the result ring.
+struct ShmexTransfer {
+    transport: String,
+    link: Link,
+    peer: Peer,
+    chunk: usize,
+    ack: Vec<u8>,
+}
+
+impl ShmexTransfer {
+    fn start(
+        config: &Config,
+        transport: String,
+        capacity: usize,
+        chunk: Option<usize>,
+        max: usize,
+    ) -> Res<ShmexTransfer> {
+        let name = unique_name(&transport)?;
+        let options = CreateOptions::default().ring_capacity(capacity as u64);
+        let mut link = Link::create(&name, &options)?;
+        let mut peer = Peer::spawn(
+            config,
+            "shmex-sink",
+            &[name.as_str().to_string(), max.to_string()],
+        )?;
+        peer.expect("ready")?;
+        let chunk = chunk.unwrap_or_else(|| stream::default_chunk(link.sender().capacity()));
+        Ok(ShmexTransfer {
+            transport,
+            link,
+            peer,
+            chunk,
+            ack: Vec::with_capacity(64),
+        })
+    }
+
+    /// Announces the next stream (untimed): its length and whether to answer with a checksum.
+    fn header(&mut self, len: usize, verify: bool) -> Res<()> {
+        let mut header = [0u8; 16];
+        header[..8].copy_from_slice(&(len as u64).to_le_bytes());
+        header[8] = u8::from(verify);
+        self.link.sender().push(&header, Some(deadline()))?;
+        Ok(())
+    }
+}
+
+impl Transfer for ShmexTransfer {
+    fn transport(&self) -> &str {
+        &self.transport
+    }
+
+    fn verify(&mut self, source: &[u8]) -> Res<()> {
+        self.header(source.len(), true)?;
+        stream::send_stream(self.link.sender(), source, self.chunk, Some(deadline()))?;
+        self.link
+            .receiver()
+            .pop_into(&mut self.ack, Some(deadline()))?;
+        let sum = <[u8; 8]>::try_from(self.ack.as_slice())
+            .map_err(|_| format!("{}: checksum record is not 8 bytes", self.transport))?;
+        check_checksum(
+            &self.transport,
+            source.len(),
+            u64::from_le_bytes(sum),
+            pattern::checksum(source),
+        )
+    }
+
+    fn timed(&mut self, source: &[u8]) -> Res<Duration> {
+        self.header(source.len(), false)?;
+        let start = Instant::now();
+        let give_up = Some(start + PEER_TIMEOUT);
+        stream::send_stream(self.link.sender(), source, self.chunk, give_up)?;
+        self.link.receiver().pop_into(&mut self.ack, give_up)?;
+        let elapsed = start.elapsed();
+        if self.ack.as_slice() != [ACK] {
+            return Err(format!("{}: bad acknowledgement {:?}", self.transport, self.ack).into());
+        }
+        Ok(elapsed)
+    }
+
+    fn stop(mut self: Box<Self>) -> Res<()> {
+        self.header(0, false)?;
+        self.peer.finish()
+    }
+}
+
+/// Starts every throughput contestant: memcpy, the Unix socket, and the shmex variants (the
+/// first, `shmex`, is the headline figure: the library's default ring and chunk; the others
+/// vary one of the two, as context for tuning).
+fn start_transfers(
+    config: &Config,
+    max: usize,
+    report: &mut Report,
+) -> Res<Vec<Box<dyn Transfer>>> {
+    let mut transfers: Vec<Box<dyn Transfer>> = vec![Box::new(MemcpyTransfer {
+        destination: prefaulted(max),
+    })];
+    let (peer, socket, path) = uds_connect(config, "uds-sink", &[max.to_string()])?;
+    let (sndbuf, rcvbuf) = socket_buffers(&socket)?;
+    report.notes.push(format!(
+        "uds: SO_SNDBUF/SO_RCVBUF requested {} each (kernel reports {sndbuf} / {rcvbuf} bytes), \
+         {} per write()",
+        size_label(SOCKET_BUFFER),
+        size_label(SOCKET_IO_CHUNK)
+    ));
+    transfers.push(Box::new(UdsTransfer {
+        peer,
+        socket,
+        _path: path,
+    }));
+    let mut variants = vec![("shmex".to_string(), SHMEX_RING, None)];
+    if !config.quick {
+        variants.push((format!("shmex-ring{}", size_label(4 * MIB)), 4 * MIB, None));
+        variants.push((
+            format!("shmex-ring{}", size_label(64 * MIB)),
+            64 * MIB,
+            None,
+        ));
+        variants.push((
+            format!("shmex-chunk{}", size_label(64 * KIB)),
+            SHMEX_RING,
+            Some(64 * KIB),
+        ));
+    }
+    for (transport, capacity, chunk) in variants {
+        transfers.push(Box::new(ShmexTransfer::start(
+            config, transport, capacity, chunk, max,
+        )?));
+    }
+    report.notes.push(format!(
+        "shmex: `shmex` = ring of {} (the library default) with stream::default_chunk ({} bytes), \
+         default WaitStrategy (spin 50 us, then futex); shmex-ringN / shmex-chunkN vary one of \
+         the two; 'gbps' includes the 1-record acknowledgement",
+        size_label(SHMEX_RING),
+        stream::default_chunk(SHMEX_RING as u64),
+    ));
+    Ok(transfers)
+}
+
+/// How long one contestant keeps the machine per turn when timing small messages.
+const THROUGHPUT_TURN: Duration = Duration::from_millis(2);
+
+/// For each size: verifies every contestant once (untimed), then times them in turns (each
+/// turn: one untimed transfer to wake the receiver, then samples for [`THROUGHPUT_TURN`]),
+/// round after round, until each has `min_samples` and the size has had `min_total` per
+/// contestant. Taking turns makes a slow phase of this shared machine hit all contestants
+/// alike, so their ratios hold even when absolute figures drift.
+fn measure_throughput(
+    config: &Config,
+    mut transfers: Vec<Box<dyn Transfer>>,
+    source: &[u8],
+    report: &mut Report,
+) -> Res<()> {
+    for &len in &config.sizes {
+        eprintln!("throughput {}:", size_label(len));
+        let source = &source[..len];
+        for transfer in &mut transfers {
+            transfer.verify(source)?;
+        }
+        let mut samples: Vec<Vec<Duration>> = transfers.iter().map(|_| Vec::new()).collect();
+        let started = Instant::now();
+        let budget = config.min_total * u32::try_from(transfers.len())?;
+        let mut rounds = 0;
+        while rounds < config.min_samples || started.elapsed() < budget {
+            for (transfer, samples) in transfers.iter_mut().zip(&mut samples) {
+                if len < 64 * MIB {
+                    transfer.timed(source)?;
+                }
+                let turn = Instant::now();
+                loop {
+                    samples.push(transfer.timed(source)?);
+                    if turn.elapsed() >= THROUGHPUT_TURN {
+                        break;
+                    }
+                }
+            }
+            rounds += 1;
+        }
+        for (transfer, samples) in transfers.iter().zip(&samples) {
+            report.add(
+                transfer.transport(),
+                &size_label(len),
+                "gbps",
+                median_gbps(len, samples),
+                "GB/s",
+            );
+        }
+    }
+    for transfer in transfers {
+        transfer.stop()?;
+    }
+    Ok(())
+}
+
+// ----- round trips ----------------------------------------------------------------------
+
+/// One side of an 8-byte ping-pong with a child process.
+trait PingPong {
+    /// The transport's name in the report.
+    fn transport(&self) -> &'static str;
+    /// One timed round trip (the session numbers its pings itself).
+    fn round_trip(&mut self) -> Res<Duration>;
+    /// Tells the child to stop and waits for it to exit.
+    fn stop(self: Box<Self>) -> Res<()>;
+}
+
+/// shmex: 8-byte records on the task ring, echoed back on the result ring.
+struct ShmexPingPong {
+    transport: &'static str,
+    link: Link,
+    peer: Peer,
+    reply: Vec<u8>,
+    seq: u64,
+}
+
+impl ShmexPingPong {
+    fn start(config: &Config, transport: &'static str, spin: Duration) -> Res<Box<dyn PingPong>> {
+        let name = unique_name(transport)?;
+        let wait = WaitStrategy {
+            spin,
+            ..WaitStrategy::default()
+        };
+        let options = CreateOptions {
+            wait,
+            ..CreateOptions::default().ring_capacity(MIB as u64)
+        };
+        let link = Link::create(&name, &options)?;
+        let mut peer = Peer::spawn(
+            config,
+            "shmex-echo",
+            &[name.as_str().to_string(), spin.as_nanos().to_string()],
+        )?;
+        peer.expect("ready")?;
+        Ok(Box::new(ShmexPingPong {
+            transport,
+            link,
+            peer,
+            reply: Vec::with_capacity(64),
+            seq: 0,
+        }))
+    }
+}
+
+impl PingPong for ShmexPingPong {
+    fn transport(&self) -> &'static str {
+        self.transport
+    }
+
+    fn round_trip(&mut self) -> Res<Duration> {
+        self.seq += 1;
+        let ping = self.seq.to_le_bytes();
+        let start = Instant::now();
+        let give_up = Some(start + PEER_TIMEOUT);
+        self.link.sender().push(&ping, give_up)?;
+        self.link.receiver().pop_into(&mut self.reply, give_up)?;
+        let elapsed = start.elapsed();
+        if self.reply.as_slice() != ping {
+            return Err(format!(
+                "{}: echo {:?} for ping {ping:?}",
+                self.transport, self.reply
+            )
+            .into());
+        }
+        Ok(elapsed)
+    }
+
+    fn stop(mut self: Box<Self>) -> Res<()> {
+        self.link.sender().push(QUIT, Some(deadline()))?;
+        self.peer.finish()
+    }
+}
+
+/// A page shared with the child through an inherited memfd: two futex words and two spin
+/// words, each on its own 128-byte line.
+struct SharedPage {
+    map: memmap2::MmapMut,
+    fd: std::os::fd::OwnedFd,
+}
+
+const FUTEX_PING: usize = 0;
+const FUTEX_PONG: usize = 128;
+const SPIN_PING: usize = 256;
+const SPIN_PONG: usize = 384;
+
+impl SharedPage {
+    fn create() -> Res<SharedPage> {
+        // Not CLOEXEC: the child inherits the descriptor and maps the same pages.
+        let fd = rustix::fs::memfd_create("shmex-compare", rustix::fs::MemfdFlags::empty())?;
+        rustix::fs::ftruncate(&fd, PAGE as u64)?;
+        let file = File::from(fd.try_clone()?);
+        // SAFETY: the memfd is private to this run; its only other user is our child, which
+        // touches the page only through the atomics below.
+        let map = unsafe { memmap2::MmapMut::map_mut(&file)? };
+        Ok(SharedPage { map, fd })
+    }
+
+    fn open(fd_number: &str) -> Res<SharedPage> {
+        let fd_number: i32 = fd_number.parse()?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/self/fd/{fd_number}"))?;
+        if file.metadata()?.len() < PAGE as u64 {
+            return Err("shared page is shorter than a page".into());
+        }
+        // SAFETY: as in `create`; the parent only touches the page through the atomics.
+        let map = unsafe { memmap2::MmapMut::map_mut(&file)? };
+        let fd = std::os::fd::OwnedFd::from(file);
+        Ok(SharedPage { map, fd })
+    }
+
+    fn fd_number(&self) -> String {
+        self.fd.as_fd().as_raw_fd().to_string()
+    }
+
+    fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset.is_multiple_of(128) && offset + 4 <= self.map.len());
+        // SAFETY: the offset is inside the mapping and 4-aligned (the mapping is page-aligned);
+        // both processes access these bytes only atomically.
+        unsafe { &*self.map.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    fn u64_at(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset.is_multiple_of(128) && offset + 8 <= self.map.len());
+        // SAFETY: as in `u32_at`, 8-aligned.
+        unsafe { &*self.map.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+}
+
+/// The raw futex baseline: store, `futex_wake`, then `futex_wait` until answered; no spinning
+/// and a wake system call every time.
+struct FutexPingPong {
+    page: SharedPage,
+    peer: Peer,
+    seq: u32,
+}
+
+impl FutexPingPong {
+    fn start(config: &Config) -> Res<Box<dyn PingPong>> {
+        let page = SharedPage::create()?;
+        let mut peer = Peer::spawn(config, "futex-echo", &[page.fd_number()])?;
+        peer.expect("ready")?;
+        Ok(Box::new(FutexPingPong { page, peer, seq: 0 }))
+    }
+}
+
+impl PingPong for FutexPingPong {
+    fn transport(&self) -> &'static str {
+        "futex-raw"
+    }
+
+    fn round_trip(&mut self) -> Res<Duration> {
+        self.seq += 1;
+        let seq = self.seq;
+        let (ping, pong) = (self.page.u32_at(FUTEX_PING), self.page.u32_at(FUTEX_PONG));
+        let start = Instant::now();
+        ping.store(seq, Ordering::Release);
+        sys::futex_wake(ping);
+        while pong.load(Ordering::Acquire) != seq {
+            sys::futex_wait(pong, seq - 1, Some(Duration::from_millis(100)));
+            if start.elapsed() > PEER_TIMEOUT {
+                return Err("futex-raw: no answer from the child".into());
+            }
+        }
+        Ok(start.elapsed())
+    }
+
+    fn stop(mut self: Box<Self>) -> Res<()> {
+        let ping = self.page.u32_at(FUTEX_PING);
+        ping.store(u32::MAX, Ordering::Release);
+        sys::futex_wake(ping);
+        self.peer.finish()
+    }
+}
+
+/// The busy-poll floor: each process spins on the other's shared `AtomicU64`.
+struct SpinPingPong {
+    page: SharedPage,
+    peer: Peer,
+    seq: u64,
+}
+
+impl SpinPingPong {
+    fn start(config: &Config) -> Res<Box<dyn PingPong>> {
+        let page = SharedPage::create()?;
+        let mut peer = Peer::spawn(config, "spin-echo", &[page.fd_number()])?;
+        peer.expect("ready")?;
+        Ok(Box::new(SpinPingPong { page, peer, seq: 0 }))
+    }
+}
+
+impl PingPong for SpinPingPong {
+    fn transport(&self) -> &'static str {
+        "spin-raw"
+    }
+
+    fn round_trip(&mut self) -> Res<Duration> {
+        self.seq += 1;
+        let seq = self.seq;
+        let (ping, pong) = (self.page.u64_at(SPIN_PING), self.page.u64_at(SPIN_PONG));
+        let start = Instant::now();
+        ping.store(seq, Ordering::Release);
+        let mut spins = 0u32;
+        while pong.load(Ordering::Acquire) != seq {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(1 << 20) && start.elapsed() > PEER_TIMEOUT {
+                return Err("spin-raw: no answer from the child".into());
+            }
+        }
+        Ok(start.elapsed())
+    }
+
+    fn stop(mut self: Box<Self>) -> Res<()> {
+        self.page
+            .u64_at(SPIN_PING)
+            .store(u64::MAX, Ordering::Release);
+        self.peer.finish()
+    }
+}
+
+/// 8 bytes written to a Unix stream socket and echoed back.
+struct UdsPingPong {
+    peer: Peer,
+    socket: UnixStream,
+    _path: SocketPath,
+    seq: u64,
+}
+
+impl UdsPingPong {
+    fn start(config: &Config) -> Res<Box<dyn PingPong>> {
+        let (peer, socket, path) = uds_connect(config, "uds-echo", &[])?;
+        Ok(Box::new(UdsPingPong {
+            peer,
+            socket,
+            _path: path,
+            seq: 0,
+        }))
+    }
+}
+
+impl PingPong for UdsPingPong {
+    fn transport(&self) -> &'static str {
+        "uds"
+    }
+
+    fn round_trip(&mut self) -> Res<Duration> {
+        self.seq += 1;
+        let ping = self.seq.to_le_bytes();
+        let mut reply = [0u8; 8];
+        let start = Instant::now();
+        self.socket.write_all(&ping)?;
+        self.socket.read_exact(&mut reply)?;
+        let elapsed = start.elapsed();
+        if reply != ping {
+            return Err("uds: wrong echo".into());
+        }
+        Ok(elapsed)
+    }
+
+    fn stop(mut self: Box<Self>) -> Res<()> {
+        self.socket.shutdown(std::net::Shutdown::Write)?;
+        self.peer.finish()
+    }
+}
+
+/// Round trips per turn when several sessions are measured in alternation.
+const ROUND_TRIP_BATCH: usize = 500;
+
+/// Warms every session up (for at least `warmup` and `warmup_round_trips`), then measures
+/// `round_trips` of each, taking turns in batches so that a slow phase of this shared machine
+/// hits all of them alike. Sessions whose children busy-poll must be measured alone: their
+/// spinning child would steal the CPU from the others.
+fn measure_round_trips(
+    config: &Config,
+    mut sessions: Vec<Box<dyn PingPong>>,
+    report: &mut Report,
+) -> Res<()> {
+    for session in &mut sessions {
+        let started = Instant::now();
+        let mut done = 0;
+        while done < config.warmup_round_trips || started.elapsed() < config.warmup {
+            session.round_trip()?;
+            done += 1;
+        }
+    }
+    let mut samples: Vec<Vec<Duration>> = sessions
+        .iter()
+        .map(|_| Vec::with_capacity(config.round_trips))
+        .collect();
+    while samples[0].len() < config.round_trips {
+        let batch = ROUND_TRIP_BATCH.min(config.round_trips - samples[0].len());
+        for (session, samples) in sessions.iter_mut().zip(&mut samples) {
+            for _ in 0..batch {
+                samples.push(session.round_trip()?);
+            }
+        }
+    }
+    for (session, samples) in sessions.into_iter().zip(samples) {
+        report_rtt(report, session.transport(), samples);
+        session.stop()?;
+    }
+    Ok(())
+}
+
+fn report_rtt(report: &mut Report, transport: &str, mut samples: Vec<Duration>) {
+    samples.sort_unstable();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    report.add(
+        transport,
+        "8B",
+        "rtt_median_us",
+        us(percentile(&samples, 50.0)),
+        "us",
+    );
+    report.add(
+        transport,
+        "8B",
+        "rtt_p99_us",
+        us(percentile(&samples, 99.0)),
+        "us",
+    );
+}
+
+// ----- dead-peer detection --------------------------------------------------------------
+
+fn bench_detection(config: &Config, report: &mut Report) -> Res<()> {
+    let mut times = Vec::with_capacity(config.detection_repeats);
+    for repeat in 0..config.detection_repeats {
+        let name = unique_name(&format!("detect{repeat}"))?;
+        let mut link = Link::create(
+            &name,
+            &CreateOptions::default().ring_capacity(64 * KIB as u64),
+        )?;
+        let mut peer = Peer::spawn(config, "idle-agent", &[name.as_str().to_string()])?;
+        peer.expect("ready")?;
+        let child_pid = peer.child.id();
+        let mut buf = Vec::new();
+        let (killed_at, outcome, returned_at) = std::thread::scope(|scope| {
+            let child = &mut peer.child;
+            let killer = scope.spawn(move || {
+                // Long enough for the receiver to be past its spin phase and asleep.
+                std::thread::sleep(Duration::from_millis(100));
+                let at = Instant::now();
+                let killed = child.kill();
+                (at, killed)
+            });
+            let outcome = link
+                .receiver()
+                .pop_into(&mut buf, Some(Instant::now() + Duration::from_secs(10)));
+            let returned_at = Instant::now();
+            let (killed_at, killed) = killer.join().map_err(|_| "killer thread panicked")?;
+            killed?;
+            Ok::<_, Error>((killed_at, outcome, returned_at))
+        })?;
+        let _ = peer.child.wait();
+        peer.reaped = true;
+        match outcome {
+            Err(RecvError::PeerLost(PeerLost::Dead { pid })) if pid == child_pid => {}
+            other => {
+                return Err(format!(
+                    "detection: expected PeerLost::Dead {{ pid: {child_pid} }}, got {other:?}"
+                )
+                .into())
+            }
+        }
+        let took = returned_at.saturating_duration_since(killed_at);
+        eprintln!("  repeat {repeat}: {:.2} ms", took.as_secs_f64() * 1e3);
+        times.push(took);
+        drop(link);
+    }
+    times.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    report.add(
+        "shmex",
+        "-",
+        "detect_median_ms",
+        ms(percentile(&times, 50.0)),
+        "ms",
+    );
+    report.add(
+        "shmex",
+        "-",
+        "detect_max_ms",
+        ms(*times.last().ok_or("no repeats")?),
+        "ms",
+    );
+    report.notes.push(
+        "detection: parent blocked in receiver().pop_into (default WaitStrategy), child SIGKILLed; \
+         time from kill() to PeerLost::Dead"
+            .to_string(),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Child side
+// ---------------------------------------------------------------------------------------
+
+fn child_main(args: &[String]) -> Res<()> {
+    let (mode, cpu, rest) = match args {
+        [mode, cpu, rest @ ..] => (mode.as_str(), cpu.as_str(), rest),
+        _ => return Err("usage: --child <mode> <cpu|-> <args..>".into()),
+    };
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
+    if cpu != "-" {
+        pin_to_cpu(cpu.parse()?)?;
+    }
+    let arg = |i: usize| {
+        rest.get(i)
+            .map(String::as_str)
+            .ok_or_else(|| format!("{mode}: missing argument {i}"))
+    };
+    match mode {
+        "uds-sink" => child_uds_sink(arg(0)?, arg(1)?.parse()?),
+        "uds-echo" => child_uds_echo(arg(0)?),
+        "shmex-sink" => child_shmex_sink(arg(0)?, arg(1)?.parse()?),
+        "shmex-echo" => child_shmex_echo(arg(0)?, Duration::from_nanos(arg(1)?.parse()?)),
+        "futex-echo" => child_futex_echo(arg(0)?),
+        "spin-echo" => child_spin_echo(arg(0)?),
+        "idle-agent" => child_idle_agent(arg(0)?),
+        other => Err(format!("unknown child mode {other:?}").into()),
+    }
+}
+
+fn child_connect(path: &str) -> Res<UnixStream> {
+    let socket = UnixStream::connect(path)?;
+    set_socket_buffers(&socket)?;
+    socket.set_read_timeout(Some(PEER_TIMEOUT))?;
+    socket.set_write_timeout(Some(PEER_TIMEOUT))?;
+    Ok(socket)
+}
+
+fn child_uds_sink(path: &str, max: usize) -> Res<()> {
+    let mut socket = child_connect(path)?;
+    let mut buf = prefaulted(max);
+    loop {
+        let mut header = [0u8; 16];
+        socket.read_exact(&mut header)?;
+        let len = usize::try_from(u64::from_le_bytes(header[..8].try_into()?))?;
+        let verify = header[8] != 0;
+        if len == 0 {
+            return Ok(());
+        }
+        let target = buf
+            .get_mut(..len)
+            .ok_or("uds-sink: message longer than announced")?;
+        let mut filled = 0;
+        while filled < len {
+            let end = (filled + SOCKET_IO_CHUNK).min(len);
+            let n = socket.read(&mut target[filled..end])?;
+            if n == 0 {
+                return Err("uds-sink: parent closed mid-message".into());
+            }
+            filled += n;
+        }
+        if verify {
+            socket.write_all(&pattern::checksum(target).to_le_bytes())?;
+        } else {
+            socket.write_all(&[ACK])?;
+        }
+    }
+}
+
+fn child_uds_echo(path: &str) -> Res<()> {
+    let mut socket = child_connect(path)?;
+    let mut ping = [0u8; 8];
+    loop {
+        match socket.read_exact(&mut ping) {
+            Ok(()) => socket.write_all(&ping)?,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn child_attach(name: &str, wait: WaitStrategy) -> Res<Link> {
+    let name = SegmentName::new(name.to_string())?;
+    let options = AttachOptions {
+        attach_timeout: Duration::from_secs(10),
+        wait,
+        ..AttachOptions::default()
+    };
+    let link = Link::attach(&name, &options)?;
+    println!("ready");
+    Ok(link)
+}
+
+fn child_shmex_sink(name: &str, max: usize) -> Res<()> {
+    let mut buf = prefaulted(max);
+    let mut link = child_attach(name, WaitStrategy::default())?;
+    let mut header = Vec::with_capacity(16);
+    loop {
+        link.receiver().pop_into(&mut header, Some(deadline()))?;
+        let header: [u8; 16] = header
+            .as_slice()
+            .try_into()
+            .map_err(|_| "shmex-sink: bad header")?;
+        let len = usize::try_from(u64::from_le_bytes(header[..8].try_into()?))?;
+        let verify = header[8] != 0;
+        if len == 0 {
+            return Ok(());
+        }
+        let target = buf
+            .get_mut(..len)
+            .ok_or("shmex-sink: message longer than announced")?;
+        let got = stream::recv_stream_to_slice(link.receiver(), target, Some(deadline()))?;
+        if got != len {
+            return Err(format!("shmex-sink: stream of {got} bytes, {len} announced").into());
+        }
+        if verify {
+            link.sender()
+                .push(&pattern::checksum(target).to_le_bytes(), Some(deadline()))?;
+        } else {
+            link.sender().push(&[ACK], Some(deadline()))?;
+        }
+    }
+}
+
+fn child_shmex_echo(name: &str, spin: Duration) -> Res<()> {
+    let wait = WaitStrategy {
+        spin,
+        ..WaitStrategy::default()
+    };
+    let mut link = child_attach(name, wait)?;
+    let mut ping = Vec::with_capacity(64);
+    loop {
+        link.receiver().pop_into(&mut ping, Some(deadline()))?;
+        if ping.as_slice() == QUIT {
+            return Ok(());
+        }
+        link.sender().push(&ping, Some(deadline()))?;
+    }
+}
+
+fn child_futex_echo(fd: &str) -> Res<()> {
+    let page = SharedPage::open(fd)?;
+    let (ping, pong) = (page.u32_at(FUTEX_PING), page.u32_at(FUTEX_PONG));
+    println!("ready");
+    let mut last = ping.load(Ordering::Acquire);
+    let mut idle_since = Instant::now();
+    loop {
+        let seen = ping.load(Ordering::Acquire);
+        if seen == last {
+            if idle_since.elapsed() > PEER_TIMEOUT {
+                return Err("futex-echo: no ping for too long".into());
+            }
+            sys::futex_wait(ping, last, Some(Duration::from_secs(1)));
+            continue;
+        }
+        if seen == u32::MAX {
+            return Ok(());
+        }
+        last = seen;
+        idle_since = Instant::now();
+        pong.store(seen, Ordering::Release);
+        sys::futex_wake(pong);
+    }
+}
+
+fn child_spin_echo(fd: &str) -> Res<()> {
+    let page = SharedPage::open(fd)?;
+    let (ping, pong) = (page.u64_at(SPIN_PING), page.u64_at(SPIN_PONG));
+    println!("ready");
+    let mut last = ping.load(Ordering::Acquire);
+    let mut idle_since = Instant::now();
+    let mut spins = 0u32;
+    loop {
+        let seen = ping.load(Ordering::Acquire);
+        if seen == last {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(1 << 20) && idle_since.elapsed() > PEER_TIMEOUT {
+                return Err("spin-echo: no ping for too long".into());
+            }
+            continue;
+        }
+        if seen == u64::MAX {
+            return Ok(());
+        }
+        last = seen;
+        pong.store(seen, Ordering::Release);
+        idle_since = Instant::now();
+    }
+}
+
+fn child_idle_agent(name: &str) -> Res<()> {
+    let mut link = child_attach(name, WaitStrategy::default())?;
+    // Blocks until the parent kills us; if it never does, give up and exit by ourselves.
+    let mut buf = Vec::new();
+    match link
+        .receiver()
+        .pop_into(&mut buf, Some(Instant::now() + Duration::from_secs(20)))
+    {
+        Ok(()) => Err("idle-agent: unexpected record".into()),
+        Err(e) => Err(format!("idle-agent: not killed within 20 s ({e})").into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Process and socket plumbing
+// ---------------------------------------------------------------------------------------
+
+/// A child process running one of the `--child` modes. Dropping it kills and reaps the child,
+/// so an error anywhere in the parent leaves no process behind.
+struct Peer {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    mode: String,
+    reaped: bool,
+}
+
+impl Peer {
+    fn spawn(config: &Config, mode: &str, args: &[String]) -> Res<Peer> {
+        let cpu = config
+            .cpus
+            .map(|(_, c)| c.to_string())
+            .unwrap_or_else(|| "-".into());
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--child")
+            .arg(mode)
+            .arg(cpu)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("child has no stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(line) => {
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Ok(Peer {
+            child,
+            lines,
+            mode: mode.to_string(),
+            reaped: false,
+        })
+    }
+
+    /// Waits (with a timeout) for the child to print `line`.
+    fn expect(&mut self, line: &str) -> Res<()> {
+        match self.lines.recv_timeout(PEER_TIMEOUT) {
+            Ok(got) if got == line => Ok(()),
+            Ok(got) => Err(format!("child {}: expected {line:?}, got {got:?}", self.mode).into()),
+            Err(_) => {
+                let status = self.child.try_wait()?;
+                Err(format!("child {}: no {line:?} (exit status {status:?})", self.mode).into())
+            }
+        }
+    }
+
+    /// Waits (with a timeout) for the child to exit by itself, successfully.
+    fn finish(&mut self) -> Res<()> {
+        let status = wait_timeout(&mut self.child, PEER_TIMEOUT)?;
+        self.reaped = true;
+        match status {
+            Some(s) if s.success() => Ok(()),
+            Some(s) => Err(format!("child {} failed: {s}", self.mode).into()),
+            None => Err(format!("child {} did not exit within {PEER_TIMEOUT:?}", self.mode).into()),
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Res<Option<ExitStatus>> {
+    let give_up = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= give_up {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A socket path that is removed when dropped.
+struct SocketPath(PathBuf);
+
+impl Drop for SocketPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Listens on a fresh socket path, starts a child in `mode` that connects to it, and returns
+/// the accepted connection.
+fn uds_connect(
+    config: &Config,
+    mode: &str,
+    args: &[String],
+) -> Res<(Peer, UnixStream, SocketPath)> {
+    let path = SocketPath(
+        std::env::temp_dir().join(format!("shmex-compare-{}-{mode}.sock", std::process::id())),
+    );
+    let _ = std::fs::remove_file(&path.0);
+    let listener = UnixListener::bind(&path.0)?;
+    listener.set_nonblocking(true)?;
+    let mut child_args = vec![path_string(&path.0)?];
+    child_args.extend_from_slice(args);
+    let peer = Peer::spawn(config, mode, &child_args)?;
+    let give_up = Instant::now() + PEER_TIMEOUT;
+    let socket = loop {
+        match listener.accept() {
+            Ok((socket, _)) => break socket,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= give_up {
+                    return Err(format!("child {mode} did not connect").into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    socket.set_nonblocking(false)?;
+    set_socket_buffers(&socket)?;
+    socket.set_read_timeout(Some(PEER_TIMEOUT))?;
+    socket.set_write_timeout(Some(PEER_TIMEOUT))?;
+    Ok((peer, socket, path))
+}
+
+fn path_string(path: &Path) -> Res<String> {
+    Ok(path
+        .to_str()
+        .ok_or("temp dir path is not UTF-8")?
+        .to_string())
+}
+
+fn set_socket_buffers(socket: &UnixStream) -> Res<()> {
+    let value = libc::c_int::try_from(SOCKET_BUFFER)?;
+    for option in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        // SAFETY: a valid socket descriptor, and a pointer to a live c_int with its length.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::from_ref(&value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    Ok(())
+}
+
+fn socket_buffers(socket: &UnixStream) -> Res<(usize, usize)> {
+    let get = |option: libc::c_int| -> Res<usize> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid socket descriptor, and pointers to a live c_int and its length.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::from_mut(&mut value).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(usize::try_from(value)?)
+    };
+    Ok((get(libc::SO_SNDBUF)?, get(libc::SO_RCVBUF)?))
+}
+
+// ---------------------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------------------
+
+/// The CPUs this process may run on, and the (parent, child) pair to pin to if there are two.
+fn pick_cpus() -> Res<(usize, Option<(usize, usize)>)> {
+    let set = rustix::thread::sched_getaffinity(None)?;
+    let allowed: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| set.is_set(c))
+        .collect();
+    let pair = match allowed.as_slice() {
+        [first, second, ..] => Some((*first, *second)),
+        _ => None,
+    };
+    Ok((allowed.len(), pair))
+}
+
+fn pin_to_cpu(cpu: usize) -> Res<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set)?;
+    Ok(())
+}
+
+/// A zeroed buffer whose every page has been written, so no page fault lands in a timed region.
+fn prefaulted(len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    for i in (0..len).step_by(PAGE) {
+        buf[i] = 1;
+    }
+    buf
+}
+
+fn median_gbps(len: usize, samples: &[Duration]) -> f64 {
+    let mut rates: Vec<f64> = samples
+        .iter()
+        .map(|d| len as f64 / d.as_secs_f64().max(1e-12) / 1e9)
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[Duration], pct: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((pct / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn check_checksum(transport: &str, len: usize, got: u64, want: u64) -> Res<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "{transport}: checksum of {} received {got:#018x}, sent {want:#018x}",
+            size_label(len)
+        )
+        .into())
+    }
+}
+
+fn size_label(len: usize) -> String {
+    if len >= GIB && len.is_multiple_of(GIB) {
+        format!("{}GiB", len / GIB)
+    } else if len >= MIB && len.is_multiple_of(MIB) {
+        format!("{}MiB", len / MIB)
+    } else if len >= KIB && len.is_multiple_of(KIB) {
+        format!("{}KiB", len / KIB)
+    } else {
+        format!("{len}B")
+    }
+}
+
+fn unique_name(tag: &str) -> Res<SegmentName> {
+    Ok(SegmentName::new(format!(
+        "shmex.compare.{}.{}",
+        std::process::id(),
+        tag
+    ))?)
+}
+
+fn deadline() -> Instant {
+    Instant::now() + PEER_TIMEOUT
+}

@@ -1,0 +1,156 @@
+//! Peer process for shmex's multi-process tests and benchmarks (not a user tool).
+//!
+//! `shmex-testpeer MODE NAME [ARGS...]`; each mode prints `READY` (and other progress lines)
+//! on stdout so the parent can sequence its steps, and exits non-zero with one line on stderr
+//! on failure. Modes:
+//! - `hold NAME`: create the link as exchanger and wait until stdin closes.
+//! - `attach-hold NAME`: attach as agent and wait until stdin closes.
+//! - `stream-send NAME LEN SEED`: attach as agent, send LEN pseudo-random bytes as one stream
+//!   on the result ring, print the checksum.
+//! - `stream-recv NAME`: attach as agent, receive one stream from the task ring, print its
+//!   length and checksum.
+//! - `write-then-hang NAME COUNT`: attach as agent, push COUNT whole records `i` repeated,
+//!   then reserve one more, fill half of it, print `MID` and hang (the parent SIGKILLs us).
+//! - `scribble NAME WHAT`: open the segment without attaching and overwrite a word of the task
+//!   ring header (`tail`, `head`) or the first record header (`record`: its check word, with the
+//!   tail moved past it so it reads as published) with garbage.
+//! - `echo NAME COUNT`: attach as agent; COUNT times, pop a record from the task ring and push
+//!   it back on the result ring (ping-pong peer).
+
+#![cfg_attr(loom, allow(unused))]
+
+#[cfg(loom)]
+fn main() {}
+
+#[cfg(not(loom))]
+mod peer {
+    use std::io::Read;
+    use std::process::ExitCode;
+    use std::time::{Duration, Instant};
+
+    use shmex::control;
+    use shmex::link::{AttachOptions, CreateOptions, Link};
+    use shmex::pattern::{checksum, fill};
+    use shmex::segment::{Segment, SegmentName};
+    use shmex::stream;
+    use std::sync::atomic::Ordering;
+
+    fn deadline() -> Option<Instant> {
+        Some(Instant::now() + Duration::from_secs(120))
+    }
+
+    fn wait_for_stdin_close() {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+    }
+
+    fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+        let mode = args.first().ok_or("missing MODE")?.as_str();
+        let name = SegmentName::new(args.get(1).ok_or("missing NAME")?.as_str())?;
+        let arg = |i: usize| -> Result<u64, Box<dyn std::error::Error>> {
+            Ok(args.get(i).ok_or("missing argument")?.parse::<u64>()?)
+        };
+        match mode {
+            "hold" => {
+                let _link =
+                    Link::create(&name, &CreateOptions::default().ring_capacity(64 * 1024))?;
+                println!("READY");
+                wait_for_stdin_close();
+            }
+            "attach-hold" => {
+                let _link = Link::attach(&name, &AttachOptions::default())?;
+                println!("READY");
+                wait_for_stdin_close();
+            }
+            "stream-send" => {
+                let len = usize::try_from(arg(2)?)?;
+                let mut data = vec![0u8; len];
+                fill(&mut data, arg(3)?);
+                let mut link = Link::attach(&name, &AttachOptions::default())?;
+                println!("READY");
+                let chunk = stream::default_chunk(link.sender().capacity());
+                stream::send_stream(link.sender(), &data, chunk, deadline())?;
+                println!("SENT {len} {:016x}", checksum(&data));
+            }
+            "stream-recv" => {
+                let mut link = Link::attach(&name, &AttachOptions::default())?;
+                println!("READY");
+                let mut out = Vec::new();
+                stream::recv_stream_into(link.receiver(), &mut out, u64::MAX, deadline())?;
+                println!("RECEIVED {} {:016x}", out.len(), checksum(&out));
+            }
+            "write-then-hang" => {
+                let count = arg(2)?;
+                let mut link = Link::attach(&name, &AttachOptions::default())?;
+                println!("READY");
+                for i in 0..count {
+                    let record = vec![i as u8; 100 + i as usize];
+                    link.sender().push(&record, deadline())?;
+                }
+                let mut grant = link.sender().reserve(4096, deadline())?;
+                let half = grant.len() / 2;
+                grant.as_mut_slice()[..half].fill(0xEE);
+                println!("MID");
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            "scribble" => {
+                let what = args.get(2).ok_or("missing WHAT")?.as_str();
+                let segment = Segment::open(&name, false)?;
+                let plan = control::validate(&segment, Duration::from_secs(5))?;
+                let header = control::ring_header(&segment, plan.task_ring_offset)
+                    .ok_or("ring header outside the segment")?;
+                match what {
+                    "tail" => header.tail.value.store(u64::MAX - 5, Ordering::Release),
+                    "head" => header.head.value.store(1 << 50, Ordering::Release),
+                    "record" => {
+                        // First record header sits at data offset 0; zeroing its check word
+                        // makes it invalid whatever it held.
+                        let data = header.data_offset.load(Ordering::Relaxed) as usize;
+                        // SAFETY: `data + 16 <= segment.len()` because `validate` checked the
+                        // plan against the mapping; the word is 8-aligned (page-aligned region).
+                        unsafe {
+                            let check = segment.as_ptr().add(data + 8)
+                                as *const std::sync::atomic::AtomicU64;
+                            (*check).store(0xDEAD_BEEF, Ordering::Release);
+                        }
+                        // Make sure the bogus record is inside [head, tail), i.e. "published".
+                        header.tail.value.fetch_max(128, Ordering::Release);
+                    }
+                    other => return Err(format!("unknown scribble target {other}").into()),
+                }
+                println!("DONE");
+            }
+            "echo" => {
+                let count = arg(2)?;
+                let mut link = Link::attach(&name, &AttachOptions::default())?;
+                println!("READY");
+                let mut buf = Vec::new();
+                for _ in 0..count {
+                    let (tx, rx) = link.split();
+                    rx.pop_into(&mut buf, deadline())?;
+                    tx.push(&buf, deadline())?;
+                }
+            }
+            other => return Err(format!("unknown mode {other}").into()),
+        }
+        Ok(())
+    }
+
+    pub fn main() -> ExitCode {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        match run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("shmex-testpeer: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+#[cfg(not(loom))]
+fn main() -> std::process::ExitCode {
+    peer::main()
+}

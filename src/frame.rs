@@ -1,0 +1,2088 @@
+//! The wire format: messages carrying FLARE-style DXO data (a data kind, a meta dictionary and
+//! named tensors) over a ring, with zero-copy loan on the send side and in-place views on the
+//! receive side, and fragmentation of messages larger than the ring.
+//!
+//! A message is a 64-byte body header, the task id and name, the meta dictionary (JSON), a
+//! table of fixed-size tensor entries, the tensor names, and then the data region: opaque
+//! bytes (APP_DEFINED only) and every tensor, each starting on a 64-byte boundary. It travels
+//! as one or more ring records ("fragments"), each a 64-byte fragment header followed by a
+//! slice of the body. A message that fits in one record travels whole, so the receiver can
+//! view its tensors in place in the ring; a larger one is cut into fragments that the receiver
+//! copies into its destination as they arrive, so memory stays bounded by the ring and both
+//! processes copy at once. `docs/wire-format.md` describes every byte.
+//!
+//! Everything a peer wrote is untrusted: [`Limits`] are checked before any allocation, every
+//! offset and length is bounds-checked, and a malformed message is a typed [`FrameError`] that
+//! leaves the link usable for the next message.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, TryFromBytes};
+
+use crate::ring::{
+    Consumer, Producer, ReadGrant, RecvError, ReserveError, RingCorruption, WriteGrant,
+};
+use crate::signal::PeerLost;
+
+/// `b"SHXF"` as a little-endian `u32`: the first word of every fragment.
+pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SHXF");
+/// Version of the format described here; any change to it increments this.
+pub const FORMAT_VERSION: u16 = 1;
+/// Bytes of the header in front of each fragment.
+pub const FRAGMENT_HEADER_LEN: usize = 64;
+/// Bytes of the header at the start of each message body.
+pub const BODY_HEADER_LEN: usize = 64;
+/// Bytes of one entry in the tensor table.
+pub const TENSOR_ENTRY_LEN: usize = 96;
+/// Most dimensions a tensor may have.
+pub const MAX_DIMS: usize = 8;
+/// Alignment of every tensor (and of opaque bytes) within a message body.
+pub const TENSOR_ALIGN: usize = 64;
+
+const FLAG_FIRST: u32 = 1;
+const FLAG_LAST: u32 = 2;
+const BODY_FLAG_HAS_DXO: u32 = 1;
+
+macro_rules! wire_enum {
+    (
+        $(#[$doc:meta])* $name:ident, $err_doc:literal, $err:ident {
+            $( $(#[$vdoc:meta])* $variant:ident = $code:literal, $text:literal; )*
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vdoc])* $variant, )*
+        }
+
+        impl $name {
+            /// Every value, in code order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            /// The number carried on the wire.
+            pub const fn code(self) -> u32 {
+                match self { $($name::$variant => $code,)* }
+            }
+
+            /// Decodes a wire number; `None` for a number this version does not define.
+            pub const fn from_code(code: u32) -> Option<$name> {
+                match code { $($code => Some($name::$variant),)* _ => None }
+            }
+
+            /// The name, as FLARE spells it.
+            pub const fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)* }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        #[doc = $err_doc]
+        #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+        #[error("unknown {kind} {0:?}", kind = stringify!($name))]
+        pub struct $err(pub String);
+
+        impl FromStr for $name {
+            type Err = $err;
+            fn from_str(s: &str) -> Result<$name, $err> {
+                $name::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| $err(s.to_string()))
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// What a DXO carries (FLARE's `DataKind`).
+    DataKind, "A string that names no [`DataKind`].", UnknownDataKind {
+        /// A whole FL model.
+        FlModel = 1, "FL_MODEL";
+        /// Model weights.
+        Weights = 2, "WEIGHTS";
+        /// A difference of weights.
+        WeightDiff = 3, "WEIGHT_DIFF";
+        /// Metrics.
+        Metrics = 4, "METRICS";
+        /// Analytics.
+        Analytic = 5, "ANALYTIC";
+        /// A collection of DXOs.
+        Collection = 6, "COLLECTION";
+        /// Statistics.
+        Statistics = 7, "STATISTICS";
+        /// Private set intersection data.
+        Psi = 8, "PSI";
+        /// Application-defined data; may carry opaque bytes.
+        AppDefined = 9, "APP_DEFINED";
+    }
+}
+
+wire_enum! {
+    /// Return codes, with FLARE's names (`nvflare.apis.fl_constant.ReturnCode`).
+    ReturnCode, "A string that names no [`ReturnCode`].", UnknownReturnCode {
+        /// Success.
+        Ok = 0, "OK";
+        /// Bad peer context.
+        BadPeerContext = 1, "BAD_PEER_CONTEXT";
+        /// The request's data is bad.
+        BadRequestData = 2, "BAD_REQUEST_DATA";
+        /// The task's data is bad.
+        BadTaskData = 3, "BAD_TASK_DATA";
+        /// Communication failed.
+        CommunicationError = 4, "COMMUNICATION_ERROR";
+        /// Timed out.
+        Timeout = 5, "TIMEOUT";
+        /// Generic error.
+        Error = 6, "ERROR";
+        /// The task raised an exception.
+        ExecutionException = 7, "EXECUTION_EXCEPTION";
+        /// The task's result is erroneous.
+        ExecutionResultError = 8, "EXECUTION_RESULT_ERROR";
+        /// A handler raised an exception.
+        HandlerException = 9, "HANDLER_EXCEPTION";
+        /// The peer context is missing.
+        MissingPeerContext = 10, "MISSING_PEER_CONTEXT";
+        /// Run mismatch.
+        RunMismatch = 11, "RUN_MISMATCH";
+        /// The task was aborted.
+        TaskAborted = 12, "TASK_ABORTED";
+        /// A task data filter failed.
+        TaskDataFilterError = 13, "TASK_DATA_FILTER_ERROR";
+        /// A task result filter failed.
+        TaskResultFilterError = 14, "TASK_RESULT_FILTER_ERROR";
+        /// Unknown task.
+        TaskUnknown = 15, "TASK_UNKNOWN";
+        /// Unsupported task.
+        TaskUnsupported = 16, "TASK_UNSUPPORTED";
+        /// Unknown topic.
+        TopicUnknown = 17, "TOPIC_UNKNOWN";
+        /// The model is not recognised.
+        ModelUnrecognized = 18, "MODEL_UNRECOGNIZED";
+        /// Unknown validation type.
+        ValidateTypeUnknown = 19, "VALIDATE_TYPE_UNKNOWN";
+        /// The result is empty.
+        EmptyResult = 20, "EMPTY_RESULT";
+        /// The job is unsafe.
+        UnsafeJob = 21, "UNSAFE_JOB";
+        /// Training stopped early (a valid result).
+        EarlyTermination = 22, "EARLY_TERMINATION";
+        /// The server is not ready.
+        ServerNotReady = 23, "SERVER_NOT_READY";
+        /// The service is unavailable.
+        ServiceUnavailable = 24, "SERVICE_UNAVAILABLE";
+    }
+}
+
+wire_enum! {
+    /// The kind of a message (DESIGN §5's vocabulary; [`MessageKind::Data`] for plain DXO
+    /// traffic outside the task protocol).
+    MessageKind, "A string that names no [`MessageKind`].", UnknownMessageKind {
+        /// Exchanger → agent: a task.
+        Task = 1, "task";
+        /// Exchanger → agent: abort the named task.
+        Abort = 2, "abort";
+        /// Exchanger → agent: the exchanger is closing.
+        Bye = 3, "bye";
+        /// Agent → exchanger: a task was accepted or rejected.
+        TaskAck = 4, "task_ack";
+        /// Agent → exchanger: a task's result.
+        Result = 5, "result";
+        /// Exchanger → agent: a result was accepted (ok) or not (invalid).
+        ResultAck = 6, "result_ack";
+        /// Plain data.
+        Data = 7, "data";
+    }
+}
+
+wire_enum! {
+    /// Element types of tensors.
+    DType, "A string that names no [`DType`].", UnknownDType {
+        /// IEEE 754 half precision (stored as its 16 bits, see [`F16`]).
+        F16 = 1, "f16";
+        /// bfloat16 (stored as its 16 bits, see [`BF16`]).
+        BF16 = 2, "bf16";
+        /// 32-bit float.
+        F32 = 3, "f32";
+        /// 64-bit float.
+        F64 = 4, "f64";
+        /// 8-bit signed integer.
+        I8 = 5, "i8";
+        /// 16-bit signed integer.
+        I16 = 6, "i16";
+        /// 32-bit signed integer.
+        I32 = 7, "i32";
+        /// 64-bit signed integer.
+        I64 = 8, "i64";
+        /// 8-bit unsigned integer.
+        U8 = 9, "u8";
+        /// 16-bit unsigned integer.
+        U16 = 10, "u16";
+        /// 32-bit unsigned integer.
+        U32 = 11, "u32";
+        /// 64-bit unsigned integer.
+        U64 = 12, "u64";
+        /// Boolean, one byte holding 0 or 1.
+        Bool = 13, "bool";
+    }
+}
+
+impl DType {
+    /// Bytes of one element.
+    pub const fn size(self) -> usize {
+        match self {
+            DType::I8 | DType::U8 | DType::Bool => 1,
+            DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F64 | DType::I64 | DType::U64 => 8,
+        }
+    }
+}
+
+/// The bits of an IEEE 754 half-precision float (shmex moves them; it does no arithmetic).
+#[repr(transparent)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+pub struct F16(pub u16);
+
+/// The bits of a bfloat16 (shmex moves them; it does no arithmetic).
+#[repr(transparent)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+pub struct BF16(pub u16);
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A Rust type that is the element type of a [`DType`]. Sealed: implemented for the primitive
+/// numbers, [`F16`], [`BF16`] and `bool`.
+pub trait Element: sealed::Sealed + IntoBytes + Immutable + Copy + 'static {
+    /// The dtype of this element type.
+    const DTYPE: DType;
+}
+
+macro_rules! element {
+    ($($t:ty => $d:ident),* $(,)?) => {$(
+        impl sealed::Sealed for $t {}
+        impl Element for $t {
+            const DTYPE: DType = DType::$d;
+        }
+    )*};
+}
+
+element!(F16 => F16, BF16 => BF16, f32 => F32, f64 => F64, i8 => I8, i16 => I16, i32 => I32,
+    i64 => I64, u8 => U8, u16 => U16, u32 => U32, u64 => U64, bool => Bool);
+
+/// A tensor to send: a name, a dtype, a shape and the caller's bytes (borrowed, not copied
+/// until the message is sent).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorRef<'a> {
+    name: String,
+    dtype: DType,
+    shape: Vec<u64>,
+    bytes: &'a [u8],
+}
+
+impl<'a> TensorRef<'a> {
+    /// The tensor's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// The shape.
+    pub fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+    /// The raw bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
+/// Why a [`Dxo`] could not be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DxoError {
+    /// Two tensors share a name.
+    #[error("duplicate tensor name {0:?}")]
+    DuplicateName(String),
+    /// A tensor has an empty name.
+    #[error("tensor names must not be empty")]
+    EmptyName,
+    /// A tensor name is longer than the format allows ([`u16::MAX`] bytes).
+    #[error("tensor name of {len} bytes is longer than {max}")]
+    NameTooLong {
+        /// Its length.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// A tensor has more than [`MAX_DIMS`] dimensions.
+    #[error("tensor {name:?} has {ndim} dimensions, at most {MAX_DIMS} are allowed")]
+    TooManyDims {
+        /// The tensor.
+        name: String,
+        /// Its number of dimensions.
+        ndim: usize,
+    },
+    /// A tensor's bytes do not match its shape and dtype.
+    #[error("tensor {name:?}: shape {shape:?} of {dtype} needs {expected:?} bytes, got {actual}")]
+    ShapeMismatch {
+        /// The tensor.
+        name: String,
+        /// Its shape.
+        shape: Vec<u64>,
+        /// Its dtype.
+        dtype: DType,
+        /// Bytes the shape needs (`None` if the product overflows).
+        expected: Option<u64>,
+        /// Bytes given.
+        actual: usize,
+    },
+    /// Opaque bytes were given for a data kind other than APP_DEFINED.
+    #[error("opaque bytes need data kind APP_DEFINED, this DXO is {0}")]
+    OpaqueNotAppDefined(DataKind),
+    /// A meta value could not be encoded.
+    #[error("meta: {0}")]
+    Meta(String),
+}
+
+/// A DXO to send: a data kind, a meta dictionary, named tensors borrowed from the caller and,
+/// for APP_DEFINED, optional opaque bytes.
+///
+/// ```
+/// use shmex::frame::{DataKind, Dxo};
+/// # fn main() -> Result<(), shmex::frame::DxoError> {
+/// let weights = vec![0.5f32; 64 * 10];
+/// let bias = vec![0.0f32; 10];
+/// let dxo = Dxo::new(DataKind::Weights)
+///     .with_meta("current_round", 3)
+///     .with_tensor("fc.weight", &[10, 64], &weights)?
+///     .with_tensor("fc.bias", &[10], &bias)?;
+/// assert_eq!(dxo.tensors().len(), 2);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dxo<'a> {
+    data_kind: DataKind,
+    meta: Map<String, Value>,
+    tensors: Vec<TensorRef<'a>>,
+    names: HashSet<String>,
+    opaque: Option<&'a [u8]>,
+}
+
+impl<'a> Dxo<'a> {
+    /// An empty DXO of this kind.
+    pub fn new(data_kind: DataKind) -> Dxo<'a> {
+        Dxo {
+            data_kind,
+            meta: Map::new(),
+            tensors: Vec::new(),
+            names: HashSet::new(),
+            opaque: None,
+        }
+    }
+
+    /// Adds (or replaces) a meta entry.
+    pub fn with_meta(mut self, key: impl Into<String>, value: impl Into<Value>) -> Dxo<'a> {
+        self.meta.insert(key.into(), value.into());
+        self
+    }
+
+    /// Replaces the whole meta dictionary.
+    pub fn with_meta_map(mut self, meta: Map<String, Value>) -> Dxo<'a> {
+        self.meta = meta;
+        self
+    }
+
+    /// Adds a tensor of elements `T` (its dtype is `T`'s).
+    pub fn with_tensor<T: Element>(
+        self,
+        name: impl Into<String>,
+        shape: &[u64],
+        data: &'a [T],
+    ) -> Result<Dxo<'a>, DxoError> {
+        self.with_tensor_bytes(name, T::DTYPE, shape, data.as_bytes())
+    }
+
+    /// Adds a tensor given as raw bytes of `dtype` elements.
+    pub fn with_tensor_bytes(
+        mut self,
+        name: impl Into<String>,
+        dtype: DType,
+        shape: &[u64],
+        bytes: &'a [u8],
+    ) -> Result<Dxo<'a>, DxoError> {
+        let name = name.into();
+        check_tensor_spec(&name, dtype, shape, Some(bytes.len()))?;
+        if !self.names.insert(name.clone()) {
+            return Err(DxoError::DuplicateName(name));
+        }
+        self.tensors.push(TensorRef {
+            name,
+            dtype,
+            shape: shape.to_vec(),
+            bytes,
+        });
+        Ok(self)
+    }
+
+    /// Attaches opaque bytes (APP_DEFINED only).
+    pub fn with_opaque(mut self, bytes: &'a [u8]) -> Result<Dxo<'a>, DxoError> {
+        if self.data_kind != DataKind::AppDefined {
+            return Err(DxoError::OpaqueNotAppDefined(self.data_kind));
+        }
+        self.opaque = Some(bytes);
+        Ok(self)
+    }
+
+    /// The data kind.
+    pub fn data_kind(&self) -> DataKind {
+        self.data_kind
+    }
+    /// The meta dictionary.
+    pub fn meta(&self) -> &Map<String, Value> {
+        &self.meta
+    }
+    /// The tensors, in the order they were added.
+    pub fn tensors(&self) -> &[TensorRef<'a>] {
+        &self.tensors
+    }
+    /// The opaque bytes, if any.
+    pub fn opaque(&self) -> Option<&'a [u8]> {
+        self.opaque
+    }
+}
+
+/// Checks a tensor's name, dimensions and (if given) byte length; returns its byte length.
+fn check_tensor_spec(
+    name: &str,
+    dtype: DType,
+    shape: &[u64],
+    actual: Option<usize>,
+) -> Result<u64, DxoError> {
+    if name.is_empty() {
+        return Err(DxoError::EmptyName);
+    }
+    if name.len() > u16::MAX as usize {
+        return Err(DxoError::NameTooLong {
+            len: name.len(),
+            max: u16::MAX as usize,
+        });
+    }
+    if shape.len() > MAX_DIMS {
+        return Err(DxoError::TooManyDims {
+            name: name.to_string(),
+            ndim: shape.len(),
+        });
+    }
+    let expected = tensor_len(dtype, shape);
+    match (expected, actual) {
+        (Some(e), Some(a)) if e == a as u64 => Ok(e),
+        (Some(e), None) => Ok(e),
+        _ => Err(DxoError::ShapeMismatch {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            dtype,
+            expected,
+            actual: actual.unwrap_or(0),
+        }),
+    }
+}
+
+/// Bytes of a tensor of `shape` and `dtype`; `None` on overflow.
+fn tensor_len(dtype: DType, shape: &[u64]) -> Option<u64> {
+    shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))?
+        .checked_mul(dtype.size() as u64)
+}
+
+/// The routing part of a message: its kind, return code and task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    /// The message kind.
+    pub kind: MessageKind,
+    /// The return code.
+    pub rc: ReturnCode,
+    /// The task id ("" for none).
+    pub task_id: &'a str,
+    /// The task name ("" for none).
+    pub task_name: &'a str,
+}
+
+impl<'a> Envelope<'a> {
+    /// A message of `kind` with rc OK and no task.
+    pub const fn new(kind: MessageKind) -> Envelope<'static> {
+        Envelope {
+            kind,
+            rc: ReturnCode::Ok,
+            task_id: "",
+            task_name: "",
+        }
+    }
+
+    /// The same envelope about task `task_id` named `task_name`.
+    pub fn with_task<'b>(self, task_id: &'b str, task_name: &'b str) -> Envelope<'b> {
+        Envelope {
+            kind: self.kind,
+            rc: self.rc,
+            task_id,
+            task_name,
+        }
+    }
+
+    /// The same envelope with return code `rc`.
+    pub fn with_rc(mut self, rc: ReturnCode) -> Envelope<'a> {
+        self.rc = rc;
+        self
+    }
+}
+
+/// Limits a receiver enforces on incoming messages, before allocating anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest message body, in bytes (default 16 GiB).
+    pub max_message_len: u64,
+    /// Most tensors in one message (default 100,000).
+    pub max_tensors: u32,
+    /// Longest tensor name, in bytes (default 1,024).
+    pub max_name_len: u32,
+    /// Longest meta dictionary, in bytes of JSON (default 16 MiB).
+    pub max_meta_len: u32,
+    /// Longest task id or task name, in bytes (default 1,024).
+    pub max_task_field_len: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_len: 16 << 30,
+            max_tensors: 100_000,
+            max_name_len: 1024,
+            max_meta_len: 16 << 20,
+            max_task_field_len: 1024,
+        }
+    }
+}
+
+/// The fragment header (64 bytes) at the start of every record a message uses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+struct FragmentHeader {
+    magic: u32,
+    version: u16,
+    kind: u16,
+    flags: u32,
+    header_len: u32,
+    sequence: u64,
+    fragment_index: u32,
+    reserved0: u32,
+    message_len: u64,
+    fragment_offset: u64,
+    fragment_len: u64,
+    reserved1: u64,
+}
+
+/// The body header (64 bytes) at the start of every message body.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+struct BodyHeader {
+    rc: u32,
+    data_kind: u32,
+    task_id_len: u32,
+    task_name_len: u32,
+    meta_len: u32,
+    tensor_count: u32,
+    names_len: u32,
+    flags: u32,
+    opaque_len: u64,
+    data_offset: u64,
+    data_len: u64,
+    reserved: u64,
+}
+
+/// One entry (96 bytes) of the tensor table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+struct TensorEntry {
+    data_offset: u64,
+    data_len: u64,
+    name_offset: u32,
+    name_len: u16,
+    dtype: u8,
+    ndim: u8,
+    reserved0: u64,
+    shape: [u64; MAX_DIMS],
+}
+
+const _: () = assert!(std::mem::size_of::<FragmentHeader>() == FRAGMENT_HEADER_LEN);
+const _: () = assert!(std::mem::size_of::<BodyHeader>() == BODY_HEADER_LEN);
+const _: () = assert!(std::mem::size_of::<TensorEntry>() == TENSOR_ENTRY_LEN);
+
+const fn align_to(value: u64, align: u64) -> Option<u64> {
+    match value.checked_add(align - 1) {
+        Some(v) => Some(v & !(align - 1)),
+        None => None,
+    }
+}
+
+/// A tensor's place in a body being built.
+#[derive(Clone, Debug)]
+struct PlannedTensor {
+    name: String,
+    dtype: DType,
+    shape: Vec<u64>,
+    len: u64,
+}
+
+/// The layout of one message body: its small prefix (headers, strings, meta, table, names),
+/// already encoded, and where the opaque bytes and each tensor go.
+#[derive(Debug)]
+struct BodyLayout {
+    prefix: Vec<u8>,
+    opaque: Range<u64>,
+    tensors: Vec<Range<u64>>,
+    total: u64,
+}
+
+/// Why a message could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The message cannot be encoded (over a format limit such as a field's width).
+    #[error("message cannot be encoded: {0}")]
+    Encode(String),
+    /// A loan was asked for a message that does not fit in one ring record.
+    #[error(
+        "a loaned message must fit one ring record: it needs {needed} bytes, the ring takes {max}"
+    )]
+    TooLargeForLoan {
+        /// Bytes the record would need.
+        needed: u64,
+        /// The ring's largest record.
+        max: usize,
+    },
+    /// The deadline passed before the ring had room.
+    #[error("timed out waiting for ring space")]
+    Timeout,
+    /// The receiver died or detached.
+    #[error(transparent)]
+    PeerLost(#[from] PeerLost),
+    /// The ring is corrupt.
+    #[error(transparent)]
+    Corrupt(#[from] RingCorruption),
+}
+
+impl From<ReserveError> for SendError {
+    fn from(e: ReserveError) -> Self {
+        match e {
+            ReserveError::Timeout => SendError::Timeout,
+            ReserveError::PeerLost(p) => SendError::PeerLost(p),
+            ReserveError::Corrupt(c) => SendError::Corrupt(c),
+            ReserveError::TooLarge { len, max } => SendError::TooLargeForLoan {
+                needed: len as u64,
+                max,
+            },
+        }
+    }
+}
+
+fn plan_body(
+    envelope: &Envelope<'_>,
+    dxo: Option<(DataKind, &Map<String, Value>)>,
+    tensors: &[PlannedTensor],
+    opaque_len: u64,
+) -> Result<BodyLayout, SendError> {
+    let too_big = |what: &str| SendError::Encode(format!("{what} is too large for the format"));
+    let task_id_len = u32::try_from(envelope.task_id.len()).map_err(|_| too_big("task id"))?;
+    let task_name_len =
+        u32::try_from(envelope.task_name.len()).map_err(|_| too_big("task name"))?;
+    let meta = match dxo {
+        Some((_, meta)) if !meta.is_empty() => {
+            serde_json::to_vec(meta).map_err(|e| SendError::Encode(format!("meta: {e}")))?
+        }
+        _ => Vec::new(),
+    };
+    let meta_len = u32::try_from(meta.len()).map_err(|_| too_big("meta"))?;
+    let tensor_count = u32::try_from(tensors.len()).map_err(|_| too_big("tensor count"))?;
+    let names_len: usize = tensors.iter().map(|t| t.name.len()).sum();
+    let names_len_u32 = u32::try_from(names_len).map_err(|_| too_big("tensor names"))?;
+
+    let strings_end =
+        BODY_HEADER_LEN + envelope.task_id.len() + envelope.task_name.len() + meta.len();
+    let table_offset = strings_end.next_multiple_of(8);
+    let names_offset = table_offset + tensors.len() * TENSOR_ENTRY_LEN;
+    let names_end = names_offset + names_len;
+    let data_offset =
+        align_to(names_end as u64, TENSOR_ALIGN as u64).ok_or_else(|| too_big("body"))?;
+
+    let opaque = data_offset
+        ..data_offset
+            .checked_add(opaque_len)
+            .ok_or_else(|| too_big("opaque bytes"))?;
+    let mut cursor = opaque.end;
+    let mut ranges = Vec::with_capacity(tensors.len());
+    for tensor in tensors {
+        let start = align_to(cursor, TENSOR_ALIGN as u64).ok_or_else(|| too_big("body"))?;
+        let end = start
+            .checked_add(tensor.len)
+            .ok_or_else(|| too_big("body"))?;
+        ranges.push(start..end);
+        cursor = end;
+    }
+    let total = cursor;
+
+    let mut prefix = vec![0u8; data_offset as usize];
+    let header = BodyHeader {
+        rc: envelope.rc.code(),
+        data_kind: dxo.map_or(0, |(kind, _)| kind.code()),
+        task_id_len,
+        task_name_len,
+        meta_len,
+        tensor_count,
+        names_len: names_len_u32,
+        flags: if dxo.is_some() { BODY_FLAG_HAS_DXO } else { 0 },
+        opaque_len,
+        data_offset,
+        data_len: total - data_offset,
+        reserved: 0,
+    };
+    prefix[..BODY_HEADER_LEN].copy_from_slice(header.as_bytes());
+    let mut at = BODY_HEADER_LEN;
+    for part in [
+        envelope.task_id.as_bytes(),
+        envelope.task_name.as_bytes(),
+        &meta,
+    ] {
+        prefix[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    let mut name_cursor = 0usize;
+    for (i, (tensor, range)) in tensors.iter().zip(&ranges).enumerate() {
+        let mut shape = [0u64; MAX_DIMS];
+        shape[..tensor.shape.len()].copy_from_slice(&tensor.shape);
+        let entry = TensorEntry {
+            data_offset: range.start,
+            data_len: tensor.len,
+            name_offset: name_cursor as u32,
+            name_len: tensor.name.len() as u16,
+            dtype: tensor.dtype.code() as u8,
+            ndim: tensor.shape.len() as u8,
+            reserved0: 0,
+            shape,
+        };
+        let entry_at = table_offset + i * TENSOR_ENTRY_LEN;
+        prefix[entry_at..entry_at + TENSOR_ENTRY_LEN].copy_from_slice(entry.as_bytes());
+        let name_at = names_offset + name_cursor;
+        prefix[name_at..name_at + tensor.name.len()].copy_from_slice(tensor.name.as_bytes());
+        name_cursor += tensor.name.len();
+    }
+    Ok(BodyLayout {
+        prefix,
+        opaque,
+        tensors: ranges,
+        total,
+    })
+}
+
+/// Writes bytes `[start, start + out.len())` of a body: the layout's prefix, then the given
+/// pieces (opaque bytes and tensors) at their offsets, zeros in between.
+fn write_body_range(layout: &BodyLayout, pieces: &[(u64, &[u8])], start: u64, out: &mut [u8]) {
+    let end = start + out.len() as u64;
+    let mut filled = start;
+    let fill_to = |out: &mut [u8], from: u64, to: u64, src: Option<&[u8]>| {
+        let (a, b) = ((from - start) as usize, (to - start) as usize);
+        match src {
+            Some(src) => out[a..b].copy_from_slice(src),
+            None => out[a..b].fill(0),
+        }
+    };
+    let prefix_len = layout.prefix.len() as u64;
+    if filled < prefix_len {
+        let to = end.min(prefix_len);
+        fill_to(
+            out,
+            filled,
+            to,
+            Some(&layout.prefix[filled as usize..to as usize]),
+        );
+        filled = to;
+    }
+    let first = pieces.partition_point(|(offset, bytes)| offset + bytes.len() as u64 <= filled);
+    for &(offset, bytes) in &pieces[first..] {
+        if filled >= end {
+            break;
+        }
+        if offset >= end {
+            break;
+        }
+        if offset > filled {
+            fill_to(out, filled, offset, None);
+            filled = offset;
+        }
+        let to = end.min(offset + bytes.len() as u64);
+        if to > filled {
+            let src = &bytes[(filled - offset) as usize..(to - offset) as usize];
+            fill_to(out, filled, to, Some(src));
+            filled = to;
+        }
+    }
+    if filled < end {
+        fill_to(out, filled, end, None);
+    }
+}
+
+/// Sends messages on a ring: assigns sequence numbers, fragments large messages, and lends
+/// ring space for zero-copy sends.
+#[derive(Debug, Default)]
+pub struct FrameSender {
+    next_sequence: u64,
+}
+
+impl FrameSender {
+    /// A sender whose first message gets sequence number 1.
+    pub fn new() -> FrameSender {
+        FrameSender { next_sequence: 1 }
+    }
+
+    fn take_sequence(&mut self) -> u64 {
+        let sequence = self.next_sequence.max(1);
+        self.next_sequence = sequence.wrapping_add(1);
+        sequence
+    }
+
+    /// Sends a message, copying the DXO's tensors from the caller's memory into the ring.
+    /// A message that fits in one ring record is sent whole (the receiver can view it in
+    /// place); a larger one as fragments, while the receiver drains them. `deadline` bounds
+    /// the whole message. Returns its sequence number.
+    pub fn send(
+        &mut self,
+        producer: &mut Producer,
+        envelope: &Envelope<'_>,
+        dxo: Option<&Dxo<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<u64, SendError> {
+        let planned: Vec<PlannedTensor> = dxo
+            .map(|d| {
+                d.tensors
+                    .iter()
+                    .map(|t| PlannedTensor {
+                        name: t.name.clone(),
+                        dtype: t.dtype,
+                        shape: t.shape.clone(),
+                        len: t.bytes.len() as u64,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let opaque = dxo.and_then(|d| d.opaque).unwrap_or(&[]);
+        let layout = plan_body(
+            envelope,
+            dxo.map(|d| (d.data_kind, &d.meta)),
+            &planned,
+            opaque.len() as u64,
+        )?;
+        let mut pieces: Vec<(u64, &[u8])> = Vec::with_capacity(planned.len() + 1);
+        if !opaque.is_empty() {
+            pieces.push((layout.opaque.start, opaque));
+        }
+        if let Some(d) = dxo {
+            for (t, range) in d.tensors.iter().zip(&layout.tensors) {
+                if !t.bytes.is_empty() {
+                    pieces.push((range.start, t.bytes));
+                }
+            }
+        }
+        let sequence = self.take_sequence();
+        let max_fragment = (producer.max_record() - FRAGMENT_HEADER_LEN) as u64;
+        let fragment_len = if layout.total <= max_fragment {
+            layout.total
+        } else {
+            (crate::stream::default_chunk(producer.capacity()) as u64)
+                .clamp(TENSOR_ALIGN as u64, max_fragment)
+        };
+        let mut offset = 0u64;
+        let mut index = 0u32;
+        loop {
+            let len = fragment_len.min(layout.total - offset);
+            let mut flags = 0;
+            if offset == 0 {
+                flags |= FLAG_FIRST;
+            }
+            if offset + len == layout.total {
+                flags |= FLAG_LAST;
+            }
+            let header = FragmentHeader {
+                magic: FRAME_MAGIC,
+                version: FORMAT_VERSION,
+                kind: envelope.kind.code() as u16,
+                flags,
+                header_len: FRAGMENT_HEADER_LEN as u32,
+                sequence,
+                fragment_index: index,
+                reserved0: 0,
+                message_len: layout.total,
+                fragment_offset: offset,
+                fragment_len: len,
+                reserved1: 0,
+            };
+            let mut grant = producer.reserve(FRAGMENT_HEADER_LEN + len as usize, deadline)?;
+            let slot = grant.as_mut_slice();
+            slot[..FRAGMENT_HEADER_LEN].copy_from_slice(header.as_bytes());
+            write_body_range(&layout, &pieces, offset, &mut slot[FRAGMENT_HEADER_LEN..]);
+            grant.commit();
+            offset += len;
+            index = index.wrapping_add(1);
+            if offset == layout.total {
+                return Ok(sequence);
+            }
+        }
+    }
+
+    /// Reserves ring space for a whole message whose tensors the caller then fills in place
+    /// (zero copies on the send side), and writes its headers, meta and tensor table. The
+    /// message must fit in one ring record. Nothing is visible to the receiver until
+    /// [`Loan::commit`]; dropping the loan abandons it.
+    pub fn loan<'p>(
+        &mut self,
+        producer: &'p mut Producer,
+        envelope: &Envelope<'_>,
+        spec: &LoanSpec,
+        deadline: Option<Instant>,
+    ) -> Result<Loan<'p>, LoanError> {
+        let mut planned = Vec::with_capacity(spec.tensors.len());
+        let mut names = HashSet::with_capacity(spec.tensors.len());
+        for (name, dtype, shape) in &spec.tensors {
+            let len = check_tensor_spec(name, *dtype, shape, None)?;
+            if !names.insert(name.as_str()) {
+                return Err(DxoError::DuplicateName(name.clone()).into());
+            }
+            planned.push(PlannedTensor {
+                name: name.clone(),
+                dtype: *dtype,
+                shape: shape.clone(),
+                len,
+            });
+        }
+        if spec.opaque_len > 0 && spec.data_kind != DataKind::AppDefined {
+            return Err(DxoError::OpaqueNotAppDefined(spec.data_kind).into());
+        }
+        let layout = plan_body(
+            envelope,
+            Some((spec.data_kind, &spec.meta)),
+            &planned,
+            spec.opaque_len as u64,
+        )?;
+        let needed = layout.total + FRAGMENT_HEADER_LEN as u64;
+        if needed > producer.max_record() as u64 {
+            return Err(SendError::TooLargeForLoan {
+                needed,
+                max: producer.max_record(),
+            }
+            .into());
+        }
+        let sequence = self.take_sequence();
+        let header = FragmentHeader {
+            magic: FRAME_MAGIC,
+            version: FORMAT_VERSION,
+            kind: envelope.kind.code() as u16,
+            flags: FLAG_FIRST | FLAG_LAST,
+            header_len: FRAGMENT_HEADER_LEN as u32,
+            sequence,
+            fragment_index: 0,
+            reserved0: 0,
+            message_len: layout.total,
+            fragment_offset: 0,
+            fragment_len: layout.total,
+            reserved1: 0,
+        };
+        let mut grant = producer
+            .reserve(needed as usize, deadline)
+            .map_err(SendError::from)?;
+        let slot = grant.as_mut_slice();
+        slot[..FRAGMENT_HEADER_LEN].copy_from_slice(header.as_bytes());
+        let prefix_end = FRAGMENT_HEADER_LEN + layout.prefix.len();
+        slot[FRAGMENT_HEADER_LEN..prefix_end].copy_from_slice(&layout.prefix);
+        let shift = |r: &Range<u64>| {
+            (r.start as usize + FRAGMENT_HEADER_LEN)..(r.end as usize + FRAGMENT_HEADER_LEN)
+        };
+        Ok(Loan {
+            grant,
+            sequence,
+            opaque: shift(&layout.opaque),
+            tensors: layout.tensors.iter().map(shift).collect(),
+            planned,
+        })
+    }
+}
+
+/// What a loaned message will hold: its data kind, meta, and the name, dtype and shape of each
+/// tensor (filled in place later), plus the number of opaque bytes (APP_DEFINED only).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoanSpec {
+    /// The data kind.
+    pub data_kind: DataKind,
+    /// The meta dictionary.
+    pub meta: Map<String, Value>,
+    /// Name, dtype and shape of each tensor.
+    pub tensors: Vec<(String, DType, Vec<u64>)>,
+    /// Opaque bytes to reserve.
+    pub opaque_len: usize,
+}
+
+impl LoanSpec {
+    /// A spec of this kind with no meta, tensors or opaque bytes.
+    pub fn new(data_kind: DataKind) -> LoanSpec {
+        LoanSpec {
+            data_kind,
+            meta: Map::new(),
+            tensors: Vec::new(),
+            opaque_len: 0,
+        }
+    }
+
+    /// Adds a tensor to be filled in place.
+    pub fn tensor(mut self, name: impl Into<String>, dtype: DType, shape: &[u64]) -> LoanSpec {
+        self.tensors.push((name.into(), dtype, shape.to_vec()));
+        self
+    }
+
+    /// Adds a meta entry.
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<Value>) -> LoanSpec {
+        self.meta.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// Why a loan could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LoanError {
+    /// The spec is not a valid DXO.
+    #[error(transparent)]
+    Dxo(#[from] DxoError),
+    /// The ring could not take it.
+    #[error(transparent)]
+    Send(#[from] SendError),
+}
+
+/// Ring space lent for one message: fill the tensors in place, then [`Loan::commit`].
+///
+/// Tensor bytes the caller does not write hold whatever the ring held before.
+pub struct Loan<'p> {
+    grant: WriteGrant<'p>,
+    sequence: u64,
+    opaque: Range<usize>,
+    tensors: Vec<Range<usize>>,
+    planned: Vec<PlannedTensor>,
+}
+
+impl fmt::Debug for Loan<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loan")
+            .field("sequence", &self.sequence)
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+/// Why a tensor cannot be viewed as the asked-for type.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ViewError {
+    /// No tensor has this index or name.
+    #[error("no tensor {0}")]
+    NoSuchTensor(String),
+    /// The tensor's dtype is not the type asked for.
+    #[error("tensor is {actual}, asked for {asked}")]
+    WrongDType {
+        /// The tensor's dtype.
+        actual: DType,
+        /// The dtype asked for.
+        asked: DType,
+    },
+    /// The bytes are not aligned for, or not a whole number of, the element type.
+    #[error("tensor bytes are misaligned or not a whole number of elements")]
+    Misaligned,
+    /// A bool tensor holds a byte other than 0 or 1.
+    #[error("bool tensor holds a byte other than 0 or 1")]
+    InvalidBool,
+}
+
+impl<'p> Loan<'p> {
+    /// The message's sequence number.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Number of tensors.
+    pub fn tensor_count(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Index of the tensor named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.planned.iter().position(|t| t.name == name)
+    }
+
+    /// Tensor `index` as mutable raw bytes in the ring.
+    pub fn tensor_bytes_mut(&mut self, index: usize) -> Result<&mut [u8], ViewError> {
+        let range = self
+            .tensors
+            .get(index)
+            .cloned()
+            .ok_or_else(|| ViewError::NoSuchTensor(index.to_string()))?;
+        Ok(&mut self.grant.as_mut_slice()[range])
+    }
+
+    /// Tensor `index` as a mutable slice of `T` in the ring (the dtype must be `T`'s).
+    pub fn tensor_mut<T: Element + FromBytes + KnownLayout>(
+        &mut self,
+        index: usize,
+    ) -> Result<&mut [T], ViewError> {
+        let actual = self
+            .planned
+            .get(index)
+            .map(|t| t.dtype)
+            .ok_or_else(|| ViewError::NoSuchTensor(index.to_string()))?;
+        if actual != T::DTYPE {
+            return Err(ViewError::WrongDType {
+                actual,
+                asked: T::DTYPE,
+            });
+        }
+        let bytes = self.tensor_bytes_mut(index)?;
+        <[T]>::mut_from_bytes(bytes).map_err(|_| ViewError::Misaligned)
+    }
+
+    /// The opaque bytes, in the ring.
+    pub fn opaque_mut(&mut self) -> &mut [u8] {
+        let range = self.opaque.clone();
+        &mut self.grant.as_mut_slice()[range]
+    }
+
+    /// Publishes the message.
+    pub fn commit(self) {
+        self.grant.commit();
+    }
+}
+
+/// Why a message could not be received. After any error other than `Timeout`, `PeerLost` and
+/// `Corrupt`, the offending records have been consumed and the link is usable for the next
+/// message; `Corrupt` means the ring itself is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// No message arrived before the deadline (nothing was consumed, or a partly received
+    /// message was dropped).
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// The sender died or detached.
+    #[error(transparent)]
+    PeerLost(#[from] PeerLost),
+    /// The ring is corrupt.
+    #[error(transparent)]
+    Corrupt(#[from] RingCorruption),
+    /// A fragment header is malformed.
+    #[error("bad fragment header: {0}")]
+    BadFragment(String),
+    /// A fragment arrived out of order or belongs to another message.
+    #[error("fragment out of order: {0}")]
+    OutOfOrder(String),
+    /// The message exceeds one of the receiver's [`Limits`].
+    #[error("message exceeds a limit: {what} is {value}, at most {max} allowed")]
+    OverLimit {
+        /// Which limit.
+        what: &'static str,
+        /// The value found.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The message body is malformed.
+    #[error("malformed message body: {0}")]
+    Malformed(String),
+    /// A caller-provided buffer is too small.
+    #[error("destination holds {capacity} bytes, the message needs {needed}")]
+    BufferTooSmall {
+        /// Bytes the message needs.
+        needed: u64,
+        /// Bytes the buffer holds.
+        capacity: usize,
+    },
+}
+
+impl From<RecvError> for FrameError {
+    fn from(e: RecvError) -> Self {
+        match e {
+            RecvError::Timeout => FrameError::Timeout,
+            RecvError::PeerLost(p) => FrameError::PeerLost(p),
+            RecvError::Corrupt(c) => FrameError::Corrupt(c),
+        }
+    }
+}
+
+fn malformed(what: impl Into<String>) -> FrameError {
+    FrameError::Malformed(what.into())
+}
+
+/// A tensor's description, parsed and checked.
+#[derive(Clone, Debug)]
+struct ParsedTensor {
+    name: Range<usize>,
+    dtype: DType,
+    ndim: usize,
+    shape: [u64; MAX_DIMS],
+    data: Range<usize>,
+}
+
+/// A message body, parsed and checked; ranges index into the body bytes.
+#[derive(Clone, Debug)]
+struct ParsedBody {
+    rc: ReturnCode,
+    data_kind: Option<DataKind>,
+    task_id: Range<usize>,
+    task_name: Range<usize>,
+    meta: Map<String, Value>,
+    opaque: Range<usize>,
+    tensors: Vec<ParsedTensor>,
+}
+
+fn checked_range(
+    start: u64,
+    len: u64,
+    within: usize,
+    what: &str,
+) -> Result<Range<usize>, FrameError> {
+    let end = start
+        .checked_add(len)
+        .filter(|&end| end <= within as u64)
+        .ok_or_else(|| {
+            malformed(format!(
+                "{what} [{start}, +{len}) lies past the body end {within}"
+            ))
+        })?;
+    Ok(start as usize..end as usize)
+}
+
+fn over(what: &'static str, value: u64, max: u64) -> Result<(), FrameError> {
+    if value > max {
+        Err(FrameError::OverLimit { what, value, max })
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses and checks a whole message body (untrusted bytes).
+fn parse_body(body: &[u8], limits: &Limits) -> Result<ParsedBody, FrameError> {
+    let header = BodyHeader::read_from_prefix(body)
+        .map_err(|_| {
+            malformed(format!(
+                "body of {} bytes has no room for its header",
+                body.len()
+            ))
+        })?
+        .0;
+    let rc = ReturnCode::from_code(header.rc)
+        .ok_or_else(|| malformed(format!("unknown return code {}", header.rc)))?;
+    let has_dxo = header.flags & BODY_FLAG_HAS_DXO != 0;
+    if header.flags & !BODY_FLAG_HAS_DXO != 0 {
+        return Err(malformed(format!("unknown body flags {:#x}", header.flags)));
+    }
+    let data_kind = if has_dxo {
+        Some(
+            DataKind::from_code(header.data_kind)
+                .ok_or_else(|| malformed(format!("unknown data kind {}", header.data_kind)))?,
+        )
+    } else if header.data_kind != 0
+        || header.tensor_count != 0
+        || header.opaque_len != 0
+        || header.meta_len != 0
+    {
+        return Err(malformed("a message without a DXO carries DXO fields"));
+    } else {
+        None
+    };
+    over(
+        "task id length",
+        header.task_id_len.into(),
+        limits.max_task_field_len.into(),
+    )?;
+    over(
+        "task name length",
+        header.task_name_len.into(),
+        limits.max_task_field_len.into(),
+    )?;
+    over(
+        "meta length",
+        header.meta_len.into(),
+        limits.max_meta_len.into(),
+    )?;
+    over(
+        "tensor count",
+        header.tensor_count.into(),
+        limits.max_tensors.into(),
+    )?;
+    over(
+        "tensor names length",
+        header.names_len.into(),
+        u64::from(limits.max_name_len) * u64::from(header.tensor_count),
+    )?;
+
+    let len = body.len();
+    let task_id = checked_range(
+        BODY_HEADER_LEN as u64,
+        header.task_id_len.into(),
+        len,
+        "task id",
+    )?;
+    let task_name = checked_range(
+        task_id.end as u64,
+        header.task_name_len.into(),
+        len,
+        "task name",
+    )?;
+    let meta_range = checked_range(task_name.end as u64, header.meta_len.into(), len, "meta")?;
+    for (range, what) in [(&task_id, "task id"), (&task_name, "task name")] {
+        std::str::from_utf8(&body[range.clone()])
+            .map_err(|e| malformed(format!("{what} is not UTF-8: {e}")))?;
+    }
+    let table_offset = (meta_range.end as u64).next_multiple_of(8);
+    let table_len = u64::from(header.tensor_count) * TENSOR_ENTRY_LEN as u64;
+    let table = checked_range(table_offset, table_len, len, "tensor table")?;
+    let names = checked_range(
+        table.end as u64,
+        header.names_len.into(),
+        len,
+        "tensor names",
+    )?;
+    let data_offset = align_to(names.end as u64, TENSOR_ALIGN as u64).unwrap_or(u64::MAX);
+    if header.data_offset != data_offset {
+        return Err(malformed(format!(
+            "data region at {}, expected {data_offset}",
+            header.data_offset
+        )));
+    }
+    if data_offset.checked_add(header.data_len) != Some(len as u64) {
+        return Err(malformed(format!(
+            "data region [{}, +{}) does not end at the body end {len}",
+            header.data_offset, header.data_len
+        )));
+    }
+    let opaque = checked_range(data_offset, header.opaque_len, len, "opaque bytes")?;
+    if !opaque.is_empty() && data_kind != Some(DataKind::AppDefined) {
+        return Err(malformed("opaque bytes in a DXO that is not APP_DEFINED"));
+    }
+
+    let meta = if meta_range.is_empty() {
+        Map::new()
+    } else {
+        serde_json::from_slice::<Map<String, Value>>(&body[meta_range])
+            .map_err(|e| malformed(format!("meta is not a JSON object: {e}")))?
+    };
+
+    let mut tensors = Vec::with_capacity(header.tensor_count as usize);
+    let mut seen = HashSet::with_capacity(header.tensor_count as usize);
+    let mut previous_end = opaque.end as u64;
+    for i in 0..header.tensor_count as usize {
+        let at = table.start + i * TENSOR_ENTRY_LEN;
+        let entry = TensorEntry::read_from_bytes(&body[at..at + TENSOR_ENTRY_LEN])
+            .map_err(|_| malformed("tensor entry"))?;
+        let bad = |what: String| malformed(format!("tensor {i}: {what}"));
+        let dtype = u32::from(entry.dtype);
+        let dtype =
+            DType::from_code(dtype).ok_or_else(|| bad(format!("unknown dtype code {dtype}")))?;
+        let ndim = usize::from(entry.ndim);
+        if ndim > MAX_DIMS {
+            return Err(bad(format!("{ndim} dimensions")));
+        }
+        if entry.shape[ndim..].iter().any(|&d| d != 0) || entry.reserved0 != 0 {
+            return Err(bad("non-zero reserved or unused shape words".into()));
+        }
+        let name_len = u64::from(entry.name_len);
+        if name_len == 0 {
+            return Err(bad("empty name".into()));
+        }
+        over("tensor name length", name_len, limits.max_name_len.into())?;
+        let name = checked_range(
+            u64::from(entry.name_offset),
+            name_len,
+            names.len(),
+            "tensor name",
+        )
+        .map_err(|_| bad("name outside the names area".into()))?;
+        let name = (name.start + names.start)..(name.end + names.start);
+        let name_str = std::str::from_utf8(&body[name.clone()])
+            .map_err(|e| bad(format!("name is not UTF-8: {e}")))?;
+        if !seen.insert(name_str) {
+            return Err(bad(format!("duplicate name {name_str:?}")));
+        }
+        let expected = tensor_len(dtype, &entry.shape[..ndim]);
+        if expected != Some(entry.data_len) {
+            return Err(bad(format!(
+                "{} bytes for shape {:?} of {dtype}",
+                entry.data_len,
+                &entry.shape[..ndim]
+            )));
+        }
+        if entry.data_offset % TENSOR_ALIGN as u64 != 0 {
+            return Err(bad(format!(
+                "data at {} is not {TENSOR_ALIGN}-byte aligned",
+                entry.data_offset
+            )));
+        }
+        if entry.data_offset < previous_end {
+            return Err(bad(format!(
+                "data at {} overlaps what precedes it (ends {previous_end})",
+                entry.data_offset
+            )));
+        }
+        let data = checked_range(entry.data_offset, entry.data_len, len, "tensor data")?;
+        previous_end = data.end as u64;
+        tensors.push(ParsedTensor {
+            name,
+            dtype,
+            ndim,
+            shape: entry.shape,
+            data,
+        });
+    }
+    Ok(ParsedBody {
+        rc,
+        data_kind,
+        task_id,
+        task_name,
+        meta,
+        opaque,
+        tensors,
+    })
+}
+
+/// A heap buffer whose start is 64-byte aligned, reused across messages to receive fragmented
+/// messages (and to copy in-ring messages out).
+#[derive(Clone, Default)]
+pub struct AlignedBuf {
+    blocks: Vec<Block>,
+    len: usize,
+}
+
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Block([u8; 64]);
+
+impl fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+impl AlignedBuf {
+    /// An empty buffer.
+    pub fn new() -> AlignedBuf {
+        AlignedBuf::default()
+    }
+
+    /// A zeroed buffer of `len` bytes (its pages come from the OS on first touch).
+    pub fn zeroed(len: usize) -> AlignedBuf {
+        let mut buf = AlignedBuf::new();
+        buf.resize(len);
+        buf
+    }
+
+    /// Bytes the buffer holds without reallocating.
+    pub fn capacity(&self) -> usize {
+        self.blocks.len() * 64
+    }
+
+    /// Sets the length to `len`, growing (zero-filled) if needed; keeps existing capacity.
+    pub fn resize(&mut self, len: usize) {
+        let blocks = len.div_ceil(64);
+        if blocks > self.blocks.len() {
+            self.blocks.resize(blocks, Block([0; 64]));
+        }
+        self.len = len;
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.blocks.as_bytes_helper()[..self.len]
+    }
+
+    /// The bytes, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        let len = self.len;
+        &mut self.blocks.as_mut_bytes_helper()[..len]
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+trait BlockBytes {
+    fn as_bytes_helper(&self) -> &[u8];
+    fn as_mut_bytes_helper(&mut self) -> &mut [u8];
+}
+
+impl BlockBytes for Vec<Block> {
+    fn as_bytes_helper(&self) -> &[u8] {
+        // SAFETY: `Block` is `repr(C)` around `[u8; 64]` with no padding, so `len * 64`
+        // initialised bytes start at the vector's pointer; the borrow of `self` bounds the
+        // slice's lifetime.
+        unsafe { std::slice::from_raw_parts(self.as_ptr().cast::<u8>(), self.len() * 64) }
+    }
+    fn as_mut_bytes_helper(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and the exclusive borrow of `self` makes the slice unique.
+        unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr().cast::<u8>(), self.len() * 64) }
+    }
+}
+
+/// Receives messages from a ring, enforcing [`Limits`], reassembling fragments into a reused
+/// buffer.
+#[derive(Debug, Default)]
+pub struct FrameReceiver {
+    limits: Limits,
+    assembly: AlignedBuf,
+}
+
+/// Where a received message's bytes are.
+enum Storage<'c> {
+    /// In the ring, viewed in place until the message is dropped or released.
+    Ring(Option<ReadGrant<'c>>),
+    /// In the receiver's reassembly buffer.
+    Assembled(&'c AlignedBuf),
+}
+
+/// A received message. Its tensors can be viewed in place; dropping it (or
+/// [`Message::release`]) frees its ring space.
+pub struct Message<'c> {
+    storage: Storage<'c>,
+    kind: MessageKind,
+    sequence: u64,
+    parsed: ParsedBody,
+}
+
+impl fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("kind", &self.kind)
+            .field("sequence", &self.sequence)
+            .field("in_ring", &matches!(self.storage, Storage::Ring(_)))
+            .finish()
+    }
+}
+
+impl FrameReceiver {
+    /// A receiver enforcing `limits`.
+    pub fn new(limits: Limits) -> FrameReceiver {
+        FrameReceiver {
+            limits,
+            assembly: AlignedBuf::new(),
+        }
+    }
+
+    /// The limits enforced.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Receives the next message, waiting until `deadline` (`None`: forever). A message that
+    /// arrived whole is viewed in place in the ring; a fragmented one is reassembled into this
+    /// receiver's buffer as its fragments arrive (the buffer is kept for the next message).
+    pub fn recv<'c>(
+        &'c mut self,
+        consumer: &'c mut Consumer,
+        deadline: Option<Instant>,
+    ) -> Result<Message<'c>, FrameError> {
+        let limits = self.limits;
+        let first = {
+            let grant = consumer.peek(deadline)?;
+            match fragment_header(&grant) {
+                Ok(h) => h,
+                Err(e) => {
+                    grant.release();
+                    return Err(e);
+                }
+            }
+        };
+        if first.flags & FLAG_FIRST == 0 {
+            discard_next(consumer)?;
+            return Err(FrameError::OutOfOrder(format!(
+                "fragment {} of message {} arrived without its first fragment",
+                first.fragment_index, first.sequence
+            )));
+        }
+        let kind = MessageKind::from_code(first.kind.into())
+            .ok_or_else(|| FrameError::BadFragment(format!("unknown message kind {}", first.kind)))
+            .and_then(|k| {
+                over("message length", first.message_len, limits.max_message_len).map(|()| k)
+            });
+        let kind = match kind {
+            Ok(kind) => kind,
+            Err(e) => {
+                discard_next(consumer)?;
+                return Err(e);
+            }
+        };
+        if first.flags & FLAG_LAST != 0 {
+            // The record is still at the head: take it again, this time for the caller.
+            let grant = consumer
+                .try_peek()?
+                .ok_or_else(|| FrameError::Malformed("record vanished between two peeks".into()))?;
+            let parsed = parse_body(&grant.as_slice()[FRAGMENT_HEADER_LEN..], &limits);
+            return match parsed {
+                Ok(parsed) => Ok(Message {
+                    storage: Storage::Ring(Some(grant)),
+                    kind,
+                    sequence: first.sequence,
+                    parsed,
+                }),
+                Err(e) => {
+                    grant.release();
+                    Err(e)
+                }
+            };
+        }
+        let grant = consumer
+            .try_peek()?
+            .ok_or_else(|| FrameError::Malformed("record vanished between two peeks".into()))?;
+        // Fragmented: the length was checked against the limit above, before this allocation.
+        let total = usize::try_from(first.message_len).map_err(|_| FrameError::OverLimit {
+            what: "message length",
+            value: first.message_len,
+            max: usize::MAX as u64,
+        });
+        let total = match total {
+            Ok(t) => t,
+            Err(e) => {
+                grant.release();
+                return Err(e);
+            }
+        };
+        self.assembly.resize(total);
+        let out = self.assembly.as_mut_slice();
+        let mut received = copy_fragment(grant, out, 0)?;
+        let mut index = 0u32;
+        while (received as u64) < first.message_len {
+            index = index.wrapping_add(1);
+            let grant = consumer.peek(deadline)?;
+            let next = match fragment_header(&grant) {
+                Ok(h) => h,
+                Err(e) => {
+                    grant.release();
+                    return Err(e);
+                }
+            };
+            if next.flags & FLAG_FIRST != 0 {
+                // The start of another message: leave it for the next call.
+                return Err(FrameError::OutOfOrder(format!(
+                    "message {} ended after {received} of {} bytes; message {} began",
+                    first.sequence, first.message_len, next.sequence
+                )));
+            }
+            let consistent = next.sequence == first.sequence
+                && next.kind == first.kind
+                && next.message_len == first.message_len
+                && next.fragment_offset == received as u64
+                && next.fragment_index == index
+                && ((next.flags & FLAG_LAST != 0)
+                    == (received as u64 + next.fragment_len == first.message_len));
+            if !consistent {
+                grant.release();
+                return Err(FrameError::OutOfOrder(format!(
+                    "fragment (message {}, index {}, offset {}) does not continue message {} at index {index}, offset {received}",
+                    next.sequence, next.fragment_index, next.fragment_offset, first.sequence
+                )));
+            }
+            received = copy_fragment(grant, out, received)?;
+        }
+        let this: &'c FrameReceiver = self;
+        let parsed = parse_body(this.assembly.as_slice(), &limits)?;
+        Ok(Message {
+            storage: Storage::Assembled(&this.assembly),
+            kind,
+            sequence: first.sequence,
+            parsed,
+        })
+    }
+}
+
+/// Consumes the record at the head of the ring (a rejected fragment).
+fn discard_next(consumer: &mut Consumer) -> Result<(), FrameError> {
+    if let Some(grant) = consumer.try_peek()? {
+        grant.release();
+    }
+    Ok(())
+}
+
+/// Reads and checks a fragment header (a copy of the bytes, not a reference into the ring).
+fn fragment_header(grant: &ReadGrant<'_>) -> Result<FragmentHeader, FrameError> {
+    let bytes = grant.as_slice();
+    let header = FragmentHeader::read_from_prefix(bytes)
+        .map_err(|_| {
+            FrameError::BadFragment(format!(
+                "record of {} bytes is shorter than a fragment header",
+                bytes.len()
+            ))
+        })?
+        .0;
+    if header.magic != FRAME_MAGIC {
+        return Err(FrameError::BadFragment(format!(
+            "magic {:#010x}, expected {FRAME_MAGIC:#010x}",
+            header.magic
+        )));
+    }
+    if header.version != FORMAT_VERSION {
+        return Err(FrameError::BadFragment(format!(
+            "format version {FORMAT_VERSION} expected, fragment has {}",
+            header.version
+        )));
+    }
+    if header.header_len != FRAGMENT_HEADER_LEN as u32
+        || header.reserved0 != 0
+        || header.reserved1 != 0
+    {
+        return Err(FrameError::BadFragment(
+            "header length or reserved words".into(),
+        ));
+    }
+    if header.flags & !(FLAG_FIRST | FLAG_LAST) != 0 {
+        return Err(FrameError::BadFragment(format!(
+            "unknown flags {:#x}",
+            header.flags
+        )));
+    }
+    let payload = (bytes.len() - FRAGMENT_HEADER_LEN) as u64;
+    let end = header.fragment_offset.checked_add(header.fragment_len);
+    if header.fragment_len != payload || end.is_none_or(|end| end > header.message_len) {
+        return Err(FrameError::BadFragment(format!(
+            "fragment [{}, +{}) of a {}-byte message in a record of {payload} payload bytes",
+            header.fragment_offset, header.fragment_len, header.message_len
+        )));
+    }
+    if header.flags & FLAG_FIRST != 0 && header.fragment_offset != 0 {
+        return Err(FrameError::BadFragment(
+            "first fragment at a non-zero offset".into(),
+        ));
+    }
+    if header.flags & (FLAG_FIRST | FLAG_LAST) == (FLAG_FIRST | FLAG_LAST)
+        && header.fragment_len != header.message_len
+    {
+        return Err(FrameError::BadFragment(
+            "single fragment shorter than its message".into(),
+        ));
+    }
+    Ok(header)
+}
+
+/// Copies a checked fragment's body bytes into `out` at `at`, releases it, returns the new end.
+fn copy_fragment(grant: ReadGrant<'_>, out: &mut [u8], at: usize) -> Result<usize, FrameError> {
+    let bytes = &grant.as_slice()[FRAGMENT_HEADER_LEN..];
+    let end = at + bytes.len();
+    if end > out.len() {
+        grant.release();
+        return Err(FrameError::BadFragment(
+            "fragment runs past its message".into(),
+        ));
+    }
+    out[at..end].copy_from_slice(bytes);
+    grant.release();
+    Ok(end)
+}
+
+impl<'c> Message<'c> {
+    fn body(&self) -> &[u8] {
+        match &self.storage {
+            Storage::Ring(Some(grant)) => &grant.as_slice()[FRAGMENT_HEADER_LEN..],
+            Storage::Ring(None) => &[],
+            Storage::Assembled(buf) => buf.as_slice(),
+        }
+    }
+
+    /// The message kind.
+    pub fn kind(&self) -> MessageKind {
+        self.kind
+    }
+
+    /// The sender's sequence number.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// The return code.
+    pub fn rc(&self) -> ReturnCode {
+        self.parsed.rc
+    }
+
+    /// The task id ("" for none).
+    pub fn task_id(&self) -> &str {
+        std::str::from_utf8(&self.body()[self.parsed.task_id.clone()]).unwrap_or_default()
+    }
+
+    /// The task name ("" for none).
+    pub fn task_name(&self) -> &str {
+        std::str::from_utf8(&self.body()[self.parsed.task_name.clone()]).unwrap_or_default()
+    }
+
+    /// Whether the message carries a DXO.
+    pub fn has_dxo(&self) -> bool {
+        self.parsed.data_kind.is_some()
+    }
+
+    /// The DXO's data kind (`None` if the message carries no DXO).
+    pub fn data_kind(&self) -> Option<DataKind> {
+        self.parsed.data_kind
+    }
+
+    /// The DXO's meta dictionary (empty if none).
+    pub fn meta(&self) -> &Map<String, Value> {
+        &self.parsed.meta
+    }
+
+    /// The opaque bytes (empty if none).
+    pub fn opaque(&self) -> &[u8] {
+        &self.body()[self.parsed.opaque.clone()]
+    }
+
+    /// Whether the message is viewed in place in the ring (it arrived whole) rather than
+    /// reassembled from fragments.
+    pub fn is_in_ring(&self) -> bool {
+        matches!(self.storage, Storage::Ring(_))
+    }
+
+    /// Number of tensors.
+    pub fn tensor_count(&self) -> usize {
+        self.parsed.tensors.len()
+    }
+
+    /// The tensors, in order.
+    pub fn tensors(&self) -> impl ExactSizeIterator<Item = TensorView<'_>> + '_ {
+        (0..self.parsed.tensors.len()).map(move |i| self.view(i))
+    }
+
+    /// Tensor `index`.
+    pub fn tensor(&self, index: usize) -> Option<TensorView<'_>> {
+        (index < self.parsed.tensors.len()).then(|| self.view(index))
+    }
+
+    /// The tensor named `name`.
+    pub fn tensor_by_name(&self, name: &str) -> Option<TensorView<'_>> {
+        self.tensors().find(|t| t.name() == name)
+    }
+
+    fn view(&self, index: usize) -> TensorView<'_> {
+        let body = self.body();
+        let t = &self.parsed.tensors[index];
+        TensorView {
+            name: std::str::from_utf8(&body[t.name.clone()]).unwrap_or_default(),
+            dtype: t.dtype,
+            shape: &t.shape[..t.ndim],
+            bytes: &body[t.data.clone()],
+        }
+    }
+
+    /// Copies the whole message out into an owned value (for keeping it past the ring).
+    pub fn to_owned_message(&self) -> OwnedMessage {
+        let body = self.body();
+        let mut buf = AlignedBuf::zeroed(body.len());
+        buf.as_mut_slice().copy_from_slice(body);
+        OwnedMessage {
+            body: buf,
+            kind: self.kind,
+            sequence: self.sequence,
+            parsed: self.parsed.clone(),
+        }
+    }
+
+    /// Frees the message's ring space now (dropping it does the same).
+    pub fn release(mut self) {
+        self.release_grant();
+    }
+
+    fn release_grant(&mut self) {
+        if let Storage::Ring(grant) = &mut self.storage {
+            if let Some(grant) = grant.take() {
+                grant.release();
+            }
+        }
+    }
+}
+
+impl Drop for Message<'_> {
+    fn drop(&mut self) {
+        self.release_grant();
+    }
+}
+
+/// A message copied out of the ring: the same accessors as [`Message`], owning its bytes.
+#[derive(Clone, Debug)]
+pub struct OwnedMessage {
+    body: AlignedBuf,
+    kind: MessageKind,
+    sequence: u64,
+    parsed: ParsedBody,
+}
+
+impl OwnedMessage {
+    /// The message kind.
+    pub fn kind(&self) -> MessageKind {
+        self.kind
+    }
+    /// The sender's sequence number.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+    /// The return code.
+    pub fn rc(&self) -> ReturnCode {
+        self.parsed.rc
+    }
+    /// The task id.
+    pub fn task_id(&self) -> &str {
+        std::str::from_utf8(&self.body.as_slice()[self.parsed.task_id.clone()]).unwrap_or_default()
+    }
+    /// The task name.
+    pub fn task_name(&self) -> &str {
+        std::str::from_utf8(&self.body.as_slice()[self.parsed.task_name.clone()])
+            .unwrap_or_default()
+    }
+    /// The DXO's data kind.
+    pub fn data_kind(&self) -> Option<DataKind> {
+        self.parsed.data_kind
+    }
+    /// The meta dictionary.
+    pub fn meta(&self) -> &Map<String, Value> {
+        &self.parsed.meta
+    }
+    /// The opaque bytes.
+    pub fn opaque(&self) -> &[u8] {
+        &self.body.as_slice()[self.parsed.opaque.clone()]
+    }
+    /// The tensors, in order.
+    pub fn tensors(&self) -> impl ExactSizeIterator<Item = TensorView<'_>> + '_ {
+        let body = self.body.as_slice();
+        self.parsed.tensors.iter().map(move |t| TensorView {
+            name: std::str::from_utf8(&body[t.name.clone()]).unwrap_or_default(),
+            dtype: t.dtype,
+            shape: &t.shape[..t.ndim],
+            bytes: &body[t.data.clone()],
+        })
+    }
+    /// The tensor named `name`.
+    pub fn tensor_by_name(&self, name: &str) -> Option<TensorView<'_>> {
+        self.tensors().find(|t| t.name() == name)
+    }
+}
+
+/// A tensor of a received message, viewed where it lies (ring or buffer).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TensorView<'a> {
+    name: &'a str,
+    dtype: DType,
+    shape: &'a [u64],
+    bytes: &'a [u8],
+}
+
+impl<'a> TensorView<'a> {
+    /// The name.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// The shape.
+    pub fn shape(&self) -> &'a [u64] {
+        self.shape
+    }
+    /// The raw bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / self.dtype.size()
+    }
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The elements as `&[T]`, in place; the dtype must be `T`'s. (For bool tensors use
+    /// [`TensorView::as_bools`].)
+    pub fn as_slice<T: Element + FromBytes + KnownLayout>(&self) -> Result<&'a [T], ViewError> {
+        if self.dtype != T::DTYPE {
+            return Err(ViewError::WrongDType {
+                actual: self.dtype,
+                asked: T::DTYPE,
+            });
+        }
+        <[T]>::ref_from_bytes(self.bytes).map_err(|_| ViewError::Misaligned)
+    }
+
+    /// A bool tensor's elements, in place, after checking every byte is 0 or 1.
+    pub fn as_bools(&self) -> Result<&'a [bool], ViewError> {
+        if self.dtype != DType::Bool {
+            return Err(ViewError::WrongDType {
+                actual: self.dtype,
+                asked: DType::Bool,
+            });
+        }
+        <[bool]>::try_ref_from_bytes(self.bytes).map_err(|_| ViewError::InvalidBool)
+    }
+
+    /// Copies the elements into a caller-provided slice of exactly [`TensorView::len`]
+    /// elements.
+    pub fn copy_to<T: Element + FromBytes + KnownLayout>(
+        &self,
+        out: &mut [T],
+    ) -> Result<(), ViewError> {
+        if self.dtype != T::DTYPE {
+            return Err(ViewError::WrongDType {
+                actual: self.dtype,
+                asked: T::DTYPE,
+            });
+        }
+        let out = out.as_mut_bytes();
+        if out.len() != self.bytes.len() {
+            return Err(ViewError::Misaligned);
+        }
+        out.copy_from_slice(self.bytes);
+        Ok(())
+    }
+
+    /// Copies the elements into a new vector.
+    pub fn to_vec<T: Element + FromBytes + KnownLayout>(&self) -> Result<Vec<T>, ViewError> {
+        if self.dtype != T::DTYPE {
+            return Err(ViewError::WrongDType {
+                actual: self.dtype,
+                asked: T::DTYPE,
+            });
+        }
+        <[T]>::ref_from_bytes(self.bytes)
+            .map(|s| s.to_vec())
+            .or_else(|_| {
+                // Unaligned (only possible for caller-built views): copy element by element.
+                let mut v = vec![T::new_zeroed(); self.len()];
+                v.as_mut_bytes().copy_from_slice(self.bytes);
+                Ok(v)
+            })
+    }
+}

@@ -1,0 +1,568 @@
+//! A bidirectional link between the exchanger and the agent over one segment.
+//!
+//! The exchanger [`Link::create`]s the segment and owns it (it unlinks the name when it is
+//! dropped); the agent [`Link::attach`]es, waiting up to a timeout for the exchanger to appear.
+//! Each side gets the producer half of one ring and the consumer half of the other:
+//! tasks flow exchanger → agent, results agent → exchanger. Blocking ring calls on a link
+//! notice a dead or departed peer between sleep slices (see [`crate::signal`]).
+//!
+//! ```no_run
+//! use shmex::link::{AttachOptions, CreateOptions, Link};
+//! use shmex::segment::SegmentName;
+//! use std::time::{Duration, Instant};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let name = SegmentName::for_agent("site-1", "trainer")?;
+//! // In the FL-client process:
+//! let mut exchanger = Link::create(&name, &CreateOptions::default())?;
+//! exchanger.sender().push(b"task bytes", Some(Instant::now() + Duration::from_secs(5)))?;
+//! // In the trainer process:
+//! let mut agent = Link::attach(&name, &AttachOptions::default())?;
+//! let mut task = Vec::new();
+//! agent.receiver().pop_into(&mut task, Some(Instant::now() + Duration::from_secs(5)))?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::control::{
+    self, AttachError, Attachment, LayoutError, Liveness, LockPeerCheck, PeerMonitor,
+};
+use crate::layout::{Role, SegmentPlan, RING_HEADER_LEN};
+use crate::ring::{self, CapacityError, Consumer, Producer, RingCorruption};
+use crate::segment::{self, OpenError, Segment, SegmentName};
+use crate::signal::{self, Signals, WaitStrategy};
+
+/// Default data bytes of each ring: large enough to stream at memory speed, small enough to
+/// stay cheap in `/dev/shm`.
+pub const DEFAULT_RING_CAPACITY: u64 = 16 << 20;
+
+/// Default interval of the heartbeat each side advances.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Options for [`Link::create`] (the exchanger side). Ring sizes are fixed at creation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// Data bytes of the task ring (exchanger → agent). Default [`DEFAULT_RING_CAPACITY`].
+    pub task_ring_capacity: u64,
+    /// Data bytes of the result ring (agent → exchanger). Default [`DEFAULT_RING_CAPACITY`].
+    pub result_ring_capacity: u64,
+    /// Interval of our heartbeat. Default [`DEFAULT_HEARTBEAT_INTERVAL`].
+    pub heartbeat_interval: Duration,
+    /// How blocking calls wait (spin, then sleep slices between liveness checks).
+    pub wait: WaitStrategy,
+    /// Replace a segment of the same name whose owner died (default `true`). A live owner's
+    /// segment is never touched.
+    pub reclaim_stale: bool,
+    /// Pre-fault the segment's pages at creation (default `true`).
+    pub populate: bool,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            task_ring_capacity: DEFAULT_RING_CAPACITY,
+            result_ring_capacity: DEFAULT_RING_CAPACITY,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            wait: WaitStrategy::default(),
+            reclaim_stale: true,
+            populate: true,
+        }
+    }
+}
+
+impl CreateOptions {
+    /// Sets both ring capacities.
+    pub fn ring_capacity(mut self, bytes: u64) -> Self {
+        self.task_ring_capacity = bytes;
+        self.result_ring_capacity = bytes;
+        self
+    }
+
+    fn plan(&self) -> Result<SegmentPlan, LinkCreateError> {
+        ring::validate_capacity(self.task_ring_capacity).map_err(|source| {
+            LinkCreateError::Capacity {
+                ring: "task",
+                source,
+            }
+        })?;
+        ring::validate_capacity(self.result_ring_capacity).map_err(|source| {
+            LinkCreateError::Capacity {
+                ring: "result",
+                source,
+            }
+        })?;
+        SegmentPlan::new(self.task_ring_capacity, self.result_ring_capacity)
+            .filter(|plan| usize::try_from(plan.segment_len).is_ok())
+            .ok_or(LinkCreateError::TooLarge)
+    }
+}
+
+/// Options for [`Link::attach`] (the agent side).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachOptions {
+    /// How long to wait for the exchanger to create and initialise the segment (default 10 s).
+    pub attach_timeout: Duration,
+    /// Interval of our heartbeat. Default [`DEFAULT_HEARTBEAT_INTERVAL`].
+    pub heartbeat_interval: Duration,
+    /// How blocking calls wait.
+    pub wait: WaitStrategy,
+    /// Pre-fault the segment's pages when mapping (default `true`).
+    pub populate: bool,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        AttachOptions {
+            attach_timeout: Duration::from_secs(10),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            wait: WaitStrategy::default(),
+            populate: true,
+        }
+    }
+}
+
+/// Why [`Link::create`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkCreateError {
+    /// A ring capacity is invalid.
+    #[error("invalid {ring} ring capacity: {source}")]
+    Capacity {
+        /// "task" or "result".
+        ring: &'static str,
+        /// What is wrong.
+        source: CapacityError,
+    },
+    /// The segment would not fit this process's address space.
+    #[error("ring capacities add up to more than the address space holds")]
+    TooLarge,
+    /// The segment could not be created.
+    #[error(transparent)]
+    Segment(#[from] segment::CreateError),
+    /// The exchanger role could not be taken.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    /// A freshly initialised ring failed its own checks (a bug, reported rather than hidden).
+    #[error("fresh ring: {0}")]
+    Ring(#[from] RingCorruption),
+}
+
+/// Why [`Link::attach`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkAttachError {
+    /// No live, initialised segment appeared within the attach timeout.
+    #[error("no live exchanger on {name} after {waited:?}: {reason}")]
+    Timeout {
+        /// The segment's name.
+        name: SegmentName,
+        /// How long we waited.
+        waited: Duration,
+        /// What was last seen: "no segment", "owner dead", or the layout error.
+        reason: String,
+    },
+    /// The segment exists but could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The segment's contents are not a usable shmex layout.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// The agent role could not be taken (another agent is attached).
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    /// A ring's positions are corrupt.
+    #[error("ring: {0}")]
+    Ring(#[from] RingCorruption),
+}
+
+/// One side of a link: the producer half of its outgoing ring, the consumer half of its
+/// incoming ring, its role attachment (lock, epoch, heartbeat) and a monitor of the peer.
+pub struct Link {
+    producer: Producer,
+    consumer: Consumer,
+    monitor: PeerMonitor,
+    plan: SegmentPlan,
+    // Dropped last: marks the side closed only after the ring halves are gone.
+    attachment: Attachment,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("role", &self.role())
+            .field("name", &self.name())
+            .field("epoch", &self.epoch())
+            .field("plan", &self.plan)
+            .finish()
+    }
+}
+
+impl Link {
+    /// Creates the segment `name` and takes the exchanger role. A stale segment of the same
+    /// name is reclaimed (see [`CreateOptions::reclaim_stale`]); a live one is refused.
+    pub fn create(name: &SegmentName, options: &CreateOptions) -> Result<Link, LinkCreateError> {
+        let plan = options.plan()?;
+        let segment = Segment::create(
+            name,
+            plan.segment_len,
+            options.reclaim_stale,
+            options.populate,
+        )?;
+        control::initialize(&segment, &plan);
+        let segment = Arc::new(segment);
+        let link = Link::assemble(
+            segment,
+            plan,
+            Role::Exchanger,
+            options.heartbeat_interval,
+            options.wait,
+        );
+        match link {
+            Ok(link) => Ok(link),
+            Err(e) => {
+                let _ = segment::reclaim(name);
+                Err(e.into_create())
+            }
+        }
+    }
+
+    /// Attaches to the segment `name` as the agent, waiting up to
+    /// [`AttachOptions::attach_timeout`] for a live exchanger to create it.
+    pub fn attach(name: &SegmentName, options: &AttachOptions) -> Result<Link, LinkAttachError> {
+        let start = Instant::now();
+        loop {
+            let waited = start.elapsed();
+            let remaining = options.attach_timeout.saturating_sub(waited);
+            let reason = match Segment::open(name, options.populate) {
+                Ok(segment) => {
+                    let plan = control::validate(&segment, remaining)?;
+                    if control::role_lock_held(&segment, Role::Exchanger).map_err(|source| {
+                        OpenError::Sys {
+                            name: name.clone(),
+                            source,
+                        }
+                    })? == Some(false)
+                    {
+                        // The owner died; a new exchanger will reclaim the name.
+                        "owner dead".to_string()
+                    } else {
+                        return Link::assemble(
+                            Arc::new(segment),
+                            plan,
+                            Role::Agent,
+                            options.heartbeat_interval,
+                            options.wait,
+                        )
+                        .map_err(AssembleError::into_attach);
+                    }
+                }
+                Err(OpenError::NotFound { .. }) => "no segment".to_string(),
+                Err(e) => return Err(e.into()),
+            };
+            if remaining.is_zero() {
+                return Err(LinkAttachError::Timeout {
+                    name: name.clone(),
+                    waited,
+                    reason,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5).min(remaining));
+        }
+    }
+
+    /// Two ends of a link over heap memory in this process: (exchanger, agent). For tests,
+    /// benchmarks and single-process use; nothing touches `/dev/shm`.
+    pub fn in_process(options: &CreateOptions) -> Result<(Link, Link), LinkCreateError> {
+        let plan = options.plan()?;
+        let len = usize::try_from(plan.segment_len).map_err(|_| LinkCreateError::TooLarge)?;
+        let segment = Segment::heap(len);
+        control::initialize(&segment, &plan);
+        let segment = Arc::new(segment);
+        let exchanger = Link::assemble(
+            Arc::clone(&segment),
+            plan,
+            Role::Exchanger,
+            options.heartbeat_interval,
+            options.wait,
+        )
+        .map_err(AssembleError::into_create)?;
+        let agent = Link::assemble(
+            segment,
+            plan,
+            Role::Agent,
+            options.heartbeat_interval,
+            options.wait,
+        )
+        .map_err(AssembleError::into_create)?;
+        Ok((exchanger, agent))
+    }
+
+    fn assemble(
+        segment: Arc<Segment>,
+        plan: SegmentPlan,
+        role: Role,
+        heartbeat_interval: Duration,
+        wait: WaitStrategy,
+    ) -> Result<Link, AssembleError> {
+        let attachment = Attachment::attach(Arc::clone(&segment), role, heartbeat_interval)?;
+        let signals = Signals {
+            waiter: signal::default_wait_word(),
+            peer: Arc::new(LockPeerCheck::new(Arc::clone(&segment), role.peer())),
+            strategy: wait,
+        };
+        let (out_offset, out_capacity, in_offset, in_capacity) = match role {
+            Role::Exchanger => (
+                plan.task_ring_offset,
+                plan.task_ring_capacity,
+                plan.result_ring_offset,
+                plan.result_ring_capacity,
+            ),
+            Role::Agent => (
+                plan.result_ring_offset,
+                plan.result_ring_capacity,
+                plan.task_ring_offset,
+                plan.task_ring_capacity,
+            ),
+        };
+        let (out_header, out_data) = ring_parts(&segment, out_offset, out_capacity);
+        let (in_header, in_data) = ring_parts(&segment, in_offset, in_capacity);
+        let keep: Arc<dyn Send + Sync> = Arc::clone(&segment) as Arc<dyn Send + Sync>;
+        // SAFETY: `ring_parts` returns pointers into the segment that `validate`/`initialize`
+        // laid out by `plan` (header and `capacity` data bytes inside the mapping); `keep`
+        // holds the segment mapped for as long as the halves live; this process holds the
+        // role lock (or is the only user of a heap segment), so it is the only producer of its
+        // outgoing ring and the only consumer of its incoming ring.
+        let producer = unsafe {
+            Producer::from_raw(
+                out_header,
+                out_data,
+                out_capacity,
+                signals.clone(),
+                Arc::clone(&keep),
+            )
+        }?;
+        // SAFETY: as above, for the incoming ring.
+        let consumer =
+            unsafe { Consumer::from_raw(in_header, in_data, in_capacity, signals, keep) }?;
+        let monitor = PeerMonitor::new(Arc::clone(&segment), role.peer());
+        Ok(Link {
+            producer,
+            consumer,
+            monitor,
+            plan,
+            attachment,
+        })
+    }
+
+    /// This side's role.
+    pub fn role(&self) -> Role {
+        self.attachment.role()
+    }
+
+    /// The segment's name (`None` for an in-process link).
+    pub fn name(&self) -> Option<&SegmentName> {
+        self.attachment.segment().name()
+    }
+
+    /// This side's restart epoch.
+    pub fn epoch(&self) -> u64 {
+        self.attachment.epoch()
+    }
+
+    /// The peer's current restart epoch and pid (0, 0 before it first attached).
+    pub fn peer_epoch_and_pid(&self) -> (u64, u32) {
+        self.monitor.epoch_and_pid()
+    }
+
+    /// The peer's liveness; a heartbeat still for `stale_after` or longer makes it
+    /// [`Liveness::Stale`].
+    pub fn peer_liveness(&mut self, stale_after: Duration) -> Liveness {
+        self.monitor.verdict(stale_after)
+    }
+
+    /// Where the segment's parts lie.
+    pub fn plan(&self) -> &SegmentPlan {
+        &self.plan
+    }
+
+    /// The producer half of the outgoing ring.
+    pub fn sender(&mut self) -> &mut Producer {
+        &mut self.producer
+    }
+
+    /// The consumer half of the incoming ring.
+    pub fn receiver(&mut self) -> &mut Consumer {
+        &mut self.consumer
+    }
+
+    /// Both halves at once (to send and receive from one thread in turn, or to move them
+    /// into a scoped thread each).
+    pub fn split(&mut self) -> (&mut Producer, &mut Consumer) {
+        (&mut self.producer, &mut self.consumer)
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The owner removes the name; the agent's mapping stays valid until it lets go.
+        if self.role() == Role::Exchanger {
+            let _ = self.attachment.segment().unlink();
+        }
+    }
+}
+
+/// The pointers to a ring header and its data region.
+fn ring_parts(
+    segment: &Segment,
+    offset: u64,
+    capacity: u64,
+) -> (
+    std::ptr::NonNull<crate::layout::RingHeader>,
+    std::ptr::NonNull<u8>,
+) {
+    let header = control::ring_header(segment, offset)
+        .expect("validated plan places the ring inside the segment");
+    let data_offset = usize::try_from(offset + RING_HEADER_LEN as u64).expect("inside the mapping");
+    debug_assert!(data_offset as u64 + capacity <= segment.len() as u64);
+    // SAFETY: `data_offset + capacity <= segment.len()` (the plan was validated against the
+    // mapping length), so the pointer stays inside the mapping.
+    let data = unsafe { segment.as_ptr().add(data_offset) };
+    (
+        std::ptr::NonNull::from(header),
+        std::ptr::NonNull::new(data).expect("mapping is non-null"),
+    )
+}
+
+/// Errors common to both ways of building a link.
+#[derive(Debug)]
+enum AssembleError {
+    Attach(AttachError),
+    Ring(RingCorruption),
+}
+
+impl From<AttachError> for AssembleError {
+    fn from(e: AttachError) -> Self {
+        AssembleError::Attach(e)
+    }
+}
+
+impl From<RingCorruption> for AssembleError {
+    fn from(e: RingCorruption) -> Self {
+        AssembleError::Ring(e)
+    }
+}
+
+impl AssembleError {
+    fn into_create(self) -> LinkCreateError {
+        match self {
+            AssembleError::Attach(e) => e.into(),
+            AssembleError::Ring(e) => e.into(),
+        }
+    }
+
+    fn into_attach(self) -> LinkAttachError {
+        match self {
+            AssembleError::Attach(e) => e.into(),
+            AssembleError::Ring(e) => e.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> CreateOptions {
+        CreateOptions::default().ring_capacity(64 * 1024)
+    }
+
+    fn unique(tag: &str) -> SegmentName {
+        SegmentName::new(format!("shmex.test.link.{tag}.{}", std::process::id())).unwrap()
+    }
+
+    fn soon() -> Option<Instant> {
+        Some(Instant::now() + Duration::from_secs(10))
+    }
+
+    #[test]
+    fn in_process_link_carries_both_directions() {
+        let (mut exchanger, mut agent) = Link::in_process(&small()).unwrap();
+        exchanger.sender().push(b"task", soon()).unwrap();
+        let mut buf = Vec::new();
+        agent.receiver().pop_into(&mut buf, soon()).unwrap();
+        assert_eq!(buf, b"task");
+        agent.sender().push(b"result", soon()).unwrap();
+        exchanger.receiver().pop_into(&mut buf, soon()).unwrap();
+        assert_eq!(buf, b"result");
+        assert_eq!(
+            exchanger.peer_liveness(Duration::from_secs(60)),
+            Liveness::Alive
+        );
+    }
+
+    #[test]
+    fn invalid_capacity_is_a_typed_error() {
+        assert!(matches!(
+            Link::in_process(&CreateOptions::default().ring_capacity(0)),
+            Err(LinkCreateError::Capacity { ring: "task", .. })
+        ));
+        assert!(matches!(
+            Link::in_process(&CreateOptions::default().ring_capacity(1000)),
+            Err(LinkCreateError::Capacity { .. })
+        ));
+    }
+
+    #[test]
+    fn named_link_attach_send_and_cleanup() {
+        let name = unique("named");
+        let mut exchanger = Link::create(&name, &small()).unwrap();
+        let mut agent = Link::attach(&name, &AttachOptions::default()).unwrap();
+        assert_eq!(agent.role(), Role::Agent);
+        assert_eq!(exchanger.peer_epoch_and_pid(), (1, std::process::id()));
+        // A second agent is refused while the first lives.
+        assert!(matches!(
+            Link::attach(&name, &AttachOptions::default()),
+            Err(LinkAttachError::Attach(AttachError::RoleTaken { .. }))
+        ));
+        exchanger.sender().push(&[7; 1000], soon()).unwrap();
+        let mut buf = Vec::new();
+        agent.receiver().pop_into(&mut buf, soon()).unwrap();
+        assert_eq!(buf, vec![7; 1000]);
+        drop(agent);
+        assert_eq!(
+            exchanger.peer_liveness(Duration::from_secs(60)),
+            Liveness::Closed
+        );
+        // A restarted agent gets a new epoch.
+        let agent = Link::attach(&name, &AttachOptions::default()).unwrap();
+        assert_eq!(agent.epoch(), 2);
+        drop(exchanger);
+        assert_eq!(
+            segment::owner_lock_held(&name).unwrap(),
+            None,
+            "owner unlinks on drop"
+        );
+    }
+
+    #[test]
+    fn attach_times_out_without_exchanger() {
+        let options = AttachOptions {
+            attach_timeout: Duration::from_millis(20),
+            ..AttachOptions::default()
+        };
+        match Link::attach(&unique("absent"), &options) {
+            Err(LinkAttachError::Timeout { reason, .. }) => assert_eq!(reason, "no segment"),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn blocked_receive_reports_closed_peer() {
+        let (exchanger, mut agent) = Link::in_process(&small()).unwrap();
+        drop(exchanger);
+        let mut buf = Vec::new();
+        assert!(matches!(
+            agent.receiver().pop_into(&mut buf, soon()),
+            Err(ring::RecvError::PeerLost(signal::PeerLost::Closed))
+        ));
+    }
+}
