@@ -277,7 +277,14 @@ pub enum AttachError {
     /// Taking the role lock failed.
     #[error("taking the role lock: {0}")]
     Sys(#[from] SysError),
+    /// The heartbeat thread could not be started.
+    #[error("starting the heartbeat thread: {0}")]
+    Beater(std::io::Error),
 }
+
+/// Shortest heartbeat interval accepted; shorter ones are raised to it (a zero interval would
+/// make the beater spin).
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1);
 
 /// A snapshot of one side block, as read (untrusted) from shared memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -351,12 +358,14 @@ impl std::fmt::Debug for Attachment {
 impl Attachment {
     /// Takes `role` on `segment`: the role lock (a live holder yields
     /// [`AttachError::RoleTaken`]), a new epoch, our pid, state "attached", and a beater that
-    /// advances the heartbeat every `heartbeat_interval`.
+    /// advances the heartbeat every `heartbeat_interval` (at least
+    /// [`MIN_HEARTBEAT_INTERVAL`]).
     pub fn attach(
         segment: Arc<Segment>,
         role: Role,
         heartbeat_interval: Duration,
     ) -> Result<Attachment, AttachError> {
+        let heartbeat_interval = heartbeat_interval.max(MIN_HEARTBEAT_INTERVAL);
         let control = control_block(&segment).ok_or(AttachError::NoControlBlock)?;
         if let Some(fd) = segment.fd() {
             if sys::try_lock_byte(fd, role.lock_byte())? == LockAttempt::HeldElsewhere {
@@ -387,14 +396,21 @@ impl Attachment {
             std::thread::Builder::new()
                 .name(format!("shmex-heartbeat-{}", role.name()))
                 .spawn(move || beat(&segment, role, heartbeat_interval, &stop))
-                .ok()
         };
-        Ok(Attachment {
+        let mut attachment = Attachment {
             segment,
             role,
             epoch,
-            beater: beater.map(|handle| (stop, handle)),
-        })
+            beater: None,
+        };
+        match beater {
+            Ok(handle) => {
+                attachment.beater = Some((stop, handle));
+                Ok(attachment)
+            }
+            // Dropping the attachment marks the side closed and releases the lock.
+            Err(e) => Err(AttachError::Beater(e)),
+        }
     }
 
     /// The role held.
@@ -578,15 +594,17 @@ impl PeerCheck for LockPeerCheck {
         };
         let side = snapshot(control, self.role);
         match side.state {
+            Some(SideState::Absent) => Ok(()),
             Some(SideState::Closed) => Err(PeerLost::Closed),
-            Some(SideState::Attached) => {
+            // Attached, or a state word no shmex process writes: the OS lock decides, so a
+            // peer that scribbled its state and died is still reported dead.
+            Some(SideState::Attached) | None => {
                 if matches!(role_lock_held(&self.segment, self.role), Ok(Some(false))) {
                     Err(PeerLost::Dead { pid: side.pid })
                 } else {
                     Ok(())
                 }
             }
-            _ => Ok(()),
         }
     }
 }

@@ -22,7 +22,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use serde_json::{Map, Value};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, TryFromBytes};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::ring::{
     Consumer, Producer, ReadGrant, RecvError, ReserveError, RingCorruption, WriteGrant,
@@ -1210,6 +1210,12 @@ pub enum FrameError {
     /// The message body is malformed.
     #[error("malformed message body: {0}")]
     Malformed(String),
+    /// This process could not allocate room for the announced message (it was consumed).
+    #[error("cannot allocate {len} bytes for a message")]
+    OutOfMemory {
+        /// The message's announced length.
+        len: u64,
+    },
     /// A caller-provided buffer is too small.
     #[error("destination holds {capacity} bytes, the message needs {needed}")]
     BufferTooSmall {
@@ -1466,17 +1472,17 @@ fn parse_body(body: &[u8], limits: &Limits) -> Result<ParsedBody, FrameError> {
     })
 }
 
-/// A heap buffer whose start is 64-byte aligned, reused across messages to receive fragmented
-/// messages (and to copy in-ring messages out).
-#[derive(Clone, Default)]
+/// A buffer whose start is page-aligned (so every tensor in it is 64-byte aligned), used to
+/// reassemble fragmented messages and to copy messages out of the ring.
+///
+/// It is an anonymous memory map: its pages come from the OS zeroed, on first touch, so
+/// reserving room for a large announced message costs nothing until its bytes arrive, and a
+/// failed allocation is an error, not an abort.
+#[derive(Default)]
 pub struct AlignedBuf {
-    blocks: Vec<Block>,
+    map: Option<memmap2::MmapMut>,
     len: usize,
 }
-
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct Block([u8; 64]);
 
 impl fmt::Debug for AlignedBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1487,42 +1493,58 @@ impl fmt::Debug for AlignedBuf {
     }
 }
 
+impl Clone for AlignedBuf {
+    /// A copy of the bytes in a new buffer.
+    ///
+    /// # Panics
+    /// If the OS refuses the memory for the copy.
+    fn clone(&self) -> Self {
+        let mut copy = AlignedBuf::zeroed(self.len).expect("memory for a copy of a buffer");
+        copy.as_mut_slice().copy_from_slice(self.as_slice());
+        copy
+    }
+}
+
 impl AlignedBuf {
-    /// An empty buffer.
+    /// An empty buffer (no memory mapped).
     pub fn new() -> AlignedBuf {
         AlignedBuf::default()
     }
 
-    /// A zeroed buffer of `len` bytes (its pages come from the OS on first touch).
-    pub fn zeroed(len: usize) -> AlignedBuf {
+    /// A zeroed buffer of `len` bytes.
+    pub fn zeroed(len: usize) -> std::io::Result<AlignedBuf> {
         let mut buf = AlignedBuf::new();
-        buf.resize(len);
-        buf
+        buf.reset(len)?;
+        Ok(buf)
     }
 
-    /// Bytes the buffer holds without reallocating.
+    /// Bytes the buffer holds without mapping new memory.
     pub fn capacity(&self) -> usize {
-        self.blocks.len() * 64
+        self.map.as_ref().map_or(0, |m| m.len())
     }
 
-    /// Sets the length to `len`, growing (zero-filled) if needed; keeps existing capacity.
-    pub fn resize(&mut self, len: usize) {
-        let blocks = len.div_ceil(64);
-        if blocks > self.blocks.len() {
-            self.blocks.resize(blocks, Block([0; 64]));
+    /// Sets the length to `len`. Within the current capacity the bytes are kept (they are
+    /// whatever was there); beyond it, a new zeroed map replaces the old one and the old
+    /// contents are gone.
+    pub fn reset(&mut self, len: usize) -> std::io::Result<()> {
+        if len > self.capacity() {
+            self.map = Some(memmap2::MmapMut::map_anon(len)?);
         }
         self.len = len;
+        Ok(())
     }
 
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
-        &self.blocks.as_bytes_helper()[..self.len]
+        self.map.as_ref().map_or(&[], |m| &m[..self.len])
     }
 
     /// The bytes, mutably.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        let len = self.len;
-        &mut self.blocks.as_mut_bytes_helper()[..len]
+        match self.map.as_mut() {
+            Some(m) => &mut m[..self.len],
+            None => &mut [],
+        }
     }
 
     /// Length in bytes.
@@ -1533,24 +1555,6 @@ impl AlignedBuf {
     /// Whether it holds no bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-}
-
-trait BlockBytes {
-    fn as_bytes_helper(&self) -> &[u8];
-    fn as_mut_bytes_helper(&mut self) -> &mut [u8];
-}
-
-impl BlockBytes for Vec<Block> {
-    fn as_bytes_helper(&self) -> &[u8] {
-        // SAFETY: `Block` is `repr(C)` around `[u8; 64]` with no padding, so `len * 64`
-        // initialised bytes start at the vector's pointer; the borrow of `self` bounds the
-        // slice's lifetime.
-        unsafe { std::slice::from_raw_parts(self.as_ptr().cast::<u8>(), self.len() * 64) }
-    }
-    fn as_mut_bytes_helper(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and the exclusive borrow of `self` makes the slice unique.
-        unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr().cast::<u8>(), self.len() * 64) }
     }
 }
 
@@ -1676,7 +1680,13 @@ impl FrameReceiver {
                 return Err(e);
             }
         };
-        self.assembly.resize(total);
+        // Lazily zeroed pages: room is reserved now, memory used only as fragments arrive.
+        if self.assembly.reset(total).is_err() {
+            discard_next(consumer)?;
+            return Err(FrameError::OutOfMemory {
+                len: first.message_len,
+            });
+        }
         let out = self.assembly.as_mut_slice();
         let mut received = copy_fragment(grant, out, 0)?;
         let mut index = 0u32;
@@ -1899,16 +1909,16 @@ impl<'c> Message<'c> {
     }
 
     /// Copies the whole message out into an owned value (for keeping it past the ring).
-    pub fn to_owned_message(&self) -> OwnedMessage {
+    pub fn to_owned_message(&self) -> std::io::Result<OwnedMessage> {
         let body = self.body();
-        let mut buf = AlignedBuf::zeroed(body.len());
+        let mut buf = AlignedBuf::zeroed(body.len())?;
         buf.as_mut_slice().copy_from_slice(body);
-        OwnedMessage {
+        Ok(OwnedMessage {
             body: buf,
             kind: self.kind,
             sequence: self.sequence,
             parsed: self.parsed.clone(),
-        }
+        })
     }
 
     /// Frees the message's ring space now (dropping it does the same).
@@ -2026,7 +2036,7 @@ impl<'a> TensorView<'a> {
     }
 
     /// The elements as `&[T]`, in place; the dtype must be `T`'s. (For bool tensors use
-    /// [`TensorView::as_bools`].)
+    /// [`TensorView::to_bools`].)
     pub fn as_slice<T: Element + FromBytes + KnownLayout>(&self) -> Result<&'a [T], ViewError> {
         if self.dtype != T::DTYPE {
             return Err(ViewError::WrongDType {
@@ -2037,15 +2047,26 @@ impl<'a> TensorView<'a> {
         <[T]>::ref_from_bytes(self.bytes).map_err(|_| ViewError::Misaligned)
     }
 
-    /// A bool tensor's elements, in place, after checking every byte is 0 or 1.
-    pub fn as_bools(&self) -> Result<&'a [bool], ViewError> {
+    /// A bool tensor's elements, copied out after checking every byte is 0 or 1.
+    ///
+    /// Not a view in place: a `&[bool]` over ring bytes that a faulty peer could overwrite
+    /// with another value would be undefined behaviour; a copy cannot be changed under us.
+    /// The raw bytes are available in place through [`TensorView::bytes`].
+    pub fn to_bools(&self) -> Result<Vec<bool>, ViewError> {
         if self.dtype != DType::Bool {
             return Err(ViewError::WrongDType {
                 actual: self.dtype,
                 asked: DType::Bool,
             });
         }
-        <[bool]>::try_ref_from_bytes(self.bytes).map_err(|_| ViewError::InvalidBool)
+        self.bytes
+            .iter()
+            .map(|&b| match b {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(ViewError::InvalidBool),
+            })
+            .collect()
     }
 
     /// Copies the elements into a caller-provided slice of exactly [`TensorView::len`]

@@ -62,6 +62,11 @@ pub const fn record_check(position: u64, len: u64) -> u64 {
     position.rotate_left(17) ^ len ^ RECORD_CHECK_SALT
 }
 
+/// Byte of the segment file the process that created the segment holds an OFD write lock on
+/// for as long as it has the segment open: a segment whose owner lock is free has a dead (or
+/// departed) owner and may be reclaimed.
+pub const OWNER_LOCK_BYTE: u64 = 2;
+
 /// Index of a role's side block, lock byte and ring direction.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -89,7 +94,8 @@ impl Role {
         self as usize
     }
 
-    /// Byte of the segment file this role holds an OFD write lock on while it is attached.
+    /// Byte of the segment file this role holds an OFD write lock on while it is attached
+    /// (0 for the exchanger, 1 for the agent; [`OWNER_LOCK_BYTE`] is the segment owner's).
     pub const fn lock_byte(self) -> u64 {
         self as u64
     }

@@ -379,6 +379,11 @@ impl Link {
         self.monitor.verdict(stale_after)
     }
 
+    /// A snapshot of one side's block in the control block (untrusted values, as read).
+    pub fn side(&self, role: Role) -> Option<control::SideSnapshot> {
+        control::control_block(self.attachment.segment()).map(|c| control::snapshot(c, role))
+    }
+
     /// Where the segment's parts lie.
     pub fn plan(&self) -> &SegmentPlan {
         &self.plan

@@ -3,16 +3,17 @@
 //! with the same interface, so ring, control and link logic run in one process without
 //! `/dev/shm`.
 //!
-//! Ownership is decided by the operating system, not by pids: the exchanger holds an OFD write
-//! lock on byte [`Role::Exchanger`]`.lock_byte()` of the segment for as long as it lives. A
+//! Ownership is decided by the operating system, not by pids: the creator holds an OFD write
+//! lock on byte [`OWNER_LOCK_BYTE`] of the segment for as long as it has the segment open. A
 //! segment whose owner lock can be taken has a dead owner and may be reclaimed; one whose lock
-//! is held is never touched.
+//! is held is never touched. Every unlink by name first checks that the name still refers to
+//! the object in hand, so a process never removes a segment another process created since.
 
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use crate::layout::{Role, PAGE};
+use crate::layout::{OWNER_LOCK_BYTE, PAGE};
 use crate::sys::{self, LockAttempt, SharedMap, SysError};
 
 /// Prefix of every segment name, so that `shmex list` and `shmex clean` find ours and only ours.
@@ -256,7 +257,7 @@ impl Segment {
             };
             // The owner lock is taken before the segment has a size, so a reclaimer can never
             // see a live creator's segment as ownerless once this succeeds.
-            match sys::try_lock_byte(&fd, Role::Exchanger.lock_byte()).map_err(sys_err)? {
+            match sys::try_lock_byte(&fd, OWNER_LOCK_BYTE).map_err(sys_err)? {
                 LockAttempt::Acquired => {}
                 LockAttempt::HeldElsewhere => {
                     // A reclaimer took our fresh object's lock in the instant before we did and
@@ -264,6 +265,12 @@ impl Segment {
                     std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
+            }
+            // A reclaimer may have locked, unlinked and let go of our object between our
+            // create and our lock; then our lock is on an object without a name. Only an
+            // object the name still refers to is ours to use.
+            if !names_this_object(name.as_str(), &fd).map_err(sys_err)? {
+                continue;
             }
             if let Err(e) = sys::reserve(&fd, len) {
                 let _ = sys::shm_unlink(name.as_str());
@@ -386,15 +393,21 @@ impl Segment {
         }
     }
 
-    /// Removes the segment's name from `/dev/shm`; mappings stay valid. A no-op for heap
-    /// segments; a name that is already gone is not an error.
+    /// Removes the segment's name from `/dev/shm` if it still refers to this segment (not to
+    /// one another process created under the same name since); mappings stay valid. A no-op for
+    /// heap segments; a name that is already gone is not an error.
     pub fn unlink(&self) -> Result<(), SysError> {
-        match &self.name {
-            Some(name) => match sys::shm_unlink(name.as_str()) {
-                Ok(()) | Err(SysError::NotFound { .. }) => Ok(()),
-                Err(e) => Err(e),
-            },
-            None => Ok(()),
+        match (&self.name, &self.backing) {
+            (Some(name), Backing::Shared { fd, .. }) => {
+                if names_this_object(name.as_str(), fd)? {
+                    match sys::shm_unlink(name.as_str()) {
+                        Ok(()) | Err(SysError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -432,17 +445,12 @@ pub fn reclaim(name: &SegmentName) -> Result<Reclaim, SysError> {
         Err(SysError::NotFound { .. }) => return Ok(Reclaim::Vanished),
         Err(e) => return Err(e),
     };
-    match sys::try_lock_byte(&fd, Role::Exchanger.lock_byte())? {
+    match sys::try_lock_byte(&fd, OWNER_LOCK_BYTE)? {
         LockAttempt::HeldElsewhere => Ok(Reclaim::OwnerAlive),
         LockAttempt::Acquired => {
             // The name may have been reclaimed and re-created by another process since we
             // opened it: unlink only if it still names the object whose lock we hold.
-            let current = match sys::shm_open_existing(name.as_str()) {
-                Ok(current) => current,
-                Err(SysError::NotFound { .. }) => return Ok(Reclaim::Vanished),
-                Err(e) => return Err(e),
-            };
-            if sys::file_identity(&current)? != sys::file_identity(&fd)? {
+            if !names_this_object(name.as_str(), &fd)? {
                 return Ok(Reclaim::Vanished);
             }
             match sys::shm_unlink(name.as_str()) {
@@ -454,6 +462,15 @@ pub fn reclaim(name: &SegmentName) -> Result<Reclaim, SysError> {
     }
 }
 
+/// Whether the name `name` refers to the object open as `fd` (same device and inode).
+fn names_this_object(name: &str, fd: &OwnedFd) -> Result<bool, SysError> {
+    match sys::shm_open_existing(name) {
+        Ok(current) => Ok(sys::file_identity(&current)? == sys::file_identity(fd)?),
+        Err(SysError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether the owner lock of segment `name` is held: `None` if there is no such segment.
 pub fn owner_lock_held(name: &SegmentName) -> Result<Option<bool>, SysError> {
     let fd = match sys::shm_open_existing(name.as_str()) {
@@ -461,7 +478,7 @@ pub fn owner_lock_held(name: &SegmentName) -> Result<Option<bool>, SysError> {
         Err(SysError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
-    sys::byte_locked_elsewhere(&fd, Role::Exchanger.lock_byte()).map(Some)
+    sys::byte_locked_elsewhere(&fd, OWNER_LOCK_BYTE).map(Some)
 }
 
 /// Names of every shmex segment on this host (entries of `/dev/shm` with [`NAME_PREFIX`]).

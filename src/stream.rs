@@ -68,6 +68,13 @@ pub enum StreamRecvError {
     /// The records do not form a valid stream.
     #[error("malformed stream: {0}")]
     Malformed(#[from] MalformedStream),
+    /// This process could not allocate room for the announced stream; nothing was consumed
+    /// but the header.
+    #[error("cannot allocate {len} bytes for the stream")]
+    OutOfMemory {
+        /// `total_len` announced by the stream header.
+        len: u64,
+    },
 }
 
 impl From<RecvError> for StreamRecvError {
@@ -367,8 +374,12 @@ pub fn recv_stream_into(
     let max = max_len.min(isize::MAX as u64);
     let header = recv_header(consumer, max, deadline)?;
     out.clear();
-    // `total_len <= isize::MAX`, checked by `recv_header`.
-    out.reserve_exact(header.total_len as usize);
+    // `total_len <= isize::MAX`, checked by `recv_header`. The reservation is fallible: a
+    // peer's header must never abort this process. Pages are touched only as chunks arrive.
+    out.try_reserve_exact(header.total_len as usize)
+        .map_err(|_| StreamRecvError::OutOfMemory {
+            len: header.total_len,
+        })?;
     recv_chunks(consumer, header, deadline, |_, chunk| {
         out.extend_from_slice(chunk)
     })

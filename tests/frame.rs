@@ -95,7 +95,7 @@ fn every_dtype_round_trips_in_place() {
     assert_eq!(t("u16").as_slice::<u16>().unwrap(), &u16s);
     assert_eq!(t("u32").as_slice::<u32>().unwrap(), &u32s);
     assert_eq!(t("u64").as_slice::<u64>().unwrap(), &u64s);
-    assert_eq!(t("bool").as_bools().unwrap(), &bools);
+    assert_eq!(t("bool").to_bools().unwrap(), bools.to_vec());
     assert_eq!(t("bool").shape(), &[2, 2]);
     for view in msg.tensors() {
         assert_eq!(
@@ -116,7 +116,7 @@ fn every_dtype_round_trips_in_place() {
     t("f32").copy_to(&mut out).unwrap();
     assert_eq!(out, f32s);
     assert_eq!(t("u64").to_vec::<u64>().unwrap(), u64s.to_vec());
-    let owned = msg.to_owned_message();
+    let owned = msg.to_owned_message().unwrap();
     msg.release();
     assert_eq!(
         owned
@@ -567,13 +567,17 @@ fn limits_are_enforced_before_allocating() {
 
 #[test]
 fn aligned_buf_is_aligned_and_resizes() {
-    let mut buf = AlignedBuf::zeroed(100);
+    let mut buf = AlignedBuf::zeroed(100).unwrap();
     assert_eq!(buf.as_slice().as_ptr() as usize % 64, 0);
     assert_eq!(buf.len(), 100);
+    assert!(buf.as_slice().iter().all(|&b| b == 0));
     buf.as_mut_slice()[99] = 1;
-    buf.resize(10);
+    buf.reset(10).unwrap();
     assert_eq!(buf.len(), 10);
     assert!(buf.capacity() >= 100);
+    assert!(AlignedBuf::new().as_slice().is_empty());
+    let copy = buf.clone();
+    assert_eq!(copy.as_slice(), buf.as_slice());
 }
 
 fn arb_dtype() -> impl Strategy<Value = DType> {
@@ -611,7 +615,7 @@ proptest! {
             scope.spawn(|| {
                 FrameSender::new().send(&mut tx, &envelope, Some(&dxo), soon()).unwrap();
             });
-            receiver.recv(&mut rx, soon()).unwrap().to_owned_message()
+            receiver.recv(&mut rx, soon()).unwrap().to_owned_message().unwrap()
         });
         prop_assert_eq!(msg.task_id(), envelope.task_id);
         prop_assert_eq!(msg.data_kind(), Some(kind));

@@ -313,3 +313,24 @@ fn echo_peer_round_trips_records() {
     }
     peer.finish();
 }
+
+#[test]
+fn a_dead_peer_with_a_scribbled_state_word_is_still_reported_dead() {
+    let name = unique("badstate");
+    let mut link = Link::create(&name, &CreateOptions::default().ring_capacity(64 * 1024)).unwrap();
+    let mut peer = Peer::spawn(&["attach-hold", name.as_str()]);
+    peer.expect_line("READY");
+    // The agent's state word becomes a value no shmex process writes, then the agent dies.
+    let segment = shmex::segment::Segment::open(&name, false).unwrap();
+    let control = shmex::control::control_block(&segment).unwrap();
+    control.sides[shmex::layout::Role::Agent.index()]
+        .state
+        .store(7, std::sync::atomic::Ordering::Release);
+    peer.kill();
+    let mut buf = Vec::new();
+    let err = link.receiver().pop_into(&mut buf, deadline()).unwrap_err();
+    assert!(
+        matches!(err, RecvError::PeerLost(PeerLost::Dead { .. })),
+        "expected a dead peer, got {err:?}"
+    );
+}
