@@ -912,6 +912,8 @@ impl FrameSender {
             (crate::stream::default_chunk(producer.capacity()) as u64)
                 .clamp(TENSOR_ALIGN as u64, max_fragment)
         };
+        let fragmented = fragment_len < layout.total;
+        let window = crate::stream::default_window(producer.capacity());
         let mut offset = 0u64;
         let mut index = 0u32;
         loop {
@@ -937,7 +939,13 @@ impl FrameSender {
                 fragment_len: len,
                 reserved1: 0,
             };
-            let mut grant = producer.reserve(FRAGMENT_HEADER_LEN + len as usize, deadline)?;
+            // Fragments of a large message keep the data in flight small and in a cache-sized
+            // part of the ring, as streams do (see `Producer::reserve_within`).
+            let mut grant = if fragmented {
+                producer.reserve_within(FRAGMENT_HEADER_LEN + len as usize, window, deadline)?
+            } else {
+                producer.reserve(FRAGMENT_HEADER_LEN + len as usize, deadline)?
+            };
             let slot = grant.as_mut_slice();
             slot[..FRAGMENT_HEADER_LEN].copy_from_slice(header.as_bytes());
             write_body_range(&layout, &pieces, offset, &mut slot[FRAGMENT_HEADER_LEN..]);
@@ -1812,7 +1820,9 @@ fn copy_fragment(grant: ReadGrant<'_>, out: &mut [u8], at: usize) -> Result<usiz
             "fragment runs past its message".into(),
         ));
     }
-    out[at..end].copy_from_slice(bytes);
+    // Into a destination larger than the cache, bypass the cache (as streams do).
+    let streaming = out.len() as u64 >= crate::stream::NON_TEMPORAL_MIN;
+    crate::stream::copy_out(&mut out[at..end], bytes, streaming);
     grant.release();
     Ok(end)
 }

@@ -217,11 +217,11 @@ pub fn send_stream_within(
 /// A destination larger than the last-level cache would be written back to memory anyway;
 /// cache-bypassing stores save the read-for-ownership of every destination line, which is
 /// what a large `memcpy` does too.
-const NON_TEMPORAL_MIN: u64 = 8 << 20;
+pub(crate) const NON_TEMPORAL_MIN: u64 = 8 << 20;
 
 /// Copies `src` into `dst` (same length), bypassing the cache if `streaming`.
 #[inline]
-fn copy_out(dst: &mut [u8], src: &[u8], streaming: bool) {
+pub(crate) fn copy_out(dst: &mut [u8], src: &[u8], streaming: bool) {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     if streaming {
         copy_nontemporal(dst, src);
