@@ -562,6 +562,21 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_larger_than_dev_shm_fails_at_create_with_no_space_and_leaves_nothing() {
+        let name = unique("nospace");
+        // 4 TiB: far more than any /dev/shm here; fallocate refuses it up front.
+        match Segment::create(&name, 4 << 40, true, false) {
+            Err(CreateError::NoSpace { bytes, .. }) => assert_eq!(bytes, 4 << 40),
+            other => panic!("expected NoSpace, got {other:?}"),
+        }
+        assert_eq!(
+            owner_lock_held(&name).unwrap(),
+            None,
+            "the failed segment was removed"
+        );
+    }
+
+    #[test]
     fn open_maps_the_same_bytes() {
         let name = unique("open");
         let created = Segment::create(&name, 8192, true, true).unwrap();

@@ -334,3 +334,70 @@ fn a_dead_peer_with_a_scribbled_state_word_is_still_reported_dead() {
         "expected a dead peer, got {err:?}"
     );
 }
+
+#[test]
+fn a_one_gib_model_of_a_hundred_tensors_goes_there_and_back_through_a_16_mib_ring() {
+    use shmex::frame::{DataKind, Dxo, Envelope, FrameReceiver, FrameSender, MessageKind};
+    let name = unique("model");
+    let mut link = Link::create(&name, &CreateOptions::default().ring_capacity(16 << 20)).unwrap();
+    let peer = Peer::spawn(&["model-echo", name.as_str()]);
+    peer.expect_line("READY");
+    // 100 tensors of varied sizes adding up to 1 GiB.
+    let total: usize = 1 << 30;
+    let sizes: Vec<usize> = (0..100)
+        .map(|i| {
+            if i < 99 {
+                (total / 100 + (i % 7) * 4096) & !3
+            } else {
+                0
+            }
+        })
+        .collect();
+    let last = total - sizes[..99].iter().sum::<usize>();
+    let mut buffers: Vec<Vec<u8>> = sizes[..99]
+        .iter()
+        .chain([&last])
+        .map(|&n| vec![0u8; n])
+        .collect();
+    for (i, b) in buffers.iter_mut().enumerate() {
+        fill(b, i as u64 + 1000);
+    }
+    let mut dxo = Dxo::new(DataKind::Weights).with_meta("current_round", 1);
+    for (i, b) in buffers.iter().enumerate() {
+        dxo = dxo
+            .with_tensor_bytes(
+                format!("layer{i}"),
+                shmex::frame::DType::F32,
+                &[b.len() as u64 / 4],
+                b,
+            )
+            .unwrap();
+    }
+    let expected = buffers
+        .iter()
+        .fold(0u64, |acc, b| acc.rotate_left(7) ^ checksum(b));
+    let (tx, rx) = link.split();
+    FrameSender::new()
+        .send(
+            tx,
+            &Envelope::new(MessageKind::Task).with_task("t-1", "train"),
+            Some(&dxo),
+            deadline(),
+        )
+        .unwrap();
+    let mut receiver = FrameReceiver::default();
+    let result = receiver.recv(rx, deadline()).unwrap();
+    assert_eq!(
+        peer.expect_line("MODEL"),
+        format!("MODEL 100 {expected:016x}")
+    );
+    assert_eq!(result.task_id(), "t-1");
+    assert_eq!(result.data_kind(), Some(DataKind::WeightDiff));
+    assert_eq!(result.tensor_count(), 100);
+    let back = result
+        .tensors()
+        .fold(0u64, |acc, t| acc.rotate_left(7) ^ checksum(t.bytes()));
+    assert_eq!(back, expected);
+    drop(result);
+    peer.finish();
+}

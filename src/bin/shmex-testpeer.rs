@@ -14,6 +14,8 @@
 //! - `scribble NAME WHAT`: open the segment without attaching and overwrite a word of the task
 //!   ring header (`tail`, `head`) or the first record header (`record`: its check word, with the
 //!   tail moved past it so it reads as published) with garbage.
+//! - `model-echo NAME`: attach as agent, receive one DXO task, answer with a WEIGHT_DIFF result
+//!   of the same tensors, print `MODEL <tensor count> <checksum>`.
 //! - `echo NAME COUNT`: attach as agent; COUNT times, pop a record from the task ring and push
 //!   it back on the result ring (ping-pong peer).
 
@@ -29,6 +31,7 @@ mod peer {
     use std::time::{Duration, Instant};
 
     use shmex::control;
+    use shmex::frame::{DataKind, Dxo, Envelope, FrameReceiver, FrameSender, MessageKind};
     use shmex::link::{AttachOptions, CreateOptions, Link};
     use shmex::pattern::{checksum, fill};
     use shmex::segment::{Segment, SegmentName};
@@ -121,6 +124,30 @@ mod peer {
                     other => return Err(format!("unknown scribble target {other}").into()),
                 }
                 println!("DONE");
+            }
+            "model-echo" => {
+                // Receive one DXO task, answer with a result carrying the same tensors (viewed in
+                // place, not copied first), print the task's checksum.
+                let mut link = Link::attach(&name, &AttachOptions::default())?;
+                println!("READY");
+                let mut receiver = FrameReceiver::default();
+                let (tx, rx) = link.split();
+                let task = receiver.recv(rx, deadline())?;
+                let mut result = Dxo::new(DataKind::WeightDiff);
+                let mut sum = 0u64;
+                for tensor in task.tensors() {
+                    sum = sum.rotate_left(7) ^ checksum(tensor.bytes());
+                    result = result.with_tensor_bytes(
+                        tensor.name(),
+                        tensor.dtype(),
+                        tensor.shape(),
+                        tensor.bytes(),
+                    )?;
+                }
+                let reply =
+                    Envelope::new(MessageKind::Result).with_task(task.task_id(), task.task_name());
+                FrameSender::new().send(tx, &reply, Some(&result), deadline())?;
+                println!("MODEL {} {sum:016x}", task.tensor_count());
             }
             "echo" => {
                 let count = arg(2)?;
