@@ -143,21 +143,13 @@ fn agent(name: &str) -> Result<(), Error> {
             Err(e) => return Err(e.into()),
         };
         // The result reuses the received tensors where they lie: no copy before sending.
-        let mut result = Dxo::new(DataKind::WeightDiff).with_meta(
+        let result = task.tensors_dxo(DataKind::WeightDiff)?.with_meta(
             "current_round",
             task.meta()
                 .get("current_round")
                 .cloned()
                 .unwrap_or_default(),
         );
-        for tensor in task.tensors() {
-            result = result.with_tensor_bytes(
-                tensor.name(),
-                tensor.dtype(),
-                tensor.shape(),
-                tensor.bytes(),
-            )?;
-        }
         let reply = Envelope::new(MessageKind::Result).with_task(task.task_id(), task.task_name());
         sender.send(tx, &reply, Some(&result), deadline())?;
         // Verified after replying, so the exchanger's timing is the transfer alone.

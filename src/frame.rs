@@ -1918,6 +1918,14 @@ impl<'c> Message<'c> {
         }
     }
 
+    /// A new DXO of `data_kind` (no meta) whose tensors are this message's tensors, viewed
+    /// where they lie: send it on to answer or forward them without copying them first.
+    pub fn tensors_dxo(&self, data_kind: DataKind) -> Result<Dxo<'_>, DxoError> {
+        self.tensors().try_fold(Dxo::new(data_kind), |dxo, t| {
+            dxo.with_tensor_bytes(t.name(), t.dtype(), t.shape(), t.bytes())
+        })
+    }
+
     /// Copies the whole message out into an owned value (for keeping it past the ring).
     pub fn to_owned_message(&self) -> std::io::Result<OwnedMessage> {
         let body = self.body();

@@ -272,31 +272,20 @@ impl Segment {
             if !names_this_object(name.as_str(), &fd).map_err(sys_err)? {
                 continue;
             }
-            if let Err(e) = sys::reserve(&fd, len) {
-                let _ = sys::shm_unlink(name.as_str());
-                return Err(match e {
+            // From here on a failure removes the half-made segment before reporting.
+            let fail = |e: SysError| {
+                let _ = unlink_if_ours(name.as_str(), &fd);
+                match e {
                     SysError::NoSpace { .. } => CreateError::NoSpace {
                         name: name.clone(),
                         bytes: len,
                         source: e,
                     },
                     e => sys_err(e),
-                });
-            }
-            let map = match SharedMap::new(&fd, len, populate) {
-                Ok(map) => map,
-                Err(e) => {
-                    let _ = sys::shm_unlink(name.as_str());
-                    return Err(match e {
-                        SysError::NoSpace { .. } => CreateError::NoSpace {
-                            name: name.clone(),
-                            bytes: len,
-                            source: e,
-                        },
-                        e => sys_err(e),
-                    });
                 }
             };
+            sys::reserve(&fd, len).map_err(fail)?;
+            let map = SharedMap::new(&fd, len, populate).map_err(fail)?;
             return Ok(Segment {
                 name: Some(name.clone()),
                 backing: Backing::Shared { fd, map },
@@ -399,13 +388,7 @@ impl Segment {
     pub fn unlink(&self) -> Result<(), SysError> {
         match (&self.name, &self.backing) {
             (Some(name), Backing::Shared { fd, .. }) => {
-                if names_this_object(name.as_str(), fd)? {
-                    match sys::shm_unlink(name.as_str()) {
-                        Ok(()) | Err(SysError::NotFound { .. }) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(())
+                unlink_if_ours(name.as_str(), fd).map(|_| ())
             }
             _ => Ok(()),
         }
@@ -450,14 +433,11 @@ pub fn reclaim(name: &SegmentName) -> Result<Reclaim, SysError> {
         LockAttempt::Acquired => {
             // The name may have been reclaimed and re-created by another process since we
             // opened it: unlink only if it still names the object whose lock we hold.
-            if !names_this_object(name.as_str(), &fd)? {
-                return Ok(Reclaim::Vanished);
-            }
-            match sys::shm_unlink(name.as_str()) {
-                Ok(()) | Err(SysError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-            Ok(Reclaim::Removed)
+            Ok(if unlink_if_ours(name.as_str(), &fd)? {
+                Reclaim::Removed
+            } else {
+                Reclaim::Vanished
+            })
         }
     }
 }
@@ -466,6 +446,19 @@ pub fn reclaim(name: &SegmentName) -> Result<Reclaim, SysError> {
 fn names_this_object(name: &str, fd: &OwnedFd) -> Result<bool, SysError> {
     match sys::shm_open_existing(name) {
         Ok(current) => Ok(sys::file_identity(&current)? == sys::file_identity(fd)?),
+        Err(SysError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes the name `name` if it refers to the object open as `fd`; `Ok(false)` if it names
+/// another object or nothing (left alone).
+fn unlink_if_ours(name: &str, fd: &OwnedFd) -> Result<bool, SysError> {
+    if !names_this_object(name, fd)? {
+        return Ok(false);
+    }
+    match sys::shm_unlink(name) {
+        Ok(()) => Ok(true),
         Err(SysError::NotFound { .. }) => Ok(false),
         Err(e) => Err(e),
     }

@@ -31,7 +31,7 @@ mod peer {
     use std::time::{Duration, Instant};
 
     use shmex::control;
-    use shmex::frame::{DataKind, Dxo, Envelope, FrameReceiver, FrameSender, MessageKind};
+    use shmex::frame::{DataKind, Envelope, FrameReceiver, FrameSender, MessageKind};
     use shmex::link::{AttachOptions, CreateOptions, Link};
     use shmex::pattern::{checksum, fill};
     use shmex::segment::{Segment, SegmentName};
@@ -133,17 +133,10 @@ mod peer {
                 let mut receiver = FrameReceiver::default();
                 let (tx, rx) = link.split();
                 let task = receiver.recv(rx, deadline())?;
-                let mut result = Dxo::new(DataKind::WeightDiff);
-                let mut sum = 0u64;
-                for tensor in task.tensors() {
-                    sum = sum.rotate_left(7) ^ checksum(tensor.bytes());
-                    result = result.with_tensor_bytes(
-                        tensor.name(),
-                        tensor.dtype(),
-                        tensor.shape(),
-                        tensor.bytes(),
-                    )?;
-                }
+                let result = task.tensors_dxo(DataKind::WeightDiff)?;
+                let sum = task
+                    .tensors()
+                    .fold(0u64, |sum, t| sum.rotate_left(7) ^ checksum(t.bytes()));
                 let reply =
                     Envelope::new(MessageKind::Result).with_task(task.task_id(), task.task_name());
                 FrameSender::new().send(tx, &reply, Some(&result), deadline())?;
