@@ -294,6 +294,28 @@ mod asserts {
     const _: () = assert!(PAGE.is_multiple_of(RECORD_ALIGN) && PAGE.is_multiple_of(LINE));
 }
 
+/// A struct that lives in shared memory and whose every field is an atomic, so that a shared
+/// reference to it never covers a plain word the peer may write. Only the layout structs
+/// implement it; [`shared_ref`] accepts nothing else (not even `u64`).
+#[cfg(not(loom))]
+pub(crate) trait SharedStruct: FromBytes + KnownLayout + sealed::Sealed {}
+
+#[cfg(not(loom))]
+mod sealed {
+    pub trait Sealed {}
+}
+
+#[cfg(not(loom))]
+macro_rules! shared_structs {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl SharedStruct for $t {}
+    )*};
+}
+
+#[cfg(not(loom))]
+shared_structs!(ControlBlock, RingHeader, PaddedU64);
+
 /// Reinterprets `len` bytes at `base + offset` as a `&T`, after checking bounds and alignment.
 ///
 /// This is the one cast from segment bytes to the atomics-bearing structs. `T: FromBytes`
@@ -307,7 +329,7 @@ mod asserts {
 /// `base` must point to `len` bytes that are valid for reads and writes and stay mapped for
 /// the lifetime `'a`, and no `&mut` reference to any of those bytes may exist during `'a`.
 #[cfg(not(loom))]
-pub(crate) unsafe fn shared_ref<'a, T: FromBytes + KnownLayout>(
+pub(crate) unsafe fn shared_ref<'a, T: SharedStruct>(
     base: *const u8,
     len: usize,
     offset: usize,
@@ -410,11 +432,14 @@ mod tests {
 
     #[test]
     fn shared_ref_rejects_out_of_bounds_and_misaligned() {
-        #[repr(C, align(128))]
-        struct Buf([u8; 512]);
-        let buf = Buf([0; 512]);
-        let base = buf.0.as_ptr();
-        // SAFETY: `buf` outlives the references; no `&mut` to it exists.
+        // Heap memory obtained as a raw allocation (not an immutable local), as a segment is.
+        let layout = std::alloc::Layout::from_size_align(512, 128).unwrap();
+        // SAFETY: non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!raw.is_null());
+        let base = raw as *const u8;
+        // SAFETY: the allocation is 512 bytes, alive until the dealloc below, and no `&mut` to
+        // it exists.
         unsafe {
             assert!(shared_ref::<PaddedU64>(base, 512, 0).is_some());
             assert!(shared_ref::<PaddedU64>(base, 512, 384).is_some());
@@ -422,6 +447,8 @@ mod tests {
             assert!(shared_ref::<PaddedU64>(base, 512, 8).is_none());
             assert!(shared_ref::<PaddedU64>(base, 512, usize::MAX).is_none());
         }
+        // SAFETY: allocated above with this layout; the references are gone.
+        unsafe { std::alloc::dealloc(raw, layout) };
     }
 
     #[test]

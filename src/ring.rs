@@ -456,6 +456,12 @@ impl ProducerCursor {
                 capacity: ring.capacity,
             });
         }
+        if !head.is_multiple_of(ALIGN) {
+            return Err(RingCorruption::MisalignedPosition {
+                position: head,
+                align: ALIGN,
+            });
+        }
         self.cached_head = head;
         Ok(self.fits(ring.capacity, need, limit, head))
     }
@@ -647,7 +653,7 @@ impl Producer {
     }
 
     /// [`Producer::reserve`], but waits until at most `window` bytes (record headers
-    /// included) are in flight after this record, even if the ring has more room, and places
+    /// included, this record too) are in flight, even if the ring has more room, and places
     /// records only in the first `2 × window` bytes of the region (wrapping early with a
     /// padding record).
     ///
@@ -1888,6 +1894,17 @@ mod tests {
         // A head moved back within range is accepted (it only hurts the consumer).
         head.store(0, Ordering::Relaxed);
         assert_eq!(p.try_reserve(100).map(|_| ()), Err(TryReserveError::Full));
+        // A head in range but not on a record boundary is corruption.
+        head.store(100, Ordering::Relaxed);
+        assert_eq!(
+            p.try_reserve(100).map(|_| ()),
+            Err(TryReserveError::Corrupt(
+                RingCorruption::MisalignedPosition {
+                    position: 100,
+                    align: 64
+                }
+            ))
+        );
     }
 
     #[test]
