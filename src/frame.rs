@@ -293,6 +293,15 @@ pub struct TensorRef<'a> {
 }
 
 impl<'a> TensorRef<'a> {
+    fn desc(&self) -> TensorDesc<'_> {
+        TensorDesc {
+            name: &self.name,
+            dtype: self.dtype,
+            shape: &self.shape,
+            len: self.bytes.len() as u64,
+        }
+    }
+
     /// The tensor's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -595,6 +604,33 @@ struct FragmentHeader {
     reserved1: u64,
 }
 
+impl FragmentHeader {
+    /// The header of the fragment carrying `body` bytes of a `message_len`-byte message.
+    fn new(
+        kind: MessageKind,
+        flags: u32,
+        sequence: u64,
+        fragment_index: u32,
+        message_len: u64,
+        body: Range<u64>,
+    ) -> FragmentHeader {
+        FragmentHeader {
+            magic: FRAME_MAGIC,
+            version: FORMAT_VERSION,
+            kind: kind.code() as u16,
+            flags,
+            header_len: FRAGMENT_HEADER_LEN as u32,
+            sequence,
+            fragment_index,
+            reserved0: 0,
+            message_len,
+            fragment_offset: body.start,
+            fragment_len: body.end - body.start,
+            reserved1: 0,
+        }
+    }
+}
+
 /// The body header (64 bytes) at the start of every message body.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -638,23 +674,43 @@ const fn align_to(value: u64, align: u64) -> Option<u64> {
     }
 }
 
-/// A tensor's place in a body being built.
-#[derive(Clone, Debug)]
-struct PlannedTensor {
-    name: String,
+/// A tensor of a body being built: borrowed description, no copies.
+#[derive(Clone, Copy, Debug)]
+struct TensorDesc<'a> {
+    name: &'a str,
     dtype: DType,
-    shape: Vec<u64>,
+    shape: &'a [u64],
     len: u64,
 }
 
-/// The layout of one message body: its small prefix (headers, strings, meta, table, names),
-/// already encoded, and where the opaque bytes and each tensor go.
+/// Where the parts of one message body go (offsets from the body start), computed before
+/// anything is written.
 #[derive(Debug)]
 struct BodyLayout {
-    prefix: Vec<u8>,
+    /// The meta dictionary, encoded (empty if none).
+    meta: Vec<u8>,
+    table_offset: usize,
+    names_offset: usize,
+    names_len: usize,
+    /// Start of the data region; also the length of the prefix (headers, strings, meta,
+    /// table, names, padding).
+    data_offset: u64,
     opaque: Range<u64>,
-    tensors: Vec<Range<u64>>,
     total: u64,
+}
+
+/// The data offset of each tensor, in order: after the opaque bytes, each on a
+/// [`TENSOR_ALIGN`] boundary after the previous one's end. `None` on overflow.
+fn tensor_starts<'t>(
+    opaque_end: u64,
+    tensors: &'t [TensorDesc<'t>],
+) -> impl Iterator<Item = Option<u64>> + 't {
+    let mut cursor = Some(opaque_end);
+    tensors.iter().map(move |t| {
+        let start = align_to(cursor?, TENSOR_ALIGN as u64)?;
+        cursor = start.checked_add(t.len);
+        cursor.map(|_| start)
+    })
 }
 
 /// Why a message could not be sent.
@@ -698,82 +754,99 @@ impl From<ReserveError> for SendError {
     }
 }
 
-fn plan_body(
+fn layout_body(
     envelope: &Envelope<'_>,
-    dxo: Option<(DataKind, &Map<String, Value>)>,
-    tensors: &[PlannedTensor],
+    meta: Option<&Map<String, Value>>,
+    tensors: &[TensorDesc<'_>],
     opaque_len: u64,
 ) -> Result<BodyLayout, SendError> {
     let too_big = |what: &str| SendError::Encode(format!("{what} is too large for the format"));
-    let task_id_len = u32::try_from(envelope.task_id.len()).map_err(|_| too_big("task id"))?;
-    let task_name_len =
-        u32::try_from(envelope.task_name.len()).map_err(|_| too_big("task name"))?;
-    let meta = match dxo {
-        Some((_, meta)) if !meta.is_empty() => {
+    let meta = match meta {
+        Some(meta) if !meta.is_empty() => {
             serde_json::to_vec(meta).map_err(|e| SendError::Encode(format!("meta: {e}")))?
         }
         _ => Vec::new(),
     };
-    let meta_len = u32::try_from(meta.len()).map_err(|_| too_big("meta"))?;
-    let tensor_count = u32::try_from(tensors.len()).map_err(|_| too_big("tensor count"))?;
+    u32::try_from(envelope.task_id.len()).map_err(|_| too_big("task id"))?;
+    u32::try_from(envelope.task_name.len()).map_err(|_| too_big("task name"))?;
+    u32::try_from(meta.len()).map_err(|_| too_big("meta"))?;
+    u32::try_from(tensors.len()).map_err(|_| too_big("tensor count"))?;
     let names_len: usize = tensors.iter().map(|t| t.name.len()).sum();
-    let names_len_u32 = u32::try_from(names_len).map_err(|_| too_big("tensor names"))?;
+    u32::try_from(names_len).map_err(|_| too_big("tensor names"))?;
 
     let strings_end =
         BODY_HEADER_LEN + envelope.task_id.len() + envelope.task_name.len() + meta.len();
     let table_offset = strings_end.next_multiple_of(8);
     let names_offset = table_offset + tensors.len() * TENSOR_ENTRY_LEN;
-    let names_end = names_offset + names_len;
-    let data_offset =
-        align_to(names_end as u64, TENSOR_ALIGN as u64).ok_or_else(|| too_big("body"))?;
-
-    let opaque = data_offset
-        ..data_offset
-            .checked_add(opaque_len)
-            .ok_or_else(|| too_big("opaque bytes"))?;
-    let mut cursor = opaque.end;
-    let mut ranges = Vec::with_capacity(tensors.len());
-    for tensor in tensors {
-        let start = align_to(cursor, TENSOR_ALIGN as u64).ok_or_else(|| too_big("body"))?;
-        let end = start
-            .checked_add(tensor.len)
+    let data_offset = align_to((names_offset + names_len) as u64, TENSOR_ALIGN as u64)
+        .ok_or_else(|| too_big("body"))?;
+    let opaque_end = data_offset
+        .checked_add(opaque_len)
+        .ok_or_else(|| too_big("opaque bytes"))?;
+    let mut total = opaque_end;
+    for (tensor, start) in tensors.iter().zip(tensor_starts(opaque_end, tensors)) {
+        total = start
+            .and_then(|s| s.checked_add(tensor.len))
             .ok_or_else(|| too_big("body"))?;
-        ranges.push(start..end);
-        cursor = end;
     }
-    let total = cursor;
+    Ok(BodyLayout {
+        meta,
+        table_offset,
+        names_offset,
+        names_len,
+        data_offset,
+        opaque: data_offset..opaque_end,
+        total,
+    })
+}
 
-    let mut prefix = vec![0u8; data_offset as usize];
+/// Writes a body's prefix — body header, task id and name, meta, tensor table, names, and
+/// zero padding up to the data region — into `out` (exactly `layout.data_offset` bytes, which
+/// may hold stale bytes: every byte is written).
+fn write_prefix(
+    layout: &BodyLayout,
+    envelope: &Envelope<'_>,
+    data_kind: Option<DataKind>,
+    tensors: &[TensorDesc<'_>],
+    out: &mut [u8],
+) {
+    out.fill(0);
     let header = BodyHeader {
         rc: envelope.rc.code(),
-        data_kind: dxo.map_or(0, |(kind, _)| kind.code()),
-        task_id_len,
-        task_name_len,
-        meta_len,
-        tensor_count,
-        names_len: names_len_u32,
-        flags: if dxo.is_some() { BODY_FLAG_HAS_DXO } else { 0 },
-        opaque_len,
-        data_offset,
-        data_len: total - data_offset,
+        data_kind: data_kind.map_or(0, DataKind::code),
+        task_id_len: envelope.task_id.len() as u32,
+        task_name_len: envelope.task_name.len() as u32,
+        meta_len: layout.meta.len() as u32,
+        tensor_count: tensors.len() as u32,
+        names_len: layout.names_len as u32,
+        flags: if data_kind.is_some() {
+            BODY_FLAG_HAS_DXO
+        } else {
+            0
+        },
+        opaque_len: layout.opaque.end - layout.opaque.start,
+        data_offset: layout.data_offset,
+        data_len: layout.total - layout.data_offset,
         reserved: 0,
     };
-    prefix[..BODY_HEADER_LEN].copy_from_slice(header.as_bytes());
+    out[..BODY_HEADER_LEN].copy_from_slice(header.as_bytes());
     let mut at = BODY_HEADER_LEN;
     for part in [
         envelope.task_id.as_bytes(),
         envelope.task_name.as_bytes(),
-        &meta,
+        &layout.meta,
     ] {
-        prefix[at..at + part.len()].copy_from_slice(part);
+        out[at..at + part.len()].copy_from_slice(part);
         at += part.len();
     }
     let mut name_cursor = 0usize;
-    for (i, (tensor, range)) in tensors.iter().zip(&ranges).enumerate() {
+    let starts = tensor_starts(layout.opaque.end, tensors);
+    for (i, (tensor, start)) in tensors.iter().zip(starts).enumerate() {
         let mut shape = [0u64; MAX_DIMS];
-        shape[..tensor.shape.len()].copy_from_slice(&tensor.shape);
+        shape[..tensor.shape.len()].copy_from_slice(tensor.shape);
         let entry = TensorEntry {
-            data_offset: range.start,
+            // `layout_body` checked every start for overflow.
+            data_offset: start.unwrap_or_default(),
             data_len: tensor.len,
             name_offset: name_cursor as u32,
             name_len: tensor.name.len() as u16,
@@ -782,23 +855,17 @@ fn plan_body(
             reserved0: 0,
             shape,
         };
-        let entry_at = table_offset + i * TENSOR_ENTRY_LEN;
-        prefix[entry_at..entry_at + TENSOR_ENTRY_LEN].copy_from_slice(entry.as_bytes());
-        let name_at = names_offset + name_cursor;
-        prefix[name_at..name_at + tensor.name.len()].copy_from_slice(tensor.name.as_bytes());
+        let entry_at = layout.table_offset + i * TENSOR_ENTRY_LEN;
+        out[entry_at..entry_at + TENSOR_ENTRY_LEN].copy_from_slice(entry.as_bytes());
+        let name_at = layout.names_offset + name_cursor;
+        out[name_at..name_at + tensor.name.len()].copy_from_slice(tensor.name.as_bytes());
         name_cursor += tensor.name.len();
     }
-    Ok(BodyLayout {
-        prefix,
-        opaque,
-        tensors: ranges,
-        total,
-    })
 }
 
 /// Writes bytes `[start, start + out.len())` of a body: the layout's prefix, then the given
 /// pieces (opaque bytes and tensors) at their offsets, zeros in between.
-fn write_body_range(layout: &BodyLayout, pieces: &[(u64, &[u8])], start: u64, out: &mut [u8]) {
+fn write_body_range(prefix: &[u8], pieces: &[(u64, &[u8])], start: u64, out: &mut [u8]) {
     let end = start + out.len() as u64;
     let mut filled = start;
     let fill_to = |out: &mut [u8], from: u64, to: u64, src: Option<&[u8]>| {
@@ -808,15 +875,10 @@ fn write_body_range(layout: &BodyLayout, pieces: &[(u64, &[u8])], start: u64, ou
             None => out[a..b].fill(0),
         }
     };
-    let prefix_len = layout.prefix.len() as u64;
+    let prefix_len = prefix.len() as u64;
     if filled < prefix_len {
         let to = end.min(prefix_len);
-        fill_to(
-            out,
-            filled,
-            to,
-            Some(&layout.prefix[filled as usize..to as usize]),
-        );
+        fill_to(out, filled, to, Some(&prefix[filled as usize..to as usize]));
         filled = to;
     }
     let first = pieces.partition_point(|(offset, bytes)| offset + bytes.len() as u64 <= filled);
@@ -873,34 +935,28 @@ impl FrameSender {
         dxo: Option<&Dxo<'_>>,
         deadline: Option<Instant>,
     ) -> Result<u64, SendError> {
-        let planned: Vec<PlannedTensor> = dxo
-            .map(|d| {
-                d.tensors
-                    .iter()
-                    .map(|t| PlannedTensor {
-                        name: t.name.clone(),
-                        dtype: t.dtype,
-                        shape: t.shape.clone(),
-                        len: t.bytes.len() as u64,
-                    })
-                    .collect()
-            })
+        let descs: Vec<TensorDesc<'_>> = dxo
+            .map(|d| d.tensors.iter().map(TensorRef::desc).collect())
             .unwrap_or_default();
         let opaque = dxo.and_then(|d| d.opaque).unwrap_or(&[]);
-        let layout = plan_body(
+        let layout = layout_body(envelope, dxo.map(|d| &d.meta), &descs, opaque.len() as u64)?;
+        let mut prefix = vec![0u8; layout.data_offset as usize];
+        write_prefix(
+            &layout,
             envelope,
-            dxo.map(|d| (d.data_kind, &d.meta)),
-            &planned,
-            opaque.len() as u64,
-        )?;
-        let mut pieces: Vec<(u64, &[u8])> = Vec::with_capacity(planned.len() + 1);
+            dxo.map(|d| d.data_kind),
+            &descs,
+            &mut prefix,
+        );
+        let mut pieces: Vec<(u64, &[u8])> = Vec::with_capacity(descs.len() + 1);
         if !opaque.is_empty() {
             pieces.push((layout.opaque.start, opaque));
         }
         if let Some(d) = dxo {
-            for (t, range) in d.tensors.iter().zip(&layout.tensors) {
+            let starts = tensor_starts(layout.opaque.end, &descs);
+            for (t, start) in d.tensors.iter().zip(starts) {
                 if !t.bytes.is_empty() {
-                    pieces.push((range.start, t.bytes));
+                    pieces.push((start.unwrap_or_default(), t.bytes));
                 }
             }
         }
@@ -925,20 +981,14 @@ impl FrameSender {
             if offset + len == layout.total {
                 flags |= FLAG_LAST;
             }
-            let header = FragmentHeader {
-                magic: FRAME_MAGIC,
-                version: FORMAT_VERSION,
-                kind: envelope.kind.code() as u16,
+            let header = FragmentHeader::new(
+                envelope.kind,
                 flags,
-                header_len: FRAGMENT_HEADER_LEN as u32,
                 sequence,
-                fragment_index: index,
-                reserved0: 0,
-                message_len: layout.total,
-                fragment_offset: offset,
-                fragment_len: len,
-                reserved1: 0,
-            };
+                index,
+                layout.total,
+                offset..offset + len,
+            );
             // Fragments of a large message keep the data in flight small and in a cache-sized
             // part of the ring, as streams do (see `Producer::reserve_within`).
             let mut grant = if fragmented {
@@ -948,7 +998,7 @@ impl FrameSender {
             };
             let slot = grant.as_mut_slice();
             slot[..FRAGMENT_HEADER_LEN].copy_from_slice(header.as_bytes());
-            write_body_range(&layout, &pieces, offset, &mut slot[FRAGMENT_HEADER_LEN..]);
+            write_body_range(&prefix, &pieces, offset, &mut slot[FRAGMENT_HEADER_LEN..]);
             grant.commit();
             offset += len;
             index = index.wrapping_add(1);
@@ -969,29 +1019,23 @@ impl FrameSender {
         spec: &LoanSpec,
         deadline: Option<Instant>,
     ) -> Result<Loan<'p>, LoanError> {
-        let mut planned = Vec::with_capacity(spec.tensors.len());
-        let mut names = HashSet::with_capacity(spec.tensors.len());
+        let mut descs = Vec::with_capacity(spec.tensors.len());
         for (name, dtype, shape) in &spec.tensors {
             let len = check_tensor_spec(name, *dtype, shape, None)?;
-            if !names.insert(name.as_str()) {
-                return Err(DxoError::DuplicateName(name.clone()).into());
-            }
-            planned.push(PlannedTensor {
-                name: name.clone(),
+            descs.push(TensorDesc {
+                name,
                 dtype: *dtype,
-                shape: shape.clone(),
+                shape,
                 len,
             });
+        }
+        if let Some(name) = first_duplicate(&descs, |d| d.name.as_bytes()) {
+            return Err(DxoError::DuplicateName(String::from_utf8_lossy(name).into_owned()).into());
         }
         if spec.opaque_len > 0 && spec.data_kind != DataKind::AppDefined {
             return Err(DxoError::OpaqueNotAppDefined(spec.data_kind).into());
         }
-        let layout = plan_body(
-            envelope,
-            Some((spec.data_kind, &spec.meta)),
-            &planned,
-            spec.opaque_len as u64,
-        )?;
+        let layout = layout_body(envelope, Some(&spec.meta), &descs, spec.opaque_len as u64)?;
         let needed = layout.total + FRAGMENT_HEADER_LEN as u64;
         if needed > producer.max_record() as u64 {
             return Err(SendError::TooLargeForLoan {
@@ -1001,36 +1045,36 @@ impl FrameSender {
             .into());
         }
         let sequence = self.take_sequence();
-        let header = FragmentHeader {
-            magic: FRAME_MAGIC,
-            version: FORMAT_VERSION,
-            kind: envelope.kind.code() as u16,
-            flags: FLAG_FIRST | FLAG_LAST,
-            header_len: FRAGMENT_HEADER_LEN as u32,
+        let header = FragmentHeader::new(
+            envelope.kind,
+            FLAG_FIRST | FLAG_LAST,
             sequence,
-            fragment_index: 0,
-            reserved0: 0,
-            message_len: layout.total,
-            fragment_offset: 0,
-            fragment_len: layout.total,
-            reserved1: 0,
-        };
+            0,
+            layout.total,
+            0..layout.total,
+        );
         let mut grant = producer
             .reserve(needed as usize, deadline)
             .map_err(SendError::from)?;
         let slot = grant.as_mut_slice();
         slot[..FRAGMENT_HEADER_LEN].copy_from_slice(header.as_bytes());
-        let prefix_end = FRAGMENT_HEADER_LEN + layout.prefix.len();
-        slot[FRAGMENT_HEADER_LEN..prefix_end].copy_from_slice(&layout.prefix);
-        let shift = |r: &Range<u64>| {
-            (r.start as usize + FRAGMENT_HEADER_LEN)..(r.end as usize + FRAGMENT_HEADER_LEN)
-        };
+        let prefix = FRAGMENT_HEADER_LEN..FRAGMENT_HEADER_LEN + layout.data_offset as usize;
+        // Written straight into the ring: no intermediate buffer.
+        write_prefix(
+            &layout,
+            envelope,
+            Some(spec.data_kind),
+            &descs,
+            &mut slot[prefix],
+        );
         Ok(Loan {
             grant,
             sequence,
-            opaque: shift(&layout.opaque),
-            tensors: layout.tensors.iter().map(shift).collect(),
-            planned,
+            opaque: (layout.opaque.start as usize + FRAGMENT_HEADER_LEN)
+                ..(layout.opaque.end as usize + FRAGMENT_HEADER_LEN),
+            table: FRAGMENT_HEADER_LEN + layout.table_offset,
+            names: FRAGMENT_HEADER_LEN + layout.names_offset,
+            count: descs.len(),
         })
     }
 }
@@ -1091,15 +1135,18 @@ pub struct Loan<'p> {
     grant: WriteGrant<'p>,
     sequence: u64,
     opaque: Range<usize>,
-    tensors: Vec<Range<usize>>,
-    planned: Vec<PlannedTensor>,
+    /// Where the tensor table and the names start in the grant (this side wrote them: they
+    /// are read back instead of being kept twice).
+    table: usize,
+    names: usize,
+    count: usize,
 }
 
 impl fmt::Debug for Loan<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Loan")
             .field("sequence", &self.sequence)
-            .field("tensors", &self.tensors.len())
+            .field("tensors", &self.count)
             .finish()
     }
 }
@@ -1134,22 +1181,34 @@ impl<'p> Loan<'p> {
 
     /// Number of tensors.
     pub fn tensor_count(&self) -> usize {
-        self.tensors.len()
+        self.count
+    }
+
+    /// Entry `index` of the tensor table this loan wrote.
+    fn entry(&mut self, index: usize) -> Result<TensorEntry, ViewError> {
+        if index >= self.count {
+            return Err(ViewError::NoSuchTensor(index.to_string()));
+        }
+        let at = self.table + index * TENSOR_ENTRY_LEN;
+        let bytes = &self.grant.as_mut_slice()[at..at + TENSOR_ENTRY_LEN];
+        TensorEntry::read_from_bytes(bytes).map_err(|_| ViewError::NoSuchTensor(index.to_string()))
     }
 
     /// Index of the tensor named `name`.
-    pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.planned.iter().position(|t| t.name == name)
+    pub fn index_of(&mut self, name: &str) -> Option<usize> {
+        (0..self.count).find(|&i| {
+            self.entry(i).is_ok_and(|e| {
+                let at = self.names + e.name_offset as usize;
+                &self.grant.as_mut_slice()[at..at + usize::from(e.name_len)] == name.as_bytes()
+            })
+        })
     }
 
     /// Tensor `index` as mutable raw bytes in the ring.
     pub fn tensor_bytes_mut(&mut self, index: usize) -> Result<&mut [u8], ViewError> {
-        let range = self
-            .tensors
-            .get(index)
-            .cloned()
-            .ok_or_else(|| ViewError::NoSuchTensor(index.to_string()))?;
-        Ok(&mut self.grant.as_mut_slice()[range])
+        let entry = self.entry(index)?;
+        let start = FRAGMENT_HEADER_LEN + entry.data_offset as usize;
+        Ok(&mut self.grant.as_mut_slice()[start..start + entry.data_len as usize])
     }
 
     /// Tensor `index` as a mutable slice of `T` in the ring (the dtype must be `T`'s).
@@ -1157,11 +1216,9 @@ impl<'p> Loan<'p> {
         &mut self,
         index: usize,
     ) -> Result<&mut [T], ViewError> {
-        let actual = self
-            .planned
-            .get(index)
-            .map(|t| t.dtype)
-            .ok_or_else(|| ViewError::NoSuchTensor(index.to_string()))?;
+        let code = u32::from(self.entry(index)?.dtype);
+        let actual =
+            DType::from_code(code).ok_or_else(|| ViewError::NoSuchTensor(index.to_string()))?;
         if actual != T::DTYPE {
             return Err(ViewError::WrongDType {
                 actual,
@@ -1296,7 +1353,14 @@ fn over(what: &'static str, value: u64, max: u64) -> Result<(), FrameError> {
 }
 
 /// Parses and checks a whole message body (untrusted bytes).
-fn parse_body(body: &[u8], limits: &Limits) -> Result<ParsedBody, FrameError> {
+///
+/// `tensors` is a (cleared) vector to fill, so that a receiver can reuse one allocation for
+/// every message.
+fn parse_body(
+    body: &[u8],
+    limits: &Limits,
+    mut tensors: Vec<ParsedTensor>,
+) -> Result<ParsedBody, FrameError> {
     let header = BodyHeader::read_from_prefix(body)
         .map_err(|_| {
             malformed(format!(
@@ -1403,8 +1467,8 @@ fn parse_body(body: &[u8], limits: &Limits) -> Result<ParsedBody, FrameError> {
             .map_err(|e| malformed(format!("meta is not a JSON object: {e}")))?
     };
 
-    let mut tensors = Vec::with_capacity(header.tensor_count as usize);
-    let mut seen = HashSet::with_capacity(header.tensor_count as usize);
+    tensors.clear();
+    tensors.reserve(header.tensor_count as usize);
     let mut previous_end = opaque.end as u64;
     for i in 0..header.tensor_count as usize {
         let at = table.start + i * TENSOR_ENTRY_LEN;
@@ -1434,11 +1498,8 @@ fn parse_body(body: &[u8], limits: &Limits) -> Result<ParsedBody, FrameError> {
         )
         .map_err(|_| bad("name outside the names area".into()))?;
         let name = (name.start + names.start)..(name.end + names.start);
-        let name_str = std::str::from_utf8(&body[name.clone()])
+        std::str::from_utf8(&body[name.clone()])
             .map_err(|e| bad(format!("name is not UTF-8: {e}")))?;
-        if !seen.insert(name_str) {
-            return Err(bad(format!("duplicate name {name_str:?}")));
-        }
         let expected = tensor_len(dtype, &entry.shape[..ndim]);
         if expected != Some(entry.data_len) {
             return Err(bad(format!(
@@ -1469,6 +1530,10 @@ fn parse_body(body: &[u8], limits: &Limits) -> Result<ParsedBody, FrameError> {
             data,
         });
     }
+    if let Some(name) = first_duplicate(&tensors, |t| &body[t.name.clone()]) {
+        let name = String::from_utf8_lossy(name);
+        return Err(malformed(format!("duplicate tensor name {name:?}")));
+    }
     Ok(ParsedBody {
         rc,
         data_kind,
@@ -1478,6 +1543,21 @@ fn parse_body(body: &[u8], limits: &Limits) -> Result<ParsedBody, FrameError> {
         opaque,
         tensors,
     })
+}
+
+/// The first name that occurs twice among `items`, if any. Small tables are compared pairwise (no
+/// allocation, no hashing: this is on the hot path of every message); large ones through a
+/// hash set, whose size the tensor-count limit bounds.
+fn first_duplicate<'b, T>(items: &[T], name: impl Fn(&T) -> &'b [u8]) -> Option<&'b [u8]> {
+    const PAIRWISE_MAX: usize = 32;
+    if items.len() <= PAIRWISE_MAX {
+        return items.iter().enumerate().find_map(|(i, a)| {
+            let a = name(a);
+            items[..i].iter().any(|b| name(b) == a).then_some(a)
+        });
+    }
+    let mut seen = HashSet::with_capacity(items.len());
+    items.iter().map(&name).find(|n| !seen.insert(*n))
 }
 
 /// A buffer whose start is page-aligned (so every tensor in it is 64-byte aligned), used to
@@ -1572,6 +1652,8 @@ impl AlignedBuf {
 pub struct FrameReceiver {
     limits: Limits,
     assembly: AlignedBuf,
+    /// The parsed tensor table of the last message, kept for the next one.
+    spare: Vec<ParsedTensor>,
 }
 
 /// Where a received message's bytes are.
@@ -1589,6 +1671,8 @@ pub struct Message<'c> {
     kind: MessageKind,
     sequence: u64,
     parsed: ParsedBody,
+    /// Where the parsed tensor table goes back to when the message is dropped.
+    spare: &'c mut Vec<ParsedTensor>,
 }
 
 impl fmt::Debug for Message<'_> {
@@ -1607,6 +1691,7 @@ impl FrameReceiver {
         FrameReceiver {
             limits,
             assembly: AlignedBuf::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -1623,7 +1708,12 @@ impl FrameReceiver {
         consumer: &'c mut Consumer,
         deadline: Option<Instant>,
     ) -> Result<Message<'c>, FrameError> {
-        let limits = self.limits;
+        let FrameReceiver {
+            limits,
+            assembly,
+            spare,
+        } = self;
+        let limits = *limits;
         let first = {
             let grant = consumer.peek(deadline)?;
             match fragment_header(&grant) {
@@ -1658,13 +1748,15 @@ impl FrameReceiver {
             let grant = consumer
                 .try_peek()?
                 .ok_or_else(|| FrameError::Malformed("record vanished between two peeks".into()))?;
-            let parsed = parse_body(&grant.as_slice()[FRAGMENT_HEADER_LEN..], &limits);
+            let table = std::mem::take(spare);
+            let parsed = parse_body(&grant.as_slice()[FRAGMENT_HEADER_LEN..], &limits, table);
             return match parsed {
                 Ok(parsed) => Ok(Message {
                     storage: Storage::Ring(Some(grant)),
                     kind,
                     sequence: first.sequence,
                     parsed,
+                    spare,
                 }),
                 Err(e) => {
                     grant.release();
@@ -1689,13 +1781,13 @@ impl FrameReceiver {
             }
         };
         // Lazily zeroed pages: room is reserved now, memory used only as fragments arrive.
-        if self.assembly.reset(total).is_err() {
+        if assembly.reset(total).is_err() {
             discard_next(consumer)?;
             return Err(FrameError::OutOfMemory {
                 len: first.message_len,
             });
         }
-        let out = self.assembly.as_mut_slice();
+        let out = assembly.as_mut_slice();
         let mut received = copy_fragment(grant, out, 0)?;
         let mut index = 0u32;
         while (received as u64) < first.message_len {
@@ -1731,13 +1823,14 @@ impl FrameReceiver {
             }
             received = copy_fragment(grant, out, received)?;
         }
-        let this: &'c FrameReceiver = self;
-        let parsed = parse_body(this.assembly.as_slice(), &limits)?;
+        let assembly: &'c AlignedBuf = assembly;
+        let parsed = parse_body(assembly.as_slice(), &limits, std::mem::take(spare))?;
         Ok(Message {
-            storage: Storage::Assembled(&this.assembly),
+            storage: Storage::Assembled(assembly),
             kind,
             sequence: first.sequence,
             parsed,
+            spare,
         })
     }
 }
@@ -1956,6 +2049,7 @@ impl<'c> Message<'c> {
 impl Drop for Message<'_> {
     fn drop(&mut self) {
         self.release_grant();
+        *self.spare = std::mem::take(&mut self.parsed.tensors);
     }
 }
 

@@ -326,7 +326,10 @@ fn abandoned_loan_sends_nothing_and_too_large_loan_is_refused() {
     let (mut tx, mut rx) = ring_pair(64 * 1024);
     let mut sender = FrameSender::new();
     let spec = LoanSpec::new(DataKind::Weights).tensor("w", DType::F32, &[10]);
-    drop(sender.loan(&mut tx, &task("x"), &spec, soon()).unwrap());
+    {
+        // Taken and never committed: abandoned when it goes out of scope.
+        let _abandoned = sender.loan(&mut tx, &task("x"), &spec, soon()).unwrap();
+    }
     assert!(rx.try_peek().unwrap().is_none());
     let huge = LoanSpec::new(DataKind::Weights).tensor("w", DType::F32, &[1 << 20]);
     assert!(matches!(
