@@ -222,6 +222,12 @@ fn exchanger(options: &Options) -> Result<(), Error> {
             return Err("the model did not survive the round trip".into());
         }
     }
+    if options.rounds > 1 {
+        println!(
+            "(round 1 includes the first touch of both sides' receive buffers: fresh memory \
+             costs about 1 s per GiB to fault in on a VM; later rounds reuse it)"
+        );
+    }
     drop(link);
     let status = child.wait()?;
     if !status.success() {
