@@ -1315,11 +1315,16 @@ struct ParsedTensor {
     data: Range<usize>,
 }
 
-/// A message body, parsed and checked; ranges index into the body bytes.
+/// A message body, parsed and checked; `opaque` and tensor `data` ranges index into the body
+/// bytes, string ranges into `strings`.
 #[derive(Clone, Debug)]
 struct ParsedBody {
     rc: ReturnCode,
     data_kind: Option<DataKind>,
+    /// Task id, task name and tensor names, copied out of the body and validated as UTF-8
+    /// after copying: a `&str` into bytes a faulty peer could still rewrite would break
+    /// `str`'s invariant. `task_id`, `task_name` and tensor `name` ranges index into it.
+    strings: String,
     task_id: Range<usize>,
     task_name: Range<usize>,
     meta: Map<String, Value>,
@@ -1356,11 +1361,21 @@ fn over(what: &'static str, value: u64, max: u64) -> Result<(), FrameError> {
 ///
 /// `tensors` is a (cleared) vector to fill, so that a receiver can reuse one allocation for
 /// every message.
-fn parse_body(
-    body: &[u8],
-    limits: &Limits,
-    mut tensors: Vec<ParsedTensor>,
-) -> Result<ParsedBody, FrameError> {
+fn parse_body(body: &[u8], limits: &Limits, scratch: Scratch) -> Result<ParsedBody, FrameError> {
+    let Scratch {
+        mut tensors,
+        strings,
+    } = scratch;
+    let mut text = strings.into_bytes();
+    text.clear();
+    // Copies `body[range]` to the end of `text` and checks the copy is UTF-8.
+    let mut copy_str = |range: Range<usize>, what: &dyn Fn() -> String| {
+        let start = text.len();
+        text.extend_from_slice(&body[range]);
+        std::str::from_utf8(&text[start..])
+            .map_err(|e| malformed(format!("{} is not UTF-8: {e}", what())))?;
+        Ok::<_, FrameError>(start..text.len())
+    };
     let header = BodyHeader::read_from_prefix(body)
         .map_err(|_| {
             malformed(format!(
@@ -1429,10 +1444,8 @@ fn parse_body(
         "task name",
     )?;
     let meta_range = checked_range(task_name.end as u64, header.meta_len.into(), len, "meta")?;
-    for (range, what) in [(&task_id, "task id"), (&task_name, "task name")] {
-        std::str::from_utf8(&body[range.clone()])
-            .map_err(|e| malformed(format!("{what} is not UTF-8: {e}")))?;
-    }
+    let task_id = copy_str(task_id, &|| "task id".into())?;
+    let task_name = copy_str(task_name, &|| "task name".into())?;
     let table_offset = (meta_range.end as u64).next_multiple_of(8);
     let table_len = u64::from(header.tensor_count) * TENSOR_ENTRY_LEN as u64;
     let table = checked_range(table_offset, table_len, len, "tensor table")?;
@@ -1498,8 +1511,7 @@ fn parse_body(
         )
         .map_err(|_| bad("name outside the names area".into()))?;
         let name = (name.start + names.start)..(name.end + names.start);
-        std::str::from_utf8(&body[name.clone()])
-            .map_err(|e| bad(format!("name is not UTF-8: {e}")))?;
+        let name = copy_str(name, &|| format!("tensor {i}: name"))?;
         let expected = tensor_len(dtype, &entry.shape[..ndim]);
         if expected != Some(entry.data_len) {
             return Err(bad(format!(
@@ -1530,13 +1542,16 @@ fn parse_body(
             data,
         });
     }
-    if let Some(name) = first_duplicate(&tensors, |t| &body[t.name.clone()]) {
+    if let Some(name) = first_duplicate(&tensors, |t| &text[t.name.clone()]) {
         let name = String::from_utf8_lossy(name);
         return Err(malformed(format!("duplicate tensor name {name:?}")));
     }
+    // Every field was checked as UTF-8 on its own, so their concatenation is UTF-8.
+    let strings = String::from_utf8(text).map_err(|_| malformed("names are not UTF-8"))?;
     Ok(ParsedBody {
         rc,
         data_kind,
+        strings,
         task_id,
         task_name,
         meta,
@@ -1652,8 +1667,15 @@ impl AlignedBuf {
 pub struct FrameReceiver {
     limits: Limits,
     assembly: AlignedBuf,
-    /// The parsed tensor table of the last message, kept for the next one.
-    spare: Vec<ParsedTensor>,
+    /// The parsed tensor table and strings of the last message, kept for the next one.
+    spare: Scratch,
+}
+
+/// Allocations a receiver reuses from one message to the next.
+#[derive(Debug, Default)]
+struct Scratch {
+    tensors: Vec<ParsedTensor>,
+    strings: String,
 }
 
 /// Where a received message's bytes are.
@@ -1671,8 +1693,8 @@ pub struct Message<'c> {
     kind: MessageKind,
     sequence: u64,
     parsed: ParsedBody,
-    /// Where the parsed tensor table goes back to when the message is dropped.
-    spare: &'c mut Vec<ParsedTensor>,
+    /// Where the parsed tensor table and strings go back to when the message is dropped.
+    spare: &'c mut Scratch,
 }
 
 impl fmt::Debug for Message<'_> {
@@ -1691,7 +1713,7 @@ impl FrameReceiver {
         FrameReceiver {
             limits,
             assembly: AlignedBuf::new(),
-            spare: Vec::new(),
+            spare: Scratch::default(),
         }
     }
 
@@ -1748,8 +1770,8 @@ impl FrameReceiver {
             let grant = consumer
                 .try_peek()?
                 .ok_or_else(|| FrameError::Malformed("record vanished between two peeks".into()))?;
-            let table = std::mem::take(spare);
-            let parsed = parse_body(&grant.as_slice()[FRAGMENT_HEADER_LEN..], &limits, table);
+            let scratch = std::mem::take(spare);
+            let parsed = parse_body(&grant.as_slice()[FRAGMENT_HEADER_LEN..], &limits, scratch);
             return match parsed {
                 Ok(parsed) => Ok(Message {
                     storage: Storage::Ring(Some(grant)),
@@ -1946,12 +1968,12 @@ impl<'c> Message<'c> {
 
     /// The task id ("" for none).
     pub fn task_id(&self) -> &str {
-        std::str::from_utf8(&self.body()[self.parsed.task_id.clone()]).unwrap_or_default()
+        &self.parsed.strings[self.parsed.task_id.clone()]
     }
 
     /// The task name ("" for none).
     pub fn task_name(&self) -> &str {
-        std::str::from_utf8(&self.body()[self.parsed.task_name.clone()]).unwrap_or_default()
+        &self.parsed.strings[self.parsed.task_name.clone()]
     }
 
     /// Whether the message carries a DXO.
@@ -2004,7 +2026,7 @@ impl<'c> Message<'c> {
         let body = self.body();
         let t = &self.parsed.tensors[index];
         TensorView {
-            name: std::str::from_utf8(&body[t.name.clone()]).unwrap_or_default(),
+            name: &self.parsed.strings[t.name.clone()],
             dtype: t.dtype,
             shape: &t.shape[..t.ndim],
             bytes: &body[t.data.clone()],
@@ -2049,7 +2071,10 @@ impl<'c> Message<'c> {
 impl Drop for Message<'_> {
     fn drop(&mut self) {
         self.release_grant();
-        *self.spare = std::mem::take(&mut self.parsed.tensors);
+        *self.spare = Scratch {
+            tensors: std::mem::take(&mut self.parsed.tensors),
+            strings: std::mem::take(&mut self.parsed.strings),
+        };
     }
 }
 
@@ -2077,12 +2102,11 @@ impl OwnedMessage {
     }
     /// The task id.
     pub fn task_id(&self) -> &str {
-        std::str::from_utf8(&self.body.as_slice()[self.parsed.task_id.clone()]).unwrap_or_default()
+        &self.parsed.strings[self.parsed.task_id.clone()]
     }
     /// The task name.
     pub fn task_name(&self) -> &str {
-        std::str::from_utf8(&self.body.as_slice()[self.parsed.task_name.clone()])
-            .unwrap_or_default()
+        &self.parsed.strings[self.parsed.task_name.clone()]
     }
     /// The DXO's data kind.
     pub fn data_kind(&self) -> Option<DataKind> {
@@ -2100,7 +2124,7 @@ impl OwnedMessage {
     pub fn tensors(&self) -> impl ExactSizeIterator<Item = TensorView<'_>> + '_ {
         let body = self.body.as_slice();
         self.parsed.tensors.iter().map(move |t| TensorView {
-            name: std::str::from_utf8(&body[t.name.clone()]).unwrap_or_default(),
+            name: &self.parsed.strings[t.name.clone()],
             dtype: t.dtype,
             shape: &t.shape[..t.ndim],
             bytes: &body[t.data.clone()],

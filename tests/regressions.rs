@@ -150,3 +150,32 @@ fn a_zero_heartbeat_interval_is_raised_not_spun_on() {
         shmex::control::MIN_HEARTBEAT_INTERVAL
     );
 }
+
+#[test]
+fn meta_floats_arrive_bit_for_bit() {
+    // Found by the frame_roundtrip fuzz target: without serde_json's exact float parsing this
+    // value came back one ULP off.
+    let values = [
+        5.064714298140929e-306,
+        0.1,
+        1.0 / 3.0,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        -0.0,
+    ];
+    let mut dxo = Dxo::new(DataKind::Metrics);
+    for (i, v) in values.iter().enumerate() {
+        dxo = dxo.with_meta(format!("m{i}"), *v);
+    }
+    let (mut tx, mut rx) = ring::in_process(1 << 16, Signals::in_process()).unwrap();
+    let task = shmex::frame::Envelope::new(shmex::frame::MessageKind::Data);
+    FrameSender::new()
+        .send(&mut tx, &task, Some(&dxo), soon())
+        .unwrap();
+    let mut receiver = FrameReceiver::default();
+    let msg = receiver.recv(&mut rx, soon()).unwrap();
+    for (i, v) in values.iter().enumerate() {
+        let got = msg.meta()[&format!("m{i}")].as_f64().unwrap();
+        assert_eq!(got.to_bits(), v.to_bits(), "meta m{i}");
+    }
+}
