@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! cargo run --release --example compare            # full run (sizes up to 1 GiB)
-//! cargo run --release --example compare -- --quick # smoke run for CI (max 64 MiB, 1,000 RTTs)
+//! cargo run --release --example compare -- --quick # smoke run for CI (max 64 MiB, 1,000 RTTs,
+//!                                                  # a 64 MiB model of 20 tensors, hand-offs
+//!                                                  # of 1 MiB and 16 MiB)
 //! ```
 //!
 //! Every two-process figure uses a second process that is this same executable re-run with a
@@ -19,7 +21,20 @@
 //!   small acknowledgement record on the result ring;
 //! - 8-byte round trips: shmex busy-polling, shmex sleeping on the futex, a raw futex
 //!   ping-pong, a Unix socket, and two processes busy-polling a shared atomic (the floor);
-//! - how long a blocked shmex receive takes to report a SIGKILLed peer.
+//! - how long a blocked shmex receive takes to report a SIGKILLed peer;
+//! - DXO frames (`shmex::frame`), at the largest size only:
+//!   - `shmex-model`: a model of ~100 f32 tensors (the largest size's bytes, 1 GiB) copy-sent
+//!     with `FrameSender::send` through the default ring, received by `FrameReceiver::recv`
+//!     (fragments reassembled into the receiver's reused buffer) and copied tensor by tensor
+//!     into pre-faulted caller buffers with `TensorView::copy_to`, then acknowledged;
+//!     `shmex-model-view` is the same without `copy_to` (the tensors are only viewed in the
+//!     reassembly buffer). Both take turns with `memcpy` and `uds` on the same bytes, and
+//!     their first (cold: the reassembly buffer is still unmapped) transfer is reported apart;
+//!   - `shmex-loan`: hand-off latency of loaned messages (`FrameSender::loan`, one f32 tensor
+//!     of 1 MiB or 256 MiB, only its first element written) viewed in place by the peer, which
+//!     answers with a loaned message of the same size: hand-off = round trip / 2;
+//!   - `shmex-task-{spin,futex}`: round trip of a 4 KiB task DXO answered by a 4 KiB result
+//!     (copy-send, in-place receive; the agent sends its result straight from the task's view).
 //!
 //! Output: a human table, then `RESULT <transport> <size> <metric> <value> <unit>` lines and
 //! `RATIO` lines for scripts.
@@ -35,11 +50,15 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use shmex::frame::{
+    DataKind, Dxo, Envelope, FrameReceiver, FrameSender, LoanSpec, Message, MessageKind,
+};
 use shmex::link::{AttachOptions, CreateOptions, Link};
 use shmex::ring::RecvError;
 use shmex::segment::SegmentName;
 use shmex::signal::{PeerLost, WaitStrategy};
 use shmex::{pattern, stream, sys};
+use zerocopy::{FromBytes, IntoBytes};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, Error>;
@@ -109,6 +128,10 @@ struct Config {
     /// Minimum warm-up time of each round-trip transport.
     warmup: Duration,
     detection_repeats: usize,
+    /// Tensors of the `shmex-model` DXO (whose bytes are the largest size's).
+    model_tensors: usize,
+    /// Tensor sizes of the loan hand-off test (the first is the reference of the ratio).
+    handoff_sizes: Vec<usize>,
     /// CPUs this process may run on.
     cpu_count: usize,
     /// (parent CPU, child CPU) when the machine has at least two.
@@ -180,6 +203,12 @@ fn run(quick: bool) -> Res<()> {
             Duration::from_millis(500)
         },
         detection_repeats: if quick { 3 } else { 10 },
+        model_tensors: if quick { 20 } else { 100 },
+        handoff_sizes: if quick {
+            vec![MIB, 16 * MIB]
+        } else {
+            vec![MIB, 256 * MIB]
+        },
         cpu_count,
         cpus,
     };
@@ -192,11 +221,18 @@ fn run(quick: bool) -> Res<()> {
 
     let max = *config.sizes.iter().max().ok_or("no sizes")?;
     eprintln!("preparing a {} source buffer...", size_label(max));
-    let mut source = vec![0u8; max];
-    pattern::fill(&mut source, 0x5eed);
+    // f32 words, so the model's tensors can borrow the same bytes the other transports move.
+    let mut source = vec![0f32; max.div_ceil(4)];
+    pattern::fill(source.as_mut_bytes(), 0x5eed);
     let transfers = start_transfers(&config, max, &mut report)?;
-    measure_throughput(&config, transfers, &source, &mut report)?;
+    measure_throughput(&config, transfers, &source.as_bytes()[..max], &mut report)?;
     drop(source);
+
+    eprintln!(
+        "loan hand-off ({} per size after {} warm-up, both sides spinning):",
+        config.round_trips, config.warmup_round_trips
+    );
+    bench_handoff(&config, &mut report)?;
 
     eprintln!(
         "round trips ({} after {} warm-up):",
@@ -208,16 +244,22 @@ fn run(quick: bool) -> Res<()> {
         ShmexPingPong::start(&config, "shmex-futex", Duration::ZERO)?,
         FutexPingPong::start(&config)?,
         UdsPingPong::start(&config)?,
+        TaskPingPong::start(&config, "shmex-task-futex", Duration::ZERO)?,
     ];
     measure_round_trips(&config, sleeping, &mut report)?;
     let shmex_spin = ShmexPingPong::start(&config, "shmex-spin", ACTIVE_SPIN)?;
     measure_round_trips(&config, vec![shmex_spin], &mut report)?;
+    let task_spin = TaskPingPong::start(&config, "shmex-task-spin", ACTIVE_SPIN)?;
+    measure_round_trips(&config, vec![task_spin], &mut report)?;
     measure_round_trips(&config, vec![SpinPingPong::start(&config)?], &mut report)?;
     report.notes.push(format!(
         "round trips: {} per transport after a warm-up of at least {:?} and {} round trips; \
-         shmex-futex, futex-raw and uds measured in alternating batches of {ROUND_TRIP_BATCH}; \
+         shmex-futex, futex-raw, uds and shmex-task-futex measured in alternating batches of \
+         {ROUND_TRIP_BATCH}; \
          futex-raw = store + futex_wake, futex_wait until answered (no spinning, a wake syscall \
-         every time); shmex-spin = WaitStrategy spin {ACTIVE_SPIN:?} on both sides, shmex-futex = spin 0",
+         every time); shmex-spin = WaitStrategy spin {ACTIVE_SPIN:?} on both sides, shmex-futex = spin 0; \
+         shmex-task-*: a Task DXO with one 4 KiB f32 tensor (FrameSender::send) answered by a \
+         Result DXO of the same size that the agent sends from its in-place view of the task",
         config.round_trips, config.warmup, config.warmup_round_trips
     ));
 
@@ -246,7 +288,8 @@ fn host_description(config: &Config) -> String {
     format!(
         "host: {cpus} CPUs, load average {load}; {pinning}; mode: {}",
         if config.quick {
-            "QUICK (--quick: max 64 MiB, fewer samples and round trips)"
+            "QUICK (--quick: max 64 MiB, fewer samples and round trips, a 64 MiB model of 20 \
+             tensors, hand-offs of 1 MiB and 16 MiB)"
         } else {
             "full"
         }
@@ -306,6 +349,56 @@ fn print_report(config: &Config, report: &Report) {
         }
     }
     let _ = writeln!(out);
+    let largest = size_label(*config.sizes.iter().max().unwrap_or(&GIB));
+    let _ = writeln!(
+        out,
+        "{:<20}{:>12}{:>12}",
+        format!("{largest} model"),
+        "warm GB/s",
+        "cold GB/s"
+    );
+    for t in ["shmex-model", "shmex-model-view"] {
+        if let (Some(w), Some(c)) = (
+            report.get(t, &largest, "gbps"),
+            report.get(t, &largest, "cold_gbps"),
+        ) {
+            let _ = writeln!(out, "{t:<20}{w:>12.2}{c:>12.2}");
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<20}{:>12}{:>12}",
+        "loan hand-off", "median us", "p99 us"
+    );
+    for &size in &config.handoff_sizes {
+        let label = size_label(size);
+        if let (Some(m), Some(p)) = (
+            report.get("shmex-loan", &label, "handoff_median_us"),
+            report.get("shmex-loan", &label, "handoff_p99_us"),
+        ) {
+            let _ = writeln!(
+                out,
+                "{:<20}{m:>12.3}{p:>12.3}",
+                format!("shmex-loan {label}")
+            );
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<20}{:>12}{:>12}",
+        "4 KiB task round trip", "median us", "p99 us"
+    );
+    for t in ["shmex-task-spin", "shmex-task-futex"] {
+        if let (Some(m), Some(p)) = (
+            report.get(t, "4KiB", "rtt_median_us"),
+            report.get(t, "4KiB", "rtt_p99_us"),
+        ) {
+            let _ = writeln!(out, "{t:<20}{m:>12.3}{p:>12.3}");
+        }
+    }
+    let _ = writeln!(out);
     if let (Some(m), Some(x)) = (
         report.get("shmex", "-", "detect_median_ms"),
         report.get("shmex", "-", "detect_max_ms"),
@@ -323,7 +416,6 @@ fn print_report(config: &Config, report: &Report) {
             f.transport, f.size, f.metric, f.value, f.unit
         );
     }
-    let largest = size_label(*config.sizes.iter().max().unwrap_or(&GIB));
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.3}", a / b),
         _ => "nan".to_string(),
@@ -347,6 +439,27 @@ fn print_report(config: &Config, report: &Report) {
             report.get("futex-raw", "8B", "rtt_median_us")
         )
     );
+    for model in ["shmex-model", "shmex-model-view"] {
+        let gbps = report.get(model, &largest, "gbps");
+        for base in ["memcpy", "uds"] {
+            let _ = writeln!(
+                out,
+                "RATIO {model}/{base} {largest} {}",
+                ratio(gbps, report.get(base, &largest, "gbps"))
+            );
+        }
+    }
+    if let [small, large, ..] = config.handoff_sizes.as_slice() {
+        let (small, large) = (size_label(*small), size_label(*large));
+        let _ = writeln!(
+            out,
+            "RATIO shmex-loan {large}/{small} {}",
+            ratio(
+                report.get("shmex-loan", &large, "handoff_median_us"),
+                report.get("shmex-loan", &small, "handoff_median_us")
+            )
+        );
+    }
     print!("{out}");
 }
 
@@ -362,6 +475,12 @@ trait Transfer {
     fn timed(&mut self, source: &[u8]) -> Res<Duration>;
     /// Tells the receiver (if any) to stop and waits for it to exit.
     fn stop(self: Box<Self>) -> Res<()>;
+    /// Whether this contestant moves messages of `len` bytes (the model only moves its own).
+    fn accepts(&self, _len: usize) -> bool {
+        true
+    }
+    /// Figures beyond the median rate, added after the size's samples are in.
+    fn report_extra(&self, _len: usize, _report: &mut Report) {}
 }
 
 /// Single-thread `copy_from_slice` into a pre-faulted buffer.
@@ -551,6 +670,221 @@ impl Transfer for ShmexTransfer {
     }
 }
 
+/// One tensor of the benchmark model: its name, shape and elements of the f32 source.
+struct ModelTensor {
+    name: String,
+    shape: Vec<u64>,
+    elements: std::ops::Range<usize>,
+}
+
+/// Column counts the model's 2-D tensors cycle through (all multiples of 256).
+const MODEL_COLUMNS: [usize; 5] = [1024, 4096, 768, 2048, 3072];
+/// Tensor sizes cycle through these quarters of the mean (0.5× … 1.5×, averaging 1×).
+const MODEL_QUARTERS: [usize; 5] = [2, 3, 4, 5, 6];
+/// The meta entry every model DXO carries, as FLARE's do.
+const MODEL_ROUND: i64 = 7;
+
+/// A model of `count` f32 tensors covering `total` bytes exactly, with varied sizes (0.5× to
+/// 1.5× the mean) and shapes: `[rows, columns]`, the last one taking the remainder. Parent and
+/// child both derive it from (`total`, `count`), so the child can pre-fault its buffers.
+fn model_layout(total: usize, count: usize) -> Res<Vec<ModelTensor>> {
+    let elements = total / 4;
+    if !total.is_multiple_of(4) || count == 0 || elements / count < 2 * 4096 {
+        return Err(format!("no model of {count} tensors in {total} bytes").into());
+    }
+    let mean = elements / count;
+    let mut tensors = Vec::with_capacity(count);
+    let mut start = 0;
+    for i in 0..count {
+        let (len, shape) = if i + 1 == count {
+            let rest = elements - start;
+            if rest.is_multiple_of(256) {
+                (rest, vec![(rest / 256) as u64, 256])
+            } else {
+                (rest, vec![rest as u64])
+            }
+        } else {
+            let columns = MODEL_COLUMNS[i % MODEL_COLUMNS.len()];
+            let rows = (mean * MODEL_QUARTERS[i % MODEL_QUARTERS.len()] / 4 / columns).max(1);
+            (rows * columns, vec![rows as u64, columns as u64])
+        };
+        tensors.push(ModelTensor {
+            name: format!("model.layers.{i}.weight"),
+            shape,
+            elements: start..start + len,
+        });
+        start += len;
+    }
+    if start != elements {
+        return Err("model layout does not cover its bytes".into());
+    }
+    Ok(tensors)
+}
+
+/// A checksum of a received (or sent) model: every tensor's name, shape and bytes, in order,
+/// and the `current_round` meta entry.
+fn model_digest<'a>(
+    round: Option<i64>,
+    tensors: impl Iterator<Item = (&'a str, &'a [u64], &'a [u8])>,
+) -> u64 {
+    let mut summary = Vec::with_capacity(4096);
+    summary.extend_from_slice(&round.unwrap_or(i64::MIN).to_le_bytes());
+    for (name, shape, bytes) in tensors {
+        summary.extend_from_slice(&pattern::checksum(name.as_bytes()).to_le_bytes());
+        summary.extend_from_slice(&(shape.len() as u64).to_le_bytes());
+        for &dim in shape {
+            summary.extend_from_slice(&dim.to_le_bytes());
+        }
+        summary.extend_from_slice(&pattern::checksum(bytes).to_le_bytes());
+    }
+    pattern::checksum(&summary)
+}
+
+/// Task names telling the model sink what to answer: a checksum, or one acknowledgement byte.
+const MODEL_VERIFY: &str = "verify";
+const MODEL_TIMED: &str = "timed";
+
+/// A model DXO copy-sent with `FrameSender::send` on a default-ring link to an agent child
+/// that receives it with `FrameReceiver::recv` (reassembled from fragments) and, if
+/// `copy_out`, copies each tensor into its own pre-faulted buffer (`TensorView::copy_to`);
+/// then a 1-byte record back on the result ring.
+struct ModelTransfer {
+    transport: &'static str,
+    link: Link,
+    peer: Peer,
+    sender: FrameSender,
+    layout: Vec<ModelTensor>,
+    total: usize,
+    ack: Vec<u8>,
+    /// The first timed transfer (the receiver's reassembly buffer not yet mapped).
+    cold: Option<Duration>,
+}
+
+impl ModelTransfer {
+    fn start(
+        config: &Config,
+        transport: &'static str,
+        copy_out: bool,
+        total: usize,
+    ) -> Res<ModelTransfer> {
+        let layout = model_layout(total, config.model_tensors)?;
+        let name = unique_name(transport)?;
+        let options = CreateOptions::default().ring_capacity(SHMEX_RING as u64);
+        let link = Link::create(&name, &options)?;
+        let mut peer = Peer::spawn(
+            config,
+            "model-sink",
+            &[
+                name.as_str().to_string(),
+                total.to_string(),
+                config.model_tensors.to_string(),
+                if copy_out { "copy" } else { "view" }.to_string(),
+            ],
+        )?;
+        peer.expect("ready")?;
+        Ok(ModelTransfer {
+            transport,
+            link,
+            peer,
+            sender: FrameSender::new(),
+            layout,
+            total,
+            ack: Vec::with_capacity(64),
+            cold: None,
+        })
+    }
+
+    fn dxo<'a>(&self, source: &'a [u8]) -> Res<Dxo<'a>> {
+        let words = <[f32]>::ref_from_bytes(source).map_err(|_| "model source is misaligned")?;
+        let mut dxo = Dxo::new(DataKind::Weights).with_meta("current_round", MODEL_ROUND);
+        for tensor in &self.layout {
+            dxo = dxo.with_tensor(
+                tensor.name.as_str(),
+                &tensor.shape,
+                &words[tensor.elements.clone()],
+            )?;
+        }
+        Ok(dxo)
+    }
+
+    /// Sends the model and waits for the child's answer (into `self.ack`); returns the time
+    /// from the start of the send to the answer.
+    fn send(&mut self, source: &[u8], task_name: &str) -> Res<Duration> {
+        if source.len() != self.total {
+            return Err(format!("{}: model of {} bytes only", self.transport, self.total).into());
+        }
+        let dxo = self.dxo(source)?;
+        let envelope = Envelope::new(MessageKind::Task).with_task("model", task_name);
+        let start = Instant::now();
+        let give_up = Some(start + PEER_TIMEOUT);
+        self.sender
+            .send(self.link.sender(), &envelope, Some(&dxo), give_up)?;
+        self.link.receiver().pop_into(&mut self.ack, give_up)?;
+        Ok(start.elapsed())
+    }
+}
+
+impl Transfer for ModelTransfer {
+    fn transport(&self) -> &str {
+        self.transport
+    }
+
+    fn accepts(&self, len: usize) -> bool {
+        len == self.total
+    }
+
+    fn verify(&mut self, source: &[u8]) -> Res<()> {
+        if self.cold.is_none() {
+            let cold = self.timed(source)?;
+            self.cold = Some(cold);
+        }
+        self.send(source, MODEL_VERIFY)?;
+        let got = <[u8; 8]>::try_from(self.ack.as_slice())
+            .map_err(|_| format!("{}: checksum record is not 8 bytes", self.transport))?;
+        let want = model_digest(
+            Some(MODEL_ROUND),
+            self.layout.iter().map(|t| {
+                (
+                    t.name.as_str(),
+                    t.shape.as_slice(),
+                    &source[t.elements.start * 4..t.elements.end * 4],
+                )
+            }),
+        );
+        check_checksum(self.transport, source.len(), u64::from_le_bytes(got), want)
+    }
+
+    fn timed(&mut self, source: &[u8]) -> Res<Duration> {
+        let elapsed = self.send(source, MODEL_TIMED)?;
+        if self.ack.as_slice() != [ACK] {
+            return Err(format!("{}: bad acknowledgement {:?}", self.transport, self.ack).into());
+        }
+        Ok(elapsed)
+    }
+
+    fn stop(mut self: Box<Self>) -> Res<()> {
+        self.sender.send(
+            self.link.sender(),
+            &Envelope::new(MessageKind::Bye),
+            None,
+            Some(deadline()),
+        )?;
+        self.peer.finish()
+    }
+
+    fn report_extra(&self, len: usize, report: &mut Report) {
+        if let Some(cold) = self.cold {
+            report.add(
+                self.transport,
+                &size_label(len),
+                "cold_gbps",
+                median_gbps(len, &[cold]),
+                "GB/s",
+            );
+        }
+    }
+}
+
 /// Starts every throughput contestant: memcpy, the Unix socket, and the shmex variants (the
 /// first, `shmex`, is the headline figure: the library's default ring and chunk; the others
 /// vary one of the two, as context for tuning).
@@ -594,10 +928,28 @@ fn start_transfers(
             config, transport, capacity, chunk, max,
         )?));
     }
+    for (transport, copy_out) in [("shmex-model", true), ("shmex-model-view", false)] {
+        transfers.push(Box::new(ModelTransfer::start(
+            config, transport, copy_out, max,
+        )?));
+    }
     report.notes.push(format!(
         "shmex: `shmex` = ring of {} (the library default) with stream::default_chunk ({} bytes), \
          default WaitStrategy (spin 50 us, then futex); shmex-ringN / shmex-chunkN vary one of \
          the two; 'gbps' includes the 1-record acknowledgement",
+        size_label(SHMEX_RING),
+        stream::default_chunk(SHMEX_RING as u64),
+    ));
+    report.notes.push(format!(
+        "shmex-model: a {} Weights DXO of {} f32 tensors (shapes [rows, cols], 0.5x-1.5x the \
+         mean size, meta current_round) made of the same bytes memcpy and uds move, \
+         FrameSender::send through a {} ring ({}-byte fragments) -> FrameReceiver::recv \
+         (reassembled into the receiver's reused buffer) -> TensorView::copy_to into \
+         pre-faulted per-tensor buffers -> 1-byte ack; shmex-model-view stops after recv \
+         (tensors viewed in the reassembly buffer, no copy_to); timed from the start of send \
+         to the ack; cold_gbps = the first transfer (reassembly buffer not yet mapped)",
+        size_label(max),
+        config.model_tensors,
         size_label(SHMEX_RING),
         stream::default_chunk(SHMEX_RING as u64),
     ));
@@ -621,15 +973,17 @@ fn measure_throughput(
     for &len in &config.sizes {
         eprintln!("throughput {}:", size_label(len));
         let source = &source[..len];
-        for transfer in &mut transfers {
+        let mut contestants: Vec<&mut Box<dyn Transfer>> =
+            transfers.iter_mut().filter(|t| t.accepts(len)).collect();
+        for transfer in &mut contestants {
             transfer.verify(source)?;
         }
-        let mut samples: Vec<Vec<Duration>> = transfers.iter().map(|_| Vec::new()).collect();
+        let mut samples: Vec<Vec<Duration>> = contestants.iter().map(|_| Vec::new()).collect();
         let started = Instant::now();
-        let budget = config.min_total * u32::try_from(transfers.len())?;
+        let budget = config.min_total * u32::try_from(contestants.len())?;
         let mut rounds = 0;
         while rounds < config.min_samples || started.elapsed() < budget {
-            for (transfer, samples) in transfers.iter_mut().zip(&mut samples) {
+            for (transfer, samples) in contestants.iter_mut().zip(&mut samples) {
                 if len < 64 * MIB {
                     transfer.timed(source)?;
                 }
@@ -643,7 +997,7 @@ fn measure_throughput(
             }
             rounds += 1;
         }
-        for (transfer, samples) in transfers.iter().zip(&samples) {
+        for (transfer, samples) in contestants.iter().zip(&samples) {
             report.add(
                 transfer.transport(),
                 &size_label(len),
@@ -651,6 +1005,7 @@ fn measure_throughput(
                 median_gbps(len, samples),
                 "GB/s",
             );
+            transfer.report_extra(len, report);
         }
     }
     for transfer in transfers {
@@ -665,6 +1020,10 @@ fn measure_throughput(
 trait PingPong {
     /// The transport's name in the report.
     fn transport(&self) -> &'static str;
+    /// The size label of its messages in the report.
+    fn size(&self) -> &'static str {
+        "8B"
+    }
     /// One timed round trip (the session numbers its pings itself).
     fn round_trip(&mut self) -> Res<Duration>;
     /// Tells the child to stop and waits for it to exit.
@@ -964,29 +1323,323 @@ fn measure_round_trips(
         }
     }
     for (session, samples) in sessions.into_iter().zip(samples) {
-        report_rtt(report, session.transport(), samples);
+        report_rtt(report, session.transport(), session.size(), samples);
         session.stop()?;
     }
     Ok(())
 }
 
-fn report_rtt(report: &mut Report, transport: &str, mut samples: Vec<Duration>) {
+fn report_rtt(report: &mut Report, transport: &str, size: &str, mut samples: Vec<Duration>) {
     samples.sort_unstable();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     report.add(
         transport,
-        "8B",
+        size,
         "rtt_median_us",
         us(percentile(&samples, 50.0)),
         "us",
     );
     report.add(
         transport,
-        "8B",
+        size,
         "rtt_p99_us",
         us(percentile(&samples, 99.0)),
         "us",
     );
+}
+
+/// A Result/Task/Data envelope's task name telling the echo child to answer with a checksum.
+const VERIFY_TASK: &str = "verify";
+
+/// Ring capacity for the loan hand-off: the smallest power of two that holds the largest
+/// message whole (512 MiB for 256 MiB tensors).
+fn handoff_ring(largest: usize) -> usize {
+    (largest + MIB).next_power_of_two()
+}
+
+/// The exchanger side of the loan hand-off: loans a message of one f32 tensor, writes its
+/// first element, commits; the child views it in place, answers with a loaned message of the
+/// same size carrying that element; this side views the answer and releases it.
+struct LoanSession {
+    link: Link,
+    peer: Peer,
+    sender: FrameSender,
+    receiver: FrameReceiver,
+    /// One spec per size, built once (as an application sending the same tensors would).
+    specs: Vec<LoanSpec>,
+    seq: u32,
+}
+
+impl LoanSession {
+    fn start(config: &Config, sizes: &[usize]) -> Res<LoanSession> {
+        let largest = *sizes.iter().max().ok_or("no hand-off sizes")?;
+        let name = unique_name("loan")?;
+        let options = CreateOptions {
+            wait: WaitStrategy {
+                spin: ACTIVE_SPIN,
+                ..WaitStrategy::default()
+            },
+            ..CreateOptions::default().ring_capacity(handoff_ring(largest) as u64)
+        };
+        let link = Link::create(&name, &options)?;
+        let mut peer = Peer::spawn(config, "loan-echo", &[name.as_str().to_string()])?;
+        peer.expect("ready")?;
+        let specs = sizes
+            .iter()
+            .map(|&size| {
+                LoanSpec::new(DataKind::Weights).tensor(
+                    "weights",
+                    shmex::frame::DType::F32,
+                    &[(size / 4) as u64],
+                )
+            })
+            .collect();
+        Ok(LoanSession {
+            link,
+            peer,
+            sender: FrameSender::new(),
+            receiver: FrameReceiver::default(),
+            specs,
+            seq: 0,
+        })
+    }
+
+    /// One timed round trip of two loaned messages of size `index`.
+    fn round_trip(&mut self, index: usize) -> Res<Duration> {
+        self.seq = self.seq.wrapping_add(1);
+        let token = self.seq;
+        let envelope = Envelope::new(MessageKind::Data);
+        let spec = &self.specs[index];
+        let (producer, consumer) = self.link.split();
+        let start = Instant::now();
+        let give_up = Some(start + PEER_TIMEOUT);
+        let mut loan = self.sender.loan(producer, &envelope, spec, give_up)?;
+        loan.tensor_mut::<f32>(0)?[0] = f32::from_bits(token);
+        loan.commit();
+        let answer = self.receiver.recv(consumer, give_up)?;
+        let first = first_element(&answer)?;
+        let in_ring = answer.is_in_ring();
+        answer.release();
+        let elapsed = start.elapsed();
+        if !in_ring || first.to_bits() != token {
+            return Err(format!(
+                "shmex-loan: answer in_ring={in_ring}, first element {:#x}, expected {token:#x}",
+                first.to_bits()
+            )
+            .into());
+        }
+        Ok(elapsed)
+    }
+
+    /// Untimed: a message of size `index` filled completely with a pattern; the child answers
+    /// with its checksum in the meta of a loaned message of the same size.
+    fn verify(&mut self, index: usize) -> Res<()> {
+        let envelope = Envelope::new(MessageKind::Data).with_task("", VERIFY_TASK);
+        let spec = &self.specs[index];
+        let (producer, consumer) = self.link.split();
+        let mut loan = self
+            .sender
+            .loan(producer, &envelope, spec, Some(deadline()))?;
+        let bytes = loan.tensor_bytes_mut(0)?;
+        pattern::fill(bytes, index as u64 + 11);
+        let want = pattern::checksum(bytes);
+        loan.commit();
+        let answer = self.receiver.recv(consumer, Some(deadline()))?;
+        let got = answer.meta().get("checksum").and_then(|v| v.as_u64());
+        let (in_ring, len) = (
+            answer.is_in_ring(),
+            answer.tensor(0).map(|t| t.bytes().len()),
+        );
+        answer.release();
+        let size = self.specs[index].tensors[0].2[0] as usize * 4;
+        if !in_ring || len != Some(size) {
+            return Err(
+                format!("shmex-loan: verify answer in_ring={in_ring}, {len:?} bytes").into(),
+            );
+        }
+        check_checksum("shmex-loan", size, got.unwrap_or(0), want)
+    }
+
+    fn stop(mut self) -> Res<()> {
+        self.sender.send(
+            self.link.sender(),
+            &Envelope::new(MessageKind::Bye),
+            None,
+            Some(deadline()),
+        )?;
+        self.peer.finish()
+    }
+}
+
+/// The first f32 of a message's first tensor.
+fn first_element(message: &Message<'_>) -> Res<f32> {
+    let tensor = message.tensor(0).ok_or("message has no tensor")?;
+    tensor
+        .as_slice::<f32>()?
+        .first()
+        .copied()
+        .ok_or_else(|| "tensor is empty".into())
+}
+
+/// Loan hand-off latency per size: both sides spin; sizes take turns in batches so a slow
+/// phase of the machine hits all alike; hand-off = round trip / 2.
+fn bench_handoff(config: &Config, report: &mut Report) -> Res<()> {
+    let sizes = &config.handoff_sizes;
+    let mut session = LoanSession::start(config, sizes)?;
+    for index in 0..sizes.len() {
+        session.verify(index)?;
+    }
+    for index in 0..sizes.len() {
+        let started = Instant::now();
+        let mut done = 0;
+        while done < config.warmup_round_trips || started.elapsed() < config.warmup {
+            session.round_trip(index)?;
+            done += 1;
+        }
+    }
+    let mut samples: Vec<Vec<Duration>> = sizes
+        .iter()
+        .map(|_| Vec::with_capacity(config.round_trips))
+        .collect();
+    while samples[0].len() < config.round_trips {
+        let batch = ROUND_TRIP_BATCH.min(config.round_trips - samples[0].len());
+        for (index, samples) in samples.iter_mut().enumerate() {
+            for _ in 0..batch {
+                samples.push(session.round_trip(index)?);
+            }
+        }
+    }
+    session.stop()?;
+    let us = |d: Duration| d.as_secs_f64() * 1e6 / 2.0;
+    for (&size, mut samples) in sizes.iter().zip(samples) {
+        samples.sort_unstable();
+        let label = size_label(size);
+        let (median, p99) = (percentile(&samples, 50.0), percentile(&samples, 99.0));
+        report.add("shmex-loan", &label, "handoff_median_us", us(median), "us");
+        report.add("shmex-loan", &label, "handoff_p99_us", us(p99), "us");
+    }
+    report.notes.push(format!(
+        "shmex-loan: ping-pong of loaned messages (FrameSender::loan, one f32 tensor of the \
+         given size, only its first element written, commit) viewed in place by the peer \
+         (recv, is_in_ring, first element, release), which answers the same way; \
+         WaitStrategy spin {ACTIVE_SPIN:?} on both sides; rings of {}; hand-off = round trip / 2; \
+         sizes alternate in batches of {ROUND_TRIP_BATCH}",
+        size_label(handoff_ring(*sizes.iter().max().unwrap_or(&MIB))),
+    ));
+    Ok(())
+}
+
+/// A 4 KiB task DXO copy-sent to an agent that answers with a result DXO of the same size,
+/// sent straight from its in-place view of the task.
+struct TaskPingPong {
+    transport: &'static str,
+    link: Link,
+    peer: Peer,
+    sender: FrameSender,
+    receiver: FrameReceiver,
+    payload: Vec<f32>,
+    seq: u32,
+}
+
+/// Elements of the task's tensor (4 KiB of f32).
+const TASK_ELEMENTS: usize = 1024;
+
+impl TaskPingPong {
+    fn start(config: &Config, transport: &'static str, spin: Duration) -> Res<Box<dyn PingPong>> {
+        let name = unique_name(transport)?;
+        let wait = WaitStrategy {
+            spin,
+            ..WaitStrategy::default()
+        };
+        let options = CreateOptions {
+            wait,
+            ..CreateOptions::default().ring_capacity(MIB as u64)
+        };
+        let link = Link::create(&name, &options)?;
+        let mut peer = Peer::spawn(
+            config,
+            "task-echo",
+            &[name.as_str().to_string(), spin.as_nanos().to_string()],
+        )?;
+        peer.expect("ready")?;
+        let mut payload = vec![0f32; TASK_ELEMENTS];
+        pattern::fill(payload.as_mut_bytes(), 0x7a5c);
+        let mut session = TaskPingPong {
+            transport,
+            link,
+            peer,
+            sender: FrameSender::new(),
+            receiver: FrameReceiver::default(),
+            payload,
+            seq: 0,
+        };
+        session.verify()?;
+        Ok(Box::new(session))
+    }
+
+    /// Untimed: the whole result must equal the task.
+    fn verify(&mut self) -> Res<()> {
+        let dxo = Dxo::new(DataKind::Weights)
+            .with_meta("current_round", 0)
+            .with_tensor("weights", &[TASK_ELEMENTS as u64], &self.payload)?;
+        let envelope = Envelope::new(MessageKind::Task).with_task("task-0", VERIFY_TASK);
+        let (producer, consumer) = self.link.split();
+        self.sender
+            .send(producer, &envelope, Some(&dxo), Some(deadline()))?;
+        let result = self.receiver.recv(consumer, Some(deadline()))?;
+        let tensor = result.tensor(0).ok_or("task result has no tensor")?;
+        let same = result.kind() == MessageKind::Result
+            && result.task_id() == "task-0"
+            && tensor.name() == "weights"
+            && tensor.as_slice::<f32>()?.as_bytes() == self.payload.as_bytes();
+        result.release();
+        if !same {
+            return Err(format!("{}: the result differs from the task", self.transport).into());
+        }
+        Ok(())
+    }
+}
+
+impl PingPong for TaskPingPong {
+    fn transport(&self) -> &'static str {
+        self.transport
+    }
+
+    fn size(&self) -> &'static str {
+        "4KiB"
+    }
+
+    fn round_trip(&mut self) -> Res<Duration> {
+        self.seq = self.seq.wrapping_add(1);
+        let token = self.seq;
+        self.payload[0] = f32::from_bits(token);
+        let dxo = Dxo::new(DataKind::Weights)
+            .with_meta("current_round", token)
+            .with_tensor("weights", &[TASK_ELEMENTS as u64], &self.payload)?;
+        let envelope = Envelope::new(MessageKind::Task).with_task("task-1", "train");
+        let (producer, consumer) = self.link.split();
+        let start = Instant::now();
+        let give_up = Some(start + PEER_TIMEOUT);
+        self.sender.send(producer, &envelope, Some(&dxo), give_up)?;
+        let result = self.receiver.recv(consumer, give_up)?;
+        let first = first_element(&result)?;
+        result.release();
+        let elapsed = start.elapsed();
+        if first.to_bits() != token {
+            return Err(format!("{}: result for another task", self.transport).into());
+        }
+        Ok(elapsed)
+    }
+
+    fn stop(mut self: Box<Self>) -> Res<()> {
+        self.sender.send(
+            self.link.sender(),
+            &Envelope::new(MessageKind::Bye),
+            None,
+            Some(deadline()),
+        )?;
+        self.peer.finish()
+    }
 }
 
 // ----- dead-peer detection --------------------------------------------------------------
@@ -1006,8 +1659,11 @@ fn bench_detection(config: &Config, report: &mut Report) -> Res<()> {
         let (killed_at, outcome, returned_at) = std::thread::scope(|scope| {
             let child = &mut peer.child;
             let killer = scope.spawn(move || {
-                // Long enough for the receiver to be past its spin phase and asleep.
-                std::thread::sleep(Duration::from_millis(100));
+                // Long enough for the receiver to be past its spin phase and asleep, plus a
+                // jitter that spreads the kill over the receiver's 10 ms sleep slice (a fixed
+                // delay would always land at the same point of the slice and bias the figure).
+                let jitter = Duration::from_micros((repeat as u64 * 7_919) % 10_000);
+                std::thread::sleep(Duration::from_millis(100) + jitter);
                 let at = Instant::now();
                 let killed = child.kill();
                 (at, killed)
@@ -1095,6 +1751,9 @@ fn child_main(args: &[String]) -> Res<()> {
         "futex-echo" => child_futex_echo(arg(0)?),
         "spin-echo" => child_spin_echo(arg(0)?),
         "idle-agent" => child_idle_agent(arg(0)?),
+        "model-sink" => child_model_sink(arg(0)?, arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?),
+        "loan-echo" => child_loan_echo(arg(0)?),
+        "task-echo" => child_task_echo(arg(0)?, Duration::from_nanos(arg(1)?.parse()?)),
         other => Err(format!("unknown child mode {other:?}").into()),
     }
 }
@@ -1206,6 +1865,167 @@ fn child_shmex_echo(name: &str, spin: Duration) -> Res<()> {
             return Ok(());
         }
         link.sender().push(&ping, Some(deadline()))?;
+    }
+}
+
+fn child_model_sink(name: &str, total: usize, count: usize, variant: &str) -> Res<()> {
+    let copy_out = match variant {
+        "copy" => true,
+        "view" => false,
+        other => return Err(format!("model-sink: unknown variant {other:?}").into()),
+    };
+    let layout = model_layout(total, count)?;
+    // The caller's buffers, pre-faulted so that no page fault lands in a timed transfer.
+    let mut buffers: Vec<Vec<f32>> = if copy_out {
+        layout
+            .iter()
+            .map(|t| {
+                let mut buf = vec![0f32; t.elements.len()];
+                for page in buf.as_mut_bytes().chunks_mut(PAGE) {
+                    page[0] = 1;
+                }
+                buf
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut link = child_attach(name, WaitStrategy::default())?;
+    let mut receiver = FrameReceiver::default();
+    loop {
+        let (producer, consumer) = link.split();
+        let message = receiver.recv(consumer, Some(deadline()))?;
+        match message.kind() {
+            MessageKind::Bye => return Ok(()),
+            MessageKind::Task => {}
+            other => return Err(format!("model-sink: unexpected {other} message").into()),
+        }
+        if message.tensor_count() != layout.len() {
+            return Err(format!(
+                "model-sink: {} tensors, expected {}",
+                message.tensor_count(),
+                layout.len()
+            )
+            .into());
+        }
+        if copy_out {
+            for (tensor, buffer) in message.tensors().zip(&mut buffers) {
+                tensor.copy_to(buffer.as_mut_slice())?;
+            }
+        } else {
+            let mut firsts = 0f32;
+            for tensor in message.tensors() {
+                firsts += tensor.as_slice::<f32>()?.first().copied().unwrap_or(0.0);
+            }
+            std::hint::black_box(firsts);
+        }
+        if message.task_name() == MODEL_VERIFY {
+            let round = message.meta().get("current_round").and_then(|v| v.as_i64());
+            let digest = if copy_out {
+                model_digest(
+                    round,
+                    message
+                        .tensors()
+                        .zip(&buffers)
+                        .map(|(t, b)| (t.name(), t.shape(), b.as_bytes())),
+                )
+            } else {
+                model_digest(
+                    round,
+                    message.tensors().map(|t| (t.name(), t.shape(), t.bytes())),
+                )
+            };
+            drop(message);
+            producer.push(&digest.to_le_bytes(), Some(deadline()))?;
+        } else {
+            drop(message);
+            producer.push(&[ACK], Some(deadline()))?;
+        }
+    }
+}
+
+fn child_loan_echo(name: &str) -> Res<()> {
+    let wait = WaitStrategy {
+        spin: ACTIVE_SPIN,
+        ..WaitStrategy::default()
+    };
+    let mut link = child_attach(name, wait)?;
+    let mut sender = FrameSender::new();
+    let mut receiver = FrameReceiver::default();
+    let envelope = Envelope::new(MessageKind::Data);
+    // Answer specs by tensor length, built on first sight (during the warm-up).
+    let mut specs: Vec<(usize, LoanSpec)> = Vec::new();
+    loop {
+        // One clock read per message: the answer's deadline is the request's.
+        let give_up = Some(deadline());
+        let (producer, consumer) = link.split();
+        let message = receiver.recv(consumer, give_up)?;
+        if message.kind() == MessageKind::Bye {
+            return Ok(());
+        }
+        if !message.is_in_ring() {
+            return Err("loan-echo: a loaned message was not received in place".into());
+        }
+        let first = first_element(&message)?;
+        let len = message.tensor(0).map_or(0, |t| t.len());
+        let checksum = (message.task_name() == VERIFY_TASK)
+            .then(|| message.tensor(0).map(|t| pattern::checksum(t.bytes())))
+            .flatten();
+        message.release();
+        let index = match specs.iter().position(|(l, _)| *l == len) {
+            Some(index) => index,
+            None => {
+                let spec = LoanSpec::new(DataKind::Weights).tensor(
+                    "weights",
+                    shmex::frame::DType::F32,
+                    &[len as u64],
+                );
+                specs.push((len, spec));
+                specs.len() - 1
+            }
+        };
+        let verify_spec;
+        let spec = match checksum {
+            Some(sum) => {
+                verify_spec = specs[index].1.clone().meta("checksum", sum);
+                &verify_spec
+            }
+            None => &specs[index].1,
+        };
+        let mut loan = sender.loan(producer, &envelope, spec, give_up)?;
+        loan.tensor_mut::<f32>(0)?[0] = first;
+        loan.commit();
+    }
+}
+
+fn child_task_echo(name: &str, spin: Duration) -> Res<()> {
+    let wait = WaitStrategy {
+        spin,
+        ..WaitStrategy::default()
+    };
+    let mut link = child_attach(name, wait)?;
+    let mut sender = FrameSender::new();
+    let mut receiver = FrameReceiver::default();
+    loop {
+        let give_up = Some(deadline());
+        let (producer, consumer) = link.split();
+        let task = receiver.recv(consumer, give_up)?;
+        match task.kind() {
+            MessageKind::Bye => return Ok(()),
+            MessageKind::Task => {}
+            other => return Err(format!("task-echo: unexpected {other} message").into()),
+        }
+        let tensor = task.tensor(0).ok_or("task-echo: task has no tensor")?;
+        let result = Dxo::new(DataKind::WeightDiff).with_tensor(
+            tensor.name(),
+            tensor.shape(),
+            tensor.as_slice::<f32>()?,
+        )?;
+        let envelope =
+            Envelope::new(MessageKind::Result).with_task(task.task_id(), task.task_name());
+        sender.send(producer, &envelope, Some(&result), give_up)?;
+        drop(result);
+        task.release();
     }
 }
 
