@@ -1039,24 +1039,36 @@ struct ShmexPingPong {
     seq: u64,
 }
 
+/// A link with a 1 MiB ring whose blocking calls spin for `spin`, and a child running `mode`
+/// (an echo loop with the same wait strategy) attached to it and ready.
+fn echo_session(
+    config: &Config,
+    transport: &'static str,
+    spin: Duration,
+    mode: &str,
+) -> Res<(Link, Peer)> {
+    let name = unique_name(transport)?;
+    let wait = WaitStrategy {
+        spin,
+        ..WaitStrategy::default()
+    };
+    let options = CreateOptions {
+        wait,
+        ..CreateOptions::default().ring_capacity(MIB as u64)
+    };
+    let link = Link::create(&name, &options)?;
+    let mut peer = Peer::spawn(
+        config,
+        mode,
+        &[name.as_str().to_string(), spin.as_nanos().to_string()],
+    )?;
+    peer.expect("ready")?;
+    Ok((link, peer))
+}
+
 impl ShmexPingPong {
     fn start(config: &Config, transport: &'static str, spin: Duration) -> Res<Box<dyn PingPong>> {
-        let name = unique_name(transport)?;
-        let wait = WaitStrategy {
-            spin,
-            ..WaitStrategy::default()
-        };
-        let options = CreateOptions {
-            wait,
-            ..CreateOptions::default().ring_capacity(MIB as u64)
-        };
-        let link = Link::create(&name, &options)?;
-        let mut peer = Peer::spawn(
-            config,
-            "shmex-echo",
-            &[name.as_str().to_string(), spin.as_nanos().to_string()],
-        )?;
-        peer.expect("ready")?;
+        let (link, peer) = echo_session(config, transport, spin, "shmex-echo")?;
         Ok(Box::new(ShmexPingPong {
             transport,
             link,
@@ -1546,22 +1558,7 @@ const TASK_ELEMENTS: usize = 1024;
 
 impl TaskPingPong {
     fn start(config: &Config, transport: &'static str, spin: Duration) -> Res<Box<dyn PingPong>> {
-        let name = unique_name(transport)?;
-        let wait = WaitStrategy {
-            spin,
-            ..WaitStrategy::default()
-        };
-        let options = CreateOptions {
-            wait,
-            ..CreateOptions::default().ring_capacity(MIB as u64)
-        };
-        let link = Link::create(&name, &options)?;
-        let mut peer = Peer::spawn(
-            config,
-            "task-echo",
-            &[name.as_str().to_string(), spin.as_nanos().to_string()],
-        )?;
-        peer.expect("ready")?;
+        let (link, peer) = echo_session(config, transport, spin, "task-echo")?;
         let mut payload = vec![0f32; TASK_ELEMENTS];
         pattern::fill(payload.as_mut_bytes(), 0x7a5c);
         let mut session = TaskPingPong {

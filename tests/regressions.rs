@@ -67,6 +67,18 @@ fn a_stream_header_announcing_exabytes_is_an_error_not_an_abort() {
     ));
 }
 
+/// Sends `dxo` through an in-process ring and returns what arrived.
+fn through_a_ring(dxo: &Dxo<'_>) -> shmex::frame::OwnedMessage {
+    let (mut tx, mut rx) = ring::in_process(1 << 16, Signals::in_process()).unwrap();
+    let data = shmex::frame::Envelope::new(shmex::frame::MessageKind::Data);
+    FrameSender::new()
+        .send(&mut tx, &data, Some(dxo), soon())
+        .unwrap();
+    let mut receiver = FrameReceiver::default();
+    let msg = receiver.recv(&mut rx, soon()).unwrap();
+    msg.to_owned_message().unwrap()
+}
+
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -109,18 +121,12 @@ fn bool_tensors_are_validated_copies() {
     let dxo = Dxo::new(DataKind::Weights)
         .with_tensor_bytes("b", DType::Bool, &[3], &bytes)
         .unwrap();
-    let (mut tx, mut rx) = ring::in_process(1 << 16, Signals::in_process()).unwrap();
-    let task = shmex::frame::Envelope::new(shmex::frame::MessageKind::Data);
-    FrameSender::new()
-        .send(&mut tx, &task, Some(&dxo), soon())
-        .unwrap();
-    let mut receiver = FrameReceiver::default();
-    let msg = receiver.recv(&mut rx, soon()).unwrap();
+    let msg = through_a_ring(&dxo);
     assert_eq!(
-        msg.tensor(0).unwrap().to_bools(),
+        msg.tensor_by_name("b").unwrap().to_bools(),
         Err(ViewError::InvalidBool)
     );
-    assert_eq!(msg.tensor(0).unwrap().bytes(), &bytes);
+    assert_eq!(msg.tensor_by_name("b").unwrap().bytes(), &bytes);
 }
 
 #[test]
@@ -167,13 +173,7 @@ fn meta_floats_arrive_bit_for_bit() {
     for (i, v) in values.iter().enumerate() {
         dxo = dxo.with_meta(format!("m{i}"), *v);
     }
-    let (mut tx, mut rx) = ring::in_process(1 << 16, Signals::in_process()).unwrap();
-    let task = shmex::frame::Envelope::new(shmex::frame::MessageKind::Data);
-    FrameSender::new()
-        .send(&mut tx, &task, Some(&dxo), soon())
-        .unwrap();
-    let mut receiver = FrameReceiver::default();
-    let msg = receiver.recv(&mut rx, soon()).unwrap();
+    let msg = through_a_ring(&dxo);
     for (i, v) in values.iter().enumerate() {
         let got = msg.meta()[&format!("m{i}")].as_f64().unwrap();
         assert_eq!(got.to_bits(), v.to_bits(), "meta m{i}");
