@@ -863,13 +863,7 @@ impl Transfer for ModelTransfer {
     }
 
     fn stop(mut self: Box<Self>) -> Res<()> {
-        self.sender.send(
-            self.link.sender(),
-            &Envelope::new(MessageKind::Bye),
-            None,
-            Some(deadline()),
-        )?;
-        self.peer.finish()
+        say_bye(&mut self.sender, &mut self.link, &mut self.peer)
     }
 
     fn report_extra(&self, len: usize, report: &mut Report) {
@@ -1037,6 +1031,17 @@ struct ShmexPingPong {
     peer: Peer,
     reply: Vec<u8>,
     seq: u64,
+}
+
+/// Tells a frame-speaking child that we are done (a `bye` message) and waits for it to exit.
+fn say_bye(sender: &mut FrameSender, link: &mut Link, peer: &mut Peer) -> Res<()> {
+    sender.send(
+        link.sender(),
+        &Envelope::new(MessageKind::Bye),
+        None,
+        Some(deadline()),
+    )?;
+    peer.finish()
 }
 
 /// A link with a 1 MiB ring whose blocking calls spin for `spin`, and a child running `mode`
@@ -1629,13 +1634,7 @@ impl PingPong for TaskPingPong {
     }
 
     fn stop(mut self: Box<Self>) -> Res<()> {
-        self.sender.send(
-            self.link.sender(),
-            &Envelope::new(MessageKind::Bye),
-            None,
-            Some(deadline()),
-        )?;
-        self.peer.finish()
+        say_bye(&mut self.sender, &mut self.link, &mut self.peer)
     }
 }
 

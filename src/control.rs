@@ -738,6 +738,32 @@ mod tests {
     }
 
     #[test]
+    fn a_still_heartbeat_goes_stale_and_a_beating_one_does_not() {
+        let (segment, plan) = heap_segment(8192, 8192);
+        initialize(&segment, &plan);
+        let segment = Arc::new(segment);
+        // A one-hour interval: after attaching, the heartbeat does not move again.
+        let _side =
+            Attachment::attach(Arc::clone(&segment), Role::Agent, Duration::from_secs(3600))
+                .unwrap();
+        // Wait for the beater's first beat (attach counts 1, the beater's first beat 2), so
+        // that nothing moves the heartbeat while the monitor watches.
+        let control = control_block(&segment).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while snapshot(control, Role::Agent).heartbeat < 2 {
+            assert!(Instant::now() < deadline, "beater never beat");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut monitor = PeerMonitor::new(Arc::clone(&segment), Role::Agent);
+        assert_eq!(monitor.verdict(Duration::from_secs(60)), Liveness::Alive);
+        std::thread::sleep(Duration::from_millis(30));
+        match monitor.verdict(Duration::from_millis(20)) {
+            Liveness::Stale { silent_for } => assert!(silent_for >= Duration::from_millis(20)),
+            other => panic!("expected Stale, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn corrupt_state_word_is_reported() {
         let (segment, plan) = heap_segment(8192, 8192);
         initialize(&segment, &plan);

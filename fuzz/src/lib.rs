@@ -157,11 +157,9 @@ fn exercise_tensor(t: &TensorView<'_>, limits: &Limits) {
     }
 }
 
-/// The raw bytes of a slice of plain numbers.
-fn zerocopy_bytes<T: Copy>(v: &[T]) -> &[u8] {
-    // SAFETY: only called with the element types above, which have no padding and no
-    // invalid bit patterns; the slice is live for the returned borrow.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+/// The raw bytes of a slice of tensor elements (zerocopy proves the types have no padding).
+fn zerocopy_bytes<T: shmex::frame::Element>(v: &[T]) -> &[u8] {
+    zerocopy::IntoBytes::as_bytes(v)
 }
 
 /// Everything a decoded message says, owned, for comparisons.
