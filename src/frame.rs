@@ -19,6 +19,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use serde_json::{Map, Value};
@@ -32,7 +33,7 @@ use crate::signal::PeerLost;
 /// `b"SHXF"` as a little-endian `u32`: the first word of every fragment.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SHXF");
 /// Version of the format described here; any change to it increments this.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Bytes of the header in front of each fragment.
 pub const FRAGMENT_HEADER_LEN: usize = 64;
 /// Bytes of the header at the start of each message body.
@@ -529,6 +530,12 @@ pub struct Envelope<'a> {
     pub task_id: &'a str,
     /// The task name ("" for none).
     pub task_name: &'a str,
+    /// The epoch of the agent incarnation the message comes from or is addressed to (0: none).
+    /// Carried in every fragment, so a receiver can drop a stale incarnation's fragments
+    /// before parsing them ([`FrameReceiver::set_min_epoch`]).
+    pub epoch: u64,
+    /// The sequence number of the message this one answers (0: none).
+    pub reply_to: u64,
 }
 
 impl<'a> Envelope<'a> {
@@ -539,6 +546,8 @@ impl<'a> Envelope<'a> {
             rc: ReturnCode::Ok,
             task_id: "",
             task_name: "",
+            epoch: 0,
+            reply_to: 0,
         }
     }
 
@@ -549,12 +558,26 @@ impl<'a> Envelope<'a> {
             rc: self.rc,
             task_id,
             task_name,
+            epoch: self.epoch,
+            reply_to: self.reply_to,
         }
     }
 
     /// The same envelope with return code `rc`.
     pub fn with_rc(mut self, rc: ReturnCode) -> Envelope<'a> {
         self.rc = rc;
+        self
+    }
+
+    /// The same envelope stamped with agent incarnation `epoch`.
+    pub fn with_epoch(mut self, epoch: u64) -> Envelope<'a> {
+        self.epoch = epoch;
+        self
+    }
+
+    /// The same envelope answering message `sequence`.
+    pub fn with_reply_to(mut self, sequence: u64) -> Envelope<'a> {
+        self.reply_to = sequence;
         self
     }
 }
@@ -601,7 +624,7 @@ struct FragmentHeader {
     message_len: u64,
     fragment_offset: u64,
     fragment_len: u64,
-    reserved1: u64,
+    epoch: u64,
 }
 
 impl FragmentHeader {
@@ -613,6 +636,7 @@ impl FragmentHeader {
         fragment_index: u32,
         message_len: u64,
         body: Range<u64>,
+        epoch: u64,
     ) -> FragmentHeader {
         FragmentHeader {
             magic: FRAME_MAGIC,
@@ -626,7 +650,7 @@ impl FragmentHeader {
             message_len,
             fragment_offset: body.start,
             fragment_len: body.end - body.start,
-            reserved1: 0,
+            epoch,
         }
     }
 }
@@ -646,7 +670,7 @@ struct BodyHeader {
     opaque_len: u64,
     data_offset: u64,
     data_len: u64,
-    reserved: u64,
+    reply_to: u64,
 }
 
 /// One entry (96 bytes) of the tensor table.
@@ -827,7 +851,7 @@ fn write_prefix(
         opaque_len: layout.opaque.end - layout.opaque.start,
         data_offset: layout.data_offset,
         data_len: layout.total - layout.data_offset,
-        reserved: 0,
+        reply_to: envelope.reply_to,
     };
     out[..BODY_HEADER_LEN].copy_from_slice(header.as_bytes());
     let mut at = BODY_HEADER_LEN;
@@ -988,6 +1012,7 @@ impl FrameSender {
                 index,
                 layout.total,
                 offset..offset + len,
+                envelope.epoch,
             );
             // Fragments of a large message keep the data in flight small and in a cache-sized
             // part of the ring, as streams do (see `Producer::reserve_within`).
@@ -1052,6 +1077,7 @@ impl FrameSender {
             0,
             layout.total,
             0..layout.total,
+            envelope.epoch,
         );
         let mut grant = producer
             .reserve(needed as usize, deadline)
@@ -1320,6 +1346,9 @@ struct ParsedTensor {
 #[derive(Clone, Debug)]
 struct ParsedBody {
     rc: ReturnCode,
+    /// From the fragment header: the agent incarnation concerned.
+    epoch: u64,
+    reply_to: u64,
     data_kind: Option<DataKind>,
     /// Task id, task name and tensor names, copied out of the body and validated as UTF-8
     /// after copying: a `&str` into bytes a faulty peer could still rewrite would break
@@ -1330,6 +1359,24 @@ struct ParsedBody {
     meta: Map<String, Value>,
     opaque: Range<usize>,
     tensors: Vec<ParsedTensor>,
+}
+
+impl ParsedBody {
+    /// A placeholder left behind when a message's parse results move elsewhere.
+    fn empty() -> ParsedBody {
+        ParsedBody {
+            rc: ReturnCode::Ok,
+            epoch: 0,
+            reply_to: 0,
+            data_kind: None,
+            strings: String::new(),
+            task_id: 0..0,
+            task_name: 0..0,
+            meta: Map::new(),
+            opaque: 0..0,
+            tensors: Vec::new(),
+        }
+    }
 }
 
 fn checked_range(
@@ -1550,6 +1597,8 @@ fn parse_body(body: &[u8], limits: &Limits, scratch: Scratch) -> Result<ParsedBo
     let strings = String::from_utf8(text).map_err(|_| malformed("names are not UTF-8"))?;
     Ok(ParsedBody {
         rc,
+        epoch: 0,
+        reply_to: header.reply_to,
         data_kind,
         strings,
         task_id,
@@ -1669,6 +1718,12 @@ pub struct FrameReceiver {
     assembly: AlignedBuf,
     /// The parsed tensor table and strings of the last message, kept for the next one.
     spare: Scratch,
+    /// Fragments stamped with an older epoch are dropped unparsed.
+    min_epoch: u64,
+    stale_dropped: u64,
+    /// Where an [`OwnedMessage`] taken from the reassembly buffer returns that buffer when
+    /// dropped, so the next large message reuses its pages instead of faulting in new ones.
+    returned: Arc<Mutex<AlignedBuf>>,
 }
 
 /// Allocations a receiver reuses from one message to the next.
@@ -1683,7 +1738,7 @@ enum Storage<'c> {
     /// In the ring, viewed in place until the message is dropped or released.
     Ring(Option<ReadGrant<'c>>),
     /// In the receiver's reassembly buffer.
-    Assembled(&'c AlignedBuf),
+    Assembled(&'c mut AlignedBuf, &'c Arc<Mutex<AlignedBuf>>),
 }
 
 /// A received message. Its tensors can be viewed in place; dropping it (or
@@ -1712,14 +1767,24 @@ impl FrameReceiver {
     pub fn new(limits: Limits) -> FrameReceiver {
         FrameReceiver {
             limits,
-            assembly: AlignedBuf::new(),
-            spare: Scratch::default(),
+            ..FrameReceiver::default()
         }
     }
 
     /// The limits enforced.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// From now on, consumes and drops without parsing every fragment stamped with an epoch
+    /// below `epoch` (a dead agent incarnation's traffic; see [`Envelope::epoch`]).
+    pub fn set_min_epoch(&mut self, epoch: u64) {
+        self.min_epoch = epoch;
+    }
+
+    /// How many fragments were dropped for a stale epoch so far.
+    pub fn stale_dropped(&self) -> u64 {
+        self.stale_dropped
     }
 
     /// Receives the next message, waiting until `deadline` (`None`: forever). A message that
@@ -1734,12 +1799,19 @@ impl FrameReceiver {
             limits,
             assembly,
             spare,
+            min_epoch,
+            stale_dropped,
+            returned,
         } = self;
         let limits = *limits;
-        let first = {
+        let first = loop {
             let grant = consumer.peek(deadline)?;
             match fragment_header(&grant) {
-                Ok(h) => h,
+                Ok(h) if h.epoch < *min_epoch => {
+                    grant.release();
+                    *stale_dropped += 1;
+                }
+                Ok(h) => break h,
                 Err(e) => {
                     grant.release();
                     return Err(e);
@@ -1773,13 +1845,16 @@ impl FrameReceiver {
             let scratch = std::mem::take(spare);
             let parsed = parse_body(&grant.as_slice()[FRAGMENT_HEADER_LEN..], &limits, scratch);
             return match parsed {
-                Ok(parsed) => Ok(Message {
-                    storage: Storage::Ring(Some(grant)),
-                    kind,
-                    sequence: first.sequence,
-                    parsed,
-                    spare,
-                }),
+                Ok(mut parsed) => {
+                    parsed.epoch = first.epoch;
+                    Ok(Message {
+                        storage: Storage::Ring(Some(grant)),
+                        kind,
+                        sequence: first.sequence,
+                        parsed,
+                        spare,
+                    })
+                }
                 Err(e) => {
                     grant.release();
                     Err(e)
@@ -1802,6 +1877,13 @@ impl FrameReceiver {
                 return Err(e);
             }
         };
+        if assembly.capacity() < total {
+            // A buffer an owned message gave back, if it is larger.
+            let mut given_back = returned.lock().unwrap_or_else(|e| e.into_inner());
+            if given_back.capacity() > assembly.capacity() {
+                std::mem::swap(assembly, &mut *given_back);
+            }
+        }
         // Lazily zeroed pages: room is reserved now, memory used only as fragments arrive.
         if assembly.reset(total).is_err() {
             discard_next(consumer)?;
@@ -1831,6 +1913,7 @@ impl FrameReceiver {
             }
             let consistent = next.sequence == first.sequence
                 && next.kind == first.kind
+                && next.epoch == first.epoch
                 && next.message_len == first.message_len
                 && next.fragment_offset == received as u64
                 && next.fragment_index == index
@@ -1845,10 +1928,10 @@ impl FrameReceiver {
             }
             received = copy_fragment(grant, out, received)?;
         }
-        let assembly: &'c AlignedBuf = assembly;
-        let parsed = parse_body(assembly.as_slice(), &limits, std::mem::take(spare))?;
+        let mut parsed = parse_body(assembly.as_slice(), &limits, std::mem::take(spare))?;
+        parsed.epoch = first.epoch;
         Ok(Message {
-            storage: Storage::Assembled(assembly),
+            storage: Storage::Assembled(assembly, returned),
             kind,
             sequence: first.sequence,
             parsed,
@@ -1888,10 +1971,7 @@ fn fragment_header(grant: &ReadGrant<'_>) -> Result<FragmentHeader, FrameError> 
             header.version
         )));
     }
-    if header.header_len != FRAGMENT_HEADER_LEN as u32
-        || header.reserved0 != 0
-        || header.reserved1 != 0
-    {
+    if header.header_len != FRAGMENT_HEADER_LEN as u32 || header.reserved0 != 0 {
         return Err(FrameError::BadFragment(
             "header length or reserved words".into(),
         ));
@@ -1947,7 +2027,7 @@ impl<'c> Message<'c> {
         match &self.storage {
             Storage::Ring(Some(grant)) => &grant.as_slice()[FRAGMENT_HEADER_LEN..],
             Storage::Ring(None) => &[],
-            Storage::Assembled(buf) => buf.as_slice(),
+            Storage::Assembled(buf, _) => buf.as_slice(),
         }
     }
 
@@ -1959,6 +2039,16 @@ impl<'c> Message<'c> {
     /// The sender's sequence number.
     pub fn sequence(&self) -> u64 {
         self.sequence
+    }
+
+    /// The agent incarnation the message comes from or is addressed to (0: none).
+    pub fn epoch(&self) -> u64 {
+        self.parsed.epoch
+    }
+
+    /// The sequence number of the message this one answers (0: none).
+    pub fn reply_to(&self) -> u64 {
+        self.parsed.reply_to
     }
 
     /// The return code.
@@ -2051,6 +2141,23 @@ impl<'c> Message<'c> {
             kind: self.kind,
             sequence: self.sequence,
             parsed: self.parsed.clone(),
+            give_back: None,
+        })
+    }
+
+    /// Turns the message into an owned value. A reassembled message keeps its buffer (no
+    /// copy): the receiver's next large message gets a new one, or this one back once the
+    /// owned message is dropped. A message in the ring is copied out and its space freed.
+    pub fn into_owned(mut self) -> std::io::Result<OwnedMessage> {
+        let Storage::Assembled(buf, returned) = &mut self.storage else {
+            return self.to_owned_message();
+        };
+        Ok(OwnedMessage {
+            body: std::mem::take(*buf),
+            kind: self.kind,
+            sequence: self.sequence,
+            parsed: std::mem::replace(&mut self.parsed, ParsedBody::empty()),
+            give_back: Some(Arc::downgrade(returned)),
         })
     }
 
@@ -2085,6 +2192,20 @@ pub struct OwnedMessage {
     kind: MessageKind,
     sequence: u64,
     parsed: ParsedBody,
+    /// The receiver's slot for a reassembly buffer to reuse.
+    give_back: Option<Weak<Mutex<AlignedBuf>>>,
+}
+
+impl Drop for OwnedMessage {
+    fn drop(&mut self) {
+        let Some(slot) = self.give_back.as_ref().and_then(Weak::upgrade) else {
+            return;
+        };
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if self.body.capacity() > slot.capacity() {
+            *slot = std::mem::take(&mut self.body);
+        }
+    }
 }
 
 impl OwnedMessage {
@@ -2095,6 +2216,22 @@ impl OwnedMessage {
     /// The sender's sequence number.
     pub fn sequence(&self) -> u64 {
         self.sequence
+    }
+    /// The agent incarnation the message comes from or is addressed to (0: none).
+    pub fn epoch(&self) -> u64 {
+        self.parsed.epoch
+    }
+    /// The sequence number of the message this one answers (0: none).
+    pub fn reply_to(&self) -> u64 {
+        self.parsed.reply_to
+    }
+    /// Whether the message carries a DXO.
+    pub fn has_dxo(&self) -> bool {
+        self.parsed.data_kind.is_some()
+    }
+    /// Number of tensors.
+    pub fn tensor_count(&self) -> usize {
+        self.parsed.tensors.len()
     }
     /// The return code.
     pub fn rc(&self) -> ReturnCode {

@@ -669,3 +669,97 @@ proptest! {
         prop_assert!(found || first_ok);
     }
 }
+
+#[test]
+fn epoch_and_reply_to_travel_and_stale_epochs_are_dropped_unparsed() {
+    let (mut tx, mut rx) = ring_pair(256 * 1024);
+    let data: Vec<f32> = (0..200_000).map(|i| i as f32).collect();
+    let big = Dxo::new(DataKind::Weights)
+        .with_tensor("w", &[200_000], &data)
+        .unwrap();
+    let mut sender = FrameSender::new();
+    let mut receiver = FrameReceiver::default();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // Epoch 3: a small message and a fragmented one (800 KB through a 256 KiB ring),
+            // both for an incarnation the receiver will have moved past.
+            let old = task("old").with_epoch(3);
+            sender.send(&mut tx, &old, None, soon()).unwrap();
+            sender.send(&mut tx, &old, Some(&big), soon()).unwrap();
+            let ack = Envelope::new(MessageKind::TaskAck)
+                .with_task("new", "train")
+                .with_epoch(4)
+                .with_reply_to(17);
+            sender.send(&mut tx, &ack, None, soon()).unwrap();
+        });
+        receiver.set_min_epoch(4);
+        let msg = receiver.recv(&mut rx, soon()).unwrap();
+        assert_eq!(msg.kind(), MessageKind::TaskAck);
+        assert_eq!((msg.task_id(), msg.epoch(), msg.reply_to()), ("new", 4, 17));
+    });
+    assert!(
+        receiver.stale_dropped() >= 4,
+        "one small message and at least three fragments dropped, counted {}",
+        receiver.stale_dropped()
+    );
+    // Without a minimum, epoch-0 messages arrive and carry no reply.
+    sender.send(&mut tx, &task("plain"), None, soon()).unwrap();
+    let mut plain = FrameReceiver::default();
+    let msg = plain.recv(&mut rx, soon()).unwrap();
+    assert_eq!((msg.epoch(), msg.reply_to()), (0, 0));
+}
+
+#[test]
+fn owned_reassembled_message_keeps_its_buffer_and_gives_it_back() {
+    let (mut tx, mut rx) = ring_pair(256 * 1024);
+    let data: Vec<f32> = (0..300_000).map(|i| i as f32 * 0.5).collect();
+    let dxo = Dxo::new(DataKind::Weights)
+        .with_tensor("w", &[300, 1000], &data)
+        .unwrap();
+    let mut receiver = FrameReceiver::default();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut sender = FrameSender::new();
+            for _ in 0..3 {
+                sender
+                    .send(&mut tx, &task("t"), Some(&dxo), soon())
+                    .unwrap();
+            }
+        });
+        let first = receiver
+            .recv(&mut rx, soon())
+            .unwrap()
+            .into_owned()
+            .unwrap();
+        let first_ptr = first.tensors().next().unwrap().bytes().as_ptr();
+        // The receiver needs a new buffer while `first` is alive.
+        let second = receiver
+            .recv(&mut rx, soon())
+            .unwrap()
+            .into_owned()
+            .unwrap();
+        let second_ptr = second.tensors().next().unwrap().bytes().as_ptr();
+        assert_ne!(first_ptr, second_ptr);
+        for owned in [&first, &second] {
+            assert_eq!(owned.task_id(), "t");
+            assert_eq!(
+                owned
+                    .tensor_by_name("w")
+                    .unwrap()
+                    .as_slice::<f32>()
+                    .unwrap(),
+                &data[..]
+            );
+        }
+        drop(first);
+        drop(second);
+        // A buffer came back: the third message lands in one of the two earlier buffers.
+        let third = receiver.recv(&mut rx, soon()).unwrap();
+        let third_ptr = third.tensors().next().unwrap().bytes().as_ptr();
+        assert!(third_ptr == first_ptr || third_ptr == second_ptr);
+        assert_eq!(
+            third.tensor(0).unwrap().as_slice::<f32>().unwrap(),
+            &data[..]
+        );
+    });
+}
