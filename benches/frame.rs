@@ -216,6 +216,24 @@ fn one_tensor(c: &mut Criterion) {
         });
     });
 
+    let prepared = FrameSender::prepare(&envelope, &spec).expect("valid spec");
+    group.bench_function("loan_prepared_recv_1MiB", |b| {
+        b.iter(|| {
+            token += 1.0;
+            let mut loan = sender
+                .loan_prepared(&mut producer, black_box(&prepared), None)
+                .expect("message fits the ring");
+            loan.tensor_mut::<f32>(0).expect("f32 tensor")[0] = token;
+            loan.commit();
+            let message = receiver
+                .recv(&mut consumer, None)
+                .expect("the loaned message decodes");
+            let tensor = message.tensor(0).expect("one tensor");
+            assert_eq!(tensor.as_slice::<f32>().expect("f32 tensor")[0], token);
+            message.release();
+        });
+    });
+
     let payload = vec![0.5f32; 1024];
     group.bench_function("send_recv_4KiB", |b| {
         b.iter(|| {

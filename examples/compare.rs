@@ -25,12 +25,12 @@
 //! - DXO frames (`shmex::frame`), at the largest size only:
 //!   - `shmex-model`: a model of ~100 f32 tensors (the largest size's bytes, 1 GiB) copy-sent
 //!     with `FrameSender::send` through the default ring, received by `FrameReceiver::recv`
-//!     (fragments reassembled into the receiver's reused buffer) and copied tensor by tensor
-//!     into pre-faulted caller buffers with `TensorView::copy_to`, then acknowledged;
-//!     `shmex-model-view` is the same without `copy_to` (the tensors are only viewed in the
-//!     reassembly buffer). Both take turns with `memcpy` and `uds` on the same bytes, and
+//!     into the caller's pre-faulted buffer with `FrameReceiver::recv_into` (each fragment
+//!     copied there as it arrives; the tensors are viewed there), then acknowledged;
+//!     `shmex-model-view` receives with `FrameReceiver::recv` instead (fragments reassembled
+//!     into the receiver's own reused buffer). Both take turns with `memcpy` and `uds` on the same bytes, and
 //!     their first (cold: the reassembly buffer is still unmapped) transfer is reported apart;
-//!   - `shmex-loan`: hand-off latency of loaned messages (`FrameSender::loan`, one f32 tensor
+//!   - `shmex-loan`: hand-off latency of loaned messages (`FrameSender::loan_prepared`, one f32 tensor
 //!     of 1 MiB or 256 MiB, only its first element written) viewed in place by the peer, which
 //!     answers with a loaned message of the same size: hand-off = round trip / 2;
 //!   - `shmex-task-{spin,futex}`: round trip of a 4 KiB task DXO answered by a 4 KiB result
@@ -51,7 +51,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use shmex::frame::{
-    DataKind, Dxo, Envelope, FrameReceiver, FrameSender, LoanSpec, Message, MessageKind,
+    AlignedBuf, DataKind, Dxo, Envelope, FrameReceiver, FrameSender, LoanSpec, Message,
+    MessageKind, PreparedLoan,
 };
 use shmex::link::{AttachOptions, CreateOptions, Link};
 use shmex::ring::RecvError;
@@ -745,9 +746,9 @@ const MODEL_VERIFY: &str = "verify";
 const MODEL_TIMED: &str = "timed";
 
 /// A model DXO copy-sent with `FrameSender::send` on a default-ring link to an agent child
-/// that receives it with `FrameReceiver::recv` (reassembled from fragments) and, if
-/// `copy_out`, copies each tensor into its own pre-faulted buffer (`TensorView::copy_to`);
-/// then a 1-byte record back on the result ring.
+/// that receives it, if `copy_out`, into its own pre-faulted buffer
+/// (`FrameReceiver::recv_into`), else into the receiver's reassembly buffer
+/// (`FrameReceiver::recv`); then a 1-byte record back on the result ring.
 struct ModelTransfer {
     transport: &'static str,
     link: Link,
@@ -937,11 +938,12 @@ fn start_transfers(
     report.notes.push(format!(
         "shmex-model: a {} Weights DXO of {} f32 tensors (shapes [rows, cols], 0.5x-1.5x the \
          mean size, meta current_round) made of the same bytes memcpy and uds move, \
-         FrameSender::send through a {} ring ({}-byte fragments) -> FrameReceiver::recv \
-         (reassembled into the receiver's reused buffer) -> TensorView::copy_to into \
-         pre-faulted per-tensor buffers -> 1-byte ack; shmex-model-view stops after recv \
-         (tensors viewed in the reassembly buffer, no copy_to); timed from the start of send \
-         to the ack; cold_gbps = the first transfer (reassembly buffer not yet mapped)",
+         FrameSender::send through a {} ring ({}-byte fragments) -> FrameReceiver::recv_into \
+         the caller's pre-faulted buffer (each fragment copied there as it arrives) -> 1-byte \
+         ack; shmex-model-view receives with FrameReceiver::recv (reassembled into the \
+         receiver's own reused buffer); both view every tensor; timed from the start of send \
+         to the ack; cold_gbps = the first transfer (shmex-model-view: reassembly buffer not \
+         yet mapped)",
         size_label(max),
         config.model_tensors,
         size_label(SHMEX_RING),
@@ -1384,6 +1386,8 @@ struct LoanSession {
     receiver: FrameReceiver,
     /// One spec per size, built once (as an application sending the same tensors would).
     specs: Vec<LoanSpec>,
+    /// The same, laid out once for the timed hand-offs ([`FrameSender::prepare`]).
+    prepared: Vec<PreparedLoan>,
     seq: u32,
 }
 
@@ -1410,13 +1414,19 @@ impl LoanSession {
                     &[(size / 4) as u64],
                 )
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let envelope = Envelope::new(MessageKind::Data);
+        let prepared = specs
+            .iter()
+            .map(|spec| FrameSender::prepare(&envelope, spec))
+            .collect::<Result<_, _>>()?;
         Ok(LoanSession {
             link,
             peer,
             sender: FrameSender::new(),
             receiver: FrameReceiver::default(),
             specs,
+            prepared,
             seq: 0,
         })
     }
@@ -1425,12 +1435,11 @@ impl LoanSession {
     fn round_trip(&mut self, index: usize) -> Res<Duration> {
         self.seq = self.seq.wrapping_add(1);
         let token = self.seq;
-        let envelope = Envelope::new(MessageKind::Data);
-        let spec = &self.specs[index];
+        let prepared = &self.prepared[index];
         let (producer, consumer) = self.link.split();
         let start = Instant::now();
         let give_up = Some(start + PEER_TIMEOUT);
-        let mut loan = self.sender.loan(producer, &envelope, spec, give_up)?;
+        let mut loan = self.sender.loan_prepared(producer, prepared, give_up)?;
         loan.tensor_mut::<f32>(0)?[0] = f32::from_bits(token);
         loan.commit();
         let answer = self.receiver.recv(consumer, give_up)?;
@@ -1536,8 +1545,9 @@ fn bench_handoff(config: &Config, report: &mut Report) -> Res<()> {
         report.add("shmex-loan", &label, "handoff_p99_us", us(p99), "us");
     }
     report.notes.push(format!(
-        "shmex-loan: ping-pong of loaned messages (FrameSender::loan, one f32 tensor of the \
-         given size, only its first element written, commit) viewed in place by the peer \
+        "shmex-loan: ping-pong of loaned messages (FrameSender::loan_prepared of a layout \
+         prepared once, one f32 tensor of the given size, only its first element written, \
+         commit) viewed in place by the peer \
          (recv, is_in_ring, first element, release), which answers the same way; \
          WaitStrategy spin {ACTIVE_SPIN:?} on both sides; rings of {}; hand-off = round trip / 2; \
          sizes alternate in batches of {ROUND_TRIP_BATCH}",
@@ -1871,26 +1881,21 @@ fn child_model_sink(name: &str, total: usize, count: usize, variant: &str) -> Re
         other => return Err(format!("model-sink: unknown variant {other:?}").into()),
     };
     let layout = model_layout(total, count)?;
-    // The caller's buffers, pre-faulted so that no page fault lands in a timed transfer.
-    let mut buffers: Vec<Vec<f32>> = if copy_out {
-        layout
-            .iter()
-            .map(|t| {
-                let mut buf = vec![0f32; t.elements.len()];
-                for page in buf.as_mut_bytes().chunks_mut(PAGE) {
-                    page[0] = 1;
-                }
-                buf
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    // The caller's buffer, room for the model and its headers, pre-faulted so that no page
+    // fault lands in a timed transfer.
+    let mut buffer = AlignedBuf::zeroed(if copy_out { total + MIB } else { 0 })?;
+    for page in buffer.as_mut_slice().chunks_mut(PAGE) {
+        page[0] = 1;
+    }
     let mut link = child_attach(name, WaitStrategy::default())?;
     let mut receiver = FrameReceiver::default();
     loop {
         let (producer, consumer) = link.split();
-        let message = receiver.recv(consumer, Some(deadline()))?;
+        let message = if copy_out {
+            receiver.recv_into(consumer, Some(deadline()), buffer.as_mut_slice())?
+        } else {
+            receiver.recv(consumer, Some(deadline()))?
+        };
         match message.kind() {
             MessageKind::Bye => return Ok(()),
             MessageKind::Task => {}
@@ -1904,33 +1909,17 @@ fn child_model_sink(name: &str, total: usize, count: usize, variant: &str) -> Re
             )
             .into());
         }
-        if copy_out {
-            for (tensor, buffer) in message.tensors().zip(&mut buffers) {
-                tensor.copy_to(buffer.as_mut_slice())?;
-            }
-        } else {
-            let mut firsts = 0f32;
-            for tensor in message.tensors() {
-                firsts += tensor.as_slice::<f32>()?.first().copied().unwrap_or(0.0);
-            }
-            std::hint::black_box(firsts);
+        let mut firsts = 0f32;
+        for tensor in message.tensors() {
+            firsts += tensor.as_slice::<f32>()?.first().copied().unwrap_or(0.0);
         }
+        std::hint::black_box(firsts);
         if message.task_name() == MODEL_VERIFY {
             let round = message.meta().get("current_round").and_then(|v| v.as_i64());
-            let digest = if copy_out {
-                model_digest(
-                    round,
-                    message
-                        .tensors()
-                        .zip(&buffers)
-                        .map(|(t, b)| (t.name(), t.shape(), b.as_bytes())),
-                )
-            } else {
-                model_digest(
-                    round,
-                    message.tensors().map(|t| (t.name(), t.shape(), t.bytes())),
-                )
-            };
+            let digest = model_digest(
+                round,
+                message.tensors().map(|t| (t.name(), t.shape(), t.bytes())),
+            );
             drop(message);
             producer.push(&digest.to_le_bytes(), Some(deadline()))?;
         } else {
@@ -1949,8 +1938,8 @@ fn child_loan_echo(name: &str) -> Res<()> {
     let mut sender = FrameSender::new();
     let mut receiver = FrameReceiver::default();
     let envelope = Envelope::new(MessageKind::Data);
-    // Answer specs by tensor length, built on first sight (during the warm-up).
-    let mut specs: Vec<(usize, LoanSpec)> = Vec::new();
+    // Answer specs by tensor length, built and laid out on first sight (during the warm-up).
+    let mut specs: Vec<(usize, LoanSpec, PreparedLoan)> = Vec::new();
     loop {
         // One clock read per message: the answer's deadline is the request's.
         let give_up = Some(deadline());
@@ -1968,7 +1957,7 @@ fn child_loan_echo(name: &str) -> Res<()> {
             .then(|| message.tensor(0).map(|t| pattern::checksum(t.bytes())))
             .flatten();
         message.release();
-        let index = match specs.iter().position(|(l, _)| *l == len) {
+        let index = match specs.iter().position(|(l, _, _)| *l == len) {
             Some(index) => index,
             None => {
                 let spec = LoanSpec::new(DataKind::Weights).tensor(
@@ -1976,19 +1965,18 @@ fn child_loan_echo(name: &str) -> Res<()> {
                     shmex::frame::DType::F32,
                     &[len as u64],
                 );
-                specs.push((len, spec));
+                let prepared = FrameSender::prepare(&envelope, &spec)?;
+                specs.push((len, spec, prepared));
                 specs.len() - 1
             }
         };
-        let verify_spec;
-        let spec = match checksum {
+        let mut loan = match checksum {
             Some(sum) => {
-                verify_spec = specs[index].1.clone().meta("checksum", sum);
-                &verify_spec
+                let spec = specs[index].1.clone().meta("checksum", sum);
+                sender.loan(producer, &envelope, &spec, give_up)?
             }
-            None => &specs[index].1,
+            None => sender.loan_prepared(producer, &specs[index].2, give_up)?,
         };
-        let mut loan = sender.loan(producer, &envelope, spec, give_up)?;
         loan.tensor_mut::<f32>(0)?[0] = first;
         loan.commit();
     }

@@ -1036,7 +1036,8 @@ impl FrameSender {
     /// Reserves ring space for a whole message whose tensors the caller then fills in place
     /// (zero copies on the send side), and writes its headers, meta and tensor table. The
     /// message must fit in one ring record. Nothing is visible to the receiver until
-    /// [`Loan::commit`]; dropping the loan abandons it.
+    /// [`Loan::commit`]; dropping the loan abandons it. To send the same layout repeatedly,
+    /// [`FrameSender::prepare`] it once and use [`FrameSender::loan_prepared`].
     pub fn loan<'p>(
         &mut self,
         producer: &'p mut Producer,
@@ -1044,6 +1045,14 @@ impl FrameSender {
         spec: &LoanSpec,
         deadline: Option<Instant>,
     ) -> Result<Loan<'p>, LoanError> {
+        let prepared = FrameSender::prepare(envelope, spec)?;
+        self.loan_prepared(producer, &prepared, deadline)
+    }
+
+    /// Checks a loan's spec and lays out its message once: headers, meta, tensor table and
+    /// names are encoded here, so that each [`FrameSender::loan_prepared`] only reserves ring
+    /// space and copies them.
+    pub fn prepare(envelope: &Envelope<'_>, spec: &LoanSpec) -> Result<PreparedLoan, LoanError> {
         let mut descs = Vec::with_capacity(spec.tensors.len());
         for (name, dtype, shape) in &spec.tensors {
             let len = check_tensor_spec(name, *dtype, shape, None)?;
@@ -1061,7 +1070,28 @@ impl FrameSender {
             return Err(DxoError::OpaqueNotAppDefined(spec.data_kind).into());
         }
         let layout = layout_body(envelope, Some(&spec.meta), &descs, spec.opaque_len as u64)?;
-        let needed = layout.total + FRAGMENT_HEADER_LEN as u64;
+        let mut prefix = vec![0u8; layout.data_offset as usize];
+        write_prefix(&layout, envelope, Some(spec.data_kind), &descs, &mut prefix);
+        Ok(PreparedLoan {
+            kind: envelope.kind,
+            epoch: envelope.epoch,
+            prefix,
+            total: layout.total,
+            opaque: layout.opaque,
+            table: layout.table_offset,
+            names: layout.names_offset,
+            count: descs.len(),
+        })
+    }
+
+    /// Lends ring space for one message of a prepared layout (see [`FrameSender::loan`]).
+    pub fn loan_prepared<'p>(
+        &mut self,
+        producer: &'p mut Producer,
+        prepared: &PreparedLoan,
+        deadline: Option<Instant>,
+    ) -> Result<Loan<'p>, LoanError> {
+        let needed = prepared.total + FRAGMENT_HEADER_LEN as u64;
         if needed > producer.max_record() as u64 {
             return Err(SendError::TooLargeForLoan {
                 needed,
@@ -1071,37 +1101,52 @@ impl FrameSender {
         }
         let sequence = self.take_sequence();
         let header = FragmentHeader::new(
-            envelope.kind,
+            prepared.kind,
             FLAG_FIRST | FLAG_LAST,
             sequence,
             0,
-            layout.total,
-            0..layout.total,
-            envelope.epoch,
+            prepared.total,
+            0..prepared.total,
+            prepared.epoch,
         );
         let mut grant = producer
             .reserve(needed as usize, deadline)
             .map_err(SendError::from)?;
         let slot = grant.as_mut_slice();
         slot[..FRAGMENT_HEADER_LEN].copy_from_slice(header.as_bytes());
-        let prefix = FRAGMENT_HEADER_LEN..FRAGMENT_HEADER_LEN + layout.data_offset as usize;
-        // Written straight into the ring: no intermediate buffer.
-        write_prefix(
-            &layout,
-            envelope,
-            Some(spec.data_kind),
-            &descs,
-            &mut slot[prefix],
-        );
+        slot[FRAGMENT_HEADER_LEN..FRAGMENT_HEADER_LEN + prepared.prefix.len()]
+            .copy_from_slice(&prepared.prefix);
+        let at = |offset: u64| offset as usize + FRAGMENT_HEADER_LEN;
         Ok(Loan {
             grant,
             sequence,
-            opaque: (layout.opaque.start as usize + FRAGMENT_HEADER_LEN)
-                ..(layout.opaque.end as usize + FRAGMENT_HEADER_LEN),
-            table: FRAGMENT_HEADER_LEN + layout.table_offset,
-            names: FRAGMENT_HEADER_LEN + layout.names_offset,
-            count: descs.len(),
+            opaque: at(prepared.opaque.start)..at(prepared.opaque.end),
+            table: at(prepared.table as u64),
+            names: at(prepared.names as u64),
+            count: prepared.count,
         })
+    }
+}
+
+/// A loan's message laid out once ([`FrameSender::prepare`]): its envelope, meta and tensor
+/// table encoded, ready to be copied into each loan of the same layout.
+#[derive(Clone, Debug)]
+pub struct PreparedLoan {
+    kind: MessageKind,
+    epoch: u64,
+    /// The body up to the data region.
+    prefix: Vec<u8>,
+    total: u64,
+    opaque: Range<u64>,
+    table: usize,
+    names: usize,
+    count: usize,
+}
+
+impl PreparedLoan {
+    /// Bytes the message body takes (a ring record also holds a 64-byte fragment header).
+    pub fn body_len(&self) -> u64 {
+        self.total
     }
 }
 
@@ -1349,6 +1394,8 @@ struct ParsedBody {
     /// From the fragment header: the agent incarnation concerned.
     epoch: u64,
     reply_to: u64,
+    /// Body bytes before the data region.
+    prefix_len: usize,
     data_kind: Option<DataKind>,
     /// Task id, task name and tensor names, copied out of the body and validated as UTF-8
     /// after copying: a `&str` into bytes a faulty peer could still rewrite would break
@@ -1362,12 +1409,14 @@ struct ParsedBody {
 }
 
 impl ParsedBody {
-    /// A placeholder left behind when a message's parse results move elsewhere.
+    /// A placeholder left behind when a message's parse results move elsewhere (the only
+    /// `ParsedBody` with `prefix_len` 0: a real body has at least its header).
     fn empty() -> ParsedBody {
         ParsedBody {
             rc: ReturnCode::Ok,
             epoch: 0,
             reply_to: 0,
+            prefix_len: 0,
             data_kind: None,
             strings: String::new(),
             task_id: 0..0,
@@ -1404,15 +1453,40 @@ fn over(what: &'static str, value: u64, max: u64) -> Result<(), FrameError> {
     }
 }
 
+/// Parses `body`, or, when its prefix (everything before the data region: headers, strings,
+/// meta, tensor table, names) and length are byte for byte those of the last body parsed in
+/// full, hands back that parse: a sender repeating the same layout (the common case: the same
+/// model every round) costs a compare instead of a parse. The parse depends only on the prefix
+/// and the body length, so this is the same check, memoised.
+fn parse_cached(
+    body: &[u8],
+    limits: &Limits,
+    spare: &mut Scratch,
+) -> Result<ParsedBody, FrameError> {
+    let (mut tensors, mut strings) = (Vec::new(), String::new());
+    if let Some(last) = spare.parsed.take() {
+        let prefix = &spare.prefix[..];
+        if body.len() == spare.len && body.get(..prefix.len()) == Some(prefix) {
+            return Ok(last);
+        }
+        (tensors, strings) = (last.tensors, last.strings);
+    }
+    spare.prefix.clear();
+    let parsed = parse_body(body, limits, tensors, strings)?;
+    spare.prefix.extend_from_slice(&body[..parsed.prefix_len]);
+    spare.len = body.len();
+    Ok(parsed)
+}
+
 /// Parses and checks a whole message body (untrusted bytes).
 ///
-/// `tensors` is a (cleared) vector to fill, so that a receiver can reuse one allocation for
-/// every message.
-fn parse_body(body: &[u8], limits: &Limits, scratch: Scratch) -> Result<ParsedBody, FrameError> {
-    let Scratch {
-        mut tensors,
-        strings,
-    } = scratch;
+/// `tensors` and `strings` are allocations to reuse (their contents are discarded).
+fn parse_body(
+    body: &[u8],
+    limits: &Limits,
+    mut tensors: Vec<ParsedTensor>,
+    strings: String,
+) -> Result<ParsedBody, FrameError> {
     let mut text = strings.into_bytes();
     text.clear();
     // Copies `body[range]` to the end of `text` and checks the copy is UTF-8.
@@ -1599,6 +1673,7 @@ fn parse_body(body: &[u8], limits: &Limits, scratch: Scratch) -> Result<ParsedBo
         rc,
         epoch: 0,
         reply_to: header.reply_to,
+        prefix_len: data_offset as usize,
         data_kind,
         strings,
         task_id,
@@ -1726,11 +1801,14 @@ pub struct FrameReceiver {
     returned: Arc<Mutex<AlignedBuf>>,
 }
 
-/// Allocations a receiver reuses from one message to the next.
+/// What a receiver keeps from one message to the next: the last body parsed in full (a copy
+/// of its prefix, its length) and, while no message holds it, its parse (see
+/// [`parse_cached`]); on a different body, the parse's allocations are reused.
 #[derive(Debug, Default)]
 struct Scratch {
-    tensors: Vec<ParsedTensor>,
-    strings: String,
+    prefix: Vec<u8>,
+    len: usize,
+    parsed: Option<ParsedBody>,
 }
 
 /// Where a received message's bytes are.
@@ -1739,6 +1817,8 @@ enum Storage<'c> {
     Ring(Option<ReadGrant<'c>>),
     /// In the receiver's reassembly buffer.
     Assembled(&'c mut AlignedBuf, &'c Arc<Mutex<AlignedBuf>>),
+    /// In the caller's buffer ([`FrameReceiver::recv_into`]).
+    Caller(&'c [u8]),
 }
 
 /// A received message. Its tensors can be viewed in place; dropping it (or
@@ -1795,6 +1875,31 @@ impl FrameReceiver {
         consumer: &'c mut Consumer,
         deadline: Option<Instant>,
     ) -> Result<Message<'c>, FrameError> {
+        self.receive(consumer, deadline, None)
+    }
+
+    /// Receives the next message into the caller's buffer: its body is copied there, fragment
+    /// by fragment as it arrives (large destinations with cache-bypassing stores), and the
+    /// returned message views its tensors there. One copy, no buffer of the receiver's own:
+    /// the copy-out for callers who keep the data. Tensors are 64-byte aligned relative to
+    /// the buffer's start; align the buffer to 64 bytes (e.g. an [`AlignedBuf`]) to view
+    /// them as typed slices. A message longer than the buffer is consumed and refused with
+    /// [`FrameError::OverLimit`].
+    pub fn recv_into<'c>(
+        &'c mut self,
+        consumer: &'c mut Consumer,
+        deadline: Option<Instant>,
+        buffer: &'c mut [u8],
+    ) -> Result<Message<'c>, FrameError> {
+        self.receive(consumer, deadline, Some(buffer))
+    }
+
+    fn receive<'c>(
+        &'c mut self,
+        consumer: &'c mut Consumer,
+        deadline: Option<Instant>,
+        caller: Option<&'c mut [u8]>,
+    ) -> Result<Message<'c>, FrameError> {
         let FrameReceiver {
             limits,
             assembly,
@@ -1830,6 +1935,12 @@ impl FrameReceiver {
             .and_then(|k| {
                 over("message length", first.message_len, limits.max_message_len).map(|()| k)
             });
+        let kind = kind.and_then(|k| match &caller {
+            Some(buffer) => {
+                over("message length", first.message_len, buffer.len() as u64).map(|()| k)
+            }
+            None => Ok(k),
+        });
         let kind = match kind {
             Ok(kind) => kind,
             Err(e) => {
@@ -1837,13 +1948,12 @@ impl FrameReceiver {
                 return Err(e);
             }
         };
-        if first.flags & FLAG_LAST != 0 {
+        if first.flags & FLAG_LAST != 0 && caller.is_none() {
             // The record is still at the head: take it again, this time for the caller.
             let grant = consumer
                 .try_peek()?
                 .ok_or_else(|| FrameError::Malformed("record vanished between two peeks".into()))?;
-            let scratch = std::mem::take(spare);
-            let parsed = parse_body(&grant.as_slice()[FRAGMENT_HEADER_LEN..], &limits, scratch);
+            let parsed = parse_cached(&grant.as_slice()[FRAGMENT_HEADER_LEN..], &limits, spare);
             return match parsed {
                 Ok(mut parsed) => {
                     parsed.epoch = first.epoch;
@@ -1877,21 +1987,29 @@ impl FrameReceiver {
                 return Err(e);
             }
         };
-        if assembly.capacity() < total {
-            // A buffer an owned message gave back, if it is larger.
-            let mut given_back = returned.lock().unwrap_or_else(|e| e.into_inner());
-            if given_back.capacity() > assembly.capacity() {
-                std::mem::swap(assembly, &mut *given_back);
+        let mut caller = caller;
+        let out: &mut [u8] = match caller.as_mut() {
+            // Checked against the buffer's length above.
+            Some(buffer) => &mut buffer[..total],
+            None => {
+                if assembly.capacity() < total {
+                    // A buffer an owned message gave back, if it is larger.
+                    let mut given_back = returned.lock().unwrap_or_else(|e| e.into_inner());
+                    if given_back.capacity() > assembly.capacity() {
+                        std::mem::swap(assembly, &mut *given_back);
+                    }
+                }
+                // Lazily zeroed pages: room is reserved now, memory used only as fragments
+                // arrive.
+                if assembly.reset(total).is_err() {
+                    grant.release();
+                    return Err(FrameError::OutOfMemory {
+                        len: first.message_len,
+                    });
+                }
+                assembly.as_mut_slice()
             }
-        }
-        // Lazily zeroed pages: room is reserved now, memory used only as fragments arrive.
-        if assembly.reset(total).is_err() {
-            discard_next(consumer)?;
-            return Err(FrameError::OutOfMemory {
-                len: first.message_len,
-            });
-        }
-        let out = assembly.as_mut_slice();
+        };
         let mut received = copy_fragment(grant, out, 0)?;
         let mut index = 0u32;
         while (received as u64) < first.message_len {
@@ -1928,10 +2046,21 @@ impl FrameReceiver {
             }
             received = copy_fragment(grant, out, received)?;
         }
-        let mut parsed = parse_body(assembly.as_slice(), &limits, std::mem::take(spare))?;
+        let body: &[u8] = match &caller {
+            Some(buffer) => &buffer[..total],
+            None => assembly.as_slice(),
+        };
+        let mut parsed = parse_cached(body, &limits, spare)?;
         parsed.epoch = first.epoch;
+        let storage = match caller {
+            Some(buffer) => {
+                let buffer: &'c [u8] = buffer;
+                Storage::Caller(&buffer[..total])
+            }
+            None => Storage::Assembled(assembly, returned),
+        };
         Ok(Message {
-            storage: Storage::Assembled(assembly, returned),
+            storage,
             kind,
             sequence: first.sequence,
             parsed,
@@ -2028,6 +2157,7 @@ impl<'c> Message<'c> {
             Storage::Ring(Some(grant)) => &grant.as_slice()[FRAGMENT_HEADER_LEN..],
             Storage::Ring(None) => &[],
             Storage::Assembled(buf, _) => buf.as_slice(),
+            Storage::Caller(body) => body,
         }
     }
 
@@ -2178,10 +2308,9 @@ impl<'c> Message<'c> {
 impl Drop for Message<'_> {
     fn drop(&mut self) {
         self.release_grant();
-        *self.spare = Scratch {
-            tensors: std::mem::take(&mut self.parsed.tensors),
-            strings: std::mem::take(&mut self.parsed.strings),
-        };
+        let parsed = std::mem::replace(&mut self.parsed, ParsedBody::empty());
+        // `into_owned` leaves the placeholder behind (no body prefix): nothing to keep then.
+        self.spare.parsed = (parsed.prefix_len != 0).then_some(parsed);
     }
 }
 

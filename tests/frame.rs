@@ -763,3 +763,122 @@ fn owned_reassembled_message_keeps_its_buffer_and_gives_it_back() {
         );
     });
 }
+
+#[test]
+fn repeated_layouts_see_each_message_own_data_and_fields() {
+    let (mut tx, mut rx) = ring_pair(1 << 20);
+    let mut sender = FrameSender::new();
+    let mut receiver = FrameReceiver::default();
+    let rounds: Vec<Vec<f32>> = (0..3)
+        .map(|r| (0..1000).map(|i| (r * 1000 + i) as f32).collect())
+        .collect();
+    // Same layout three times (only the data changes), then a different task id, then a
+    // different length, then the first layout again.
+    let cases: Vec<(&str, &[f32])> = vec![
+        ("a", &rounds[0]),
+        ("a", &rounds[1]),
+        ("a", &rounds[2]),
+        ("b", &rounds[0]),
+        ("b", &rounds[1][..999]),
+        ("a", &rounds[1]),
+    ];
+    for (id, data) in cases {
+        let dxo = Dxo::new(DataKind::Weights)
+            .with_tensor("w", &[data.len() as u64], data)
+            .unwrap();
+        sender.send(&mut tx, &task(id), Some(&dxo), soon()).unwrap();
+        let msg = receiver.recv(&mut rx, soon()).unwrap();
+        assert_eq!(msg.task_id(), id);
+        let view = msg.tensor_by_name("w").unwrap();
+        assert_eq!(view.shape(), &[data.len() as u64]);
+        assert_eq!(view.as_slice::<f32>().unwrap(), data);
+    }
+}
+
+#[test]
+fn recv_into_copies_whole_and_fragmented_messages_into_the_callers_buffer() {
+    let (mut tx, mut rx) = ring_pair(256 * 1024);
+    let small: Vec<f32> = (0..100).map(|i| i as f32).collect();
+    let large: Vec<f32> = (0..300_000).map(|i| i as f32 * 2.0).collect();
+    let mut receiver = FrameReceiver::default();
+    let mut buffer = AlignedBuf::zeroed(2 << 20).unwrap();
+    let mut tiny = vec![0u8; 256];
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut sender = FrameSender::new();
+            for data in [&small, &large, &small] {
+                let dxo = Dxo::new(DataKind::Weights)
+                    .with_tensor("w", &[data.len() as u64], data)
+                    .unwrap();
+                sender
+                    .send(&mut tx, &task("t"), Some(&dxo), soon())
+                    .unwrap();
+            }
+        });
+        for data in [&small, &large] {
+            let start = buffer.as_slice().as_ptr() as usize;
+            let msg = receiver
+                .recv_into(&mut rx, soon(), buffer.as_mut_slice())
+                .unwrap();
+            assert!(!msg.is_in_ring());
+            let view = msg.tensor_by_name("w").unwrap();
+            let at = view.bytes().as_ptr() as usize;
+            assert!(
+                at >= start && at < start + (2 << 20),
+                "tensor lies in the caller's buffer"
+            );
+            assert_eq!(view.as_slice::<f32>().unwrap(), &data[..]);
+        }
+        // Too long for the buffer: refused, consumed, and the next message arrives.
+        let err = receiver.recv_into(&mut rx, soon(), &mut tiny).unwrap_err();
+        assert!(matches!(err, FrameError::OverLimit { .. }), "{err:?}");
+    });
+    let (mut tx2, mut rx2) = (tx, rx);
+    FrameSender::new()
+        .send(&mut tx2, &task("after"), None, soon())
+        .unwrap();
+    assert_eq!(receiver.recv(&mut rx2, soon()).unwrap().task_id(), "after");
+}
+
+#[test]
+fn prepared_loans_repeat_one_layout_and_bad_specs_are_refused() {
+    let (mut tx, mut rx) = ring_pair(1 << 20);
+    let envelope = task("p").with_epoch(7);
+    let spec = LoanSpec::new(DataKind::WeightDiff)
+        .tensor("a", DType::F32, &[4, 4])
+        .tensor("b", DType::I64, &[3])
+        .meta("current_round", 2);
+    let prepared = FrameSender::prepare(&envelope, &spec).unwrap();
+    assert!(prepared.body_len() > 16 * 4 + 3 * 8);
+    let mut sender = FrameSender::new();
+    let mut receiver = FrameReceiver::default();
+    for round in 0..3i64 {
+        let mut loan = sender.loan_prepared(&mut tx, &prepared, soon()).unwrap();
+        loan.tensor_mut::<f32>(0).unwrap().fill(round as f32);
+        loan.tensor_mut::<i64>(1).unwrap().fill(-round);
+        loan.commit();
+        let msg = receiver.recv(&mut rx, soon()).unwrap();
+        assert!(msg.is_in_ring());
+        assert_eq!((msg.task_id(), msg.epoch()), ("p", 7));
+        assert_eq!(msg.data_kind(), Some(DataKind::WeightDiff));
+        assert_eq!(msg.meta()["current_round"], json!(2));
+        assert_eq!(
+            msg.tensor(0).unwrap().as_slice::<f32>().unwrap(),
+            &[round as f32; 16]
+        );
+        assert_eq!(
+            msg.tensor(1).unwrap().as_slice::<i64>().unwrap(),
+            &[-round; 3]
+        );
+    }
+    let duplicate = LoanSpec::new(DataKind::Weights)
+        .tensor("x", DType::U8, &[1])
+        .tensor("x", DType::U8, &[1]);
+    assert!(matches!(
+        FrameSender::prepare(&envelope, &duplicate),
+        Err(shmex::frame::LoanError::Dxo(DxoError::DuplicateName(_)))
+    ));
+    let huge = LoanSpec::new(DataKind::Weights).tensor("x", DType::U8, &[2 << 20]);
+    let prepared = FrameSender::prepare(&envelope, &huge).unwrap();
+    assert!(sender.loan_prepared(&mut tx, &prepared, soon()).is_err());
+}
