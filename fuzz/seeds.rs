@@ -114,7 +114,10 @@ fn main() {
             1 << 20,
             vec![
                 (
-                    Envelope::new(MessageKind::TaskAck).with_task("t", "n"),
+                    Envelope::new(MessageKind::TaskAck)
+                        .with_task("t", "n")
+                        .with_epoch(3)
+                        .with_reply_to(9),
                     None,
                 ),
                 (result, Some(&app)),

@@ -382,30 +382,44 @@ pub fn reencode_and_compare(s: &Snapshot, limits: &Limits) {
 /// loops on `recv`). Returns the number of messages decoded.
 pub fn drain_frames(consumer: &mut Consumer, limits: &Limits, reencode: bool) -> usize {
     let mut receiver = FrameReceiver::new(*limits);
+    let mut own = shmex::frame::AlignedBuf::zeroed(1 << 20).expect("1 MiB buffer");
     let mut decoded = 0;
     // Each successful or failing call consumes at least one record; the bound is a backstop.
-    for _ in 0..4 * MAX_RECORDS + 8 {
+    for call in 0..4 * MAX_RECORDS + 8 {
         let before = consumer
             .available_bytes()
             .expect("in-process ring is never corrupt");
         if before == 0 {
             break;
         }
-        match receiver.recv(consumer, Some(Instant::now())) {
-            Ok(m) => {
-                let snap = exercise_message(&m, limits);
-                drop(m);
-                if reencode {
-                    reencode_and_compare(&snap, limits);
+        // Every other call receives into a caller's buffer instead of in place.
+        let timed_out = {
+            let received = if call % 2 == 0 {
+                receiver.recv(consumer, Some(Instant::now()))
+            } else {
+                receiver.recv_into(consumer, Some(Instant::now()), own.as_mut_slice())
+            };
+            match received {
+                Ok(m) => {
+                    let snap = exercise_message(&m, limits);
+                    drop(m);
+                    if reencode {
+                        reencode_and_compare(&snap, limits);
+                    }
+                    decoded += 1;
+                    false
                 }
-                decoded += 1;
+                Err(FrameError::Timeout) => true,
+                Err(FrameError::Corrupt(e)) => panic!("in-process ring reported corrupt: {e}"),
+                Err(FrameError::PeerLost(e)) => panic!("in-process peer lost: {e}"),
+                Err(e) => {
+                    let _ = e.to_string();
+                    false
+                }
             }
-            Err(FrameError::Timeout) => break,
-            Err(FrameError::Corrupt(e)) => panic!("in-process ring reported corrupt: {e}"),
-            Err(FrameError::PeerLost(e)) => panic!("in-process peer lost: {e}"),
-            Err(e) => {
-                let _ = e.to_string();
-            }
+        };
+        if timed_out {
+            break;
         }
         let after = consumer
             .available_bytes()
