@@ -14,7 +14,9 @@
 //! - [`ring`]: the SPSC byte ring with write and read grants;
 //! - [`stream`]: moving a buffer larger than the ring while the receiver drains it;
 //! - [`frame`]: DXO messages with named tensors, loans and in-place views, fragmentation;
-//! - [`link`]: a bidirectional link between the exchanger and the agent.
+//! - [`link`]: a bidirectional link between the exchanger and the agent;
+//! - [`inspect`]: reading, judging and cleaning up segments from outside (`shmex list`,
+//!   `inspect`, `clean`).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(
     missing_docs,
@@ -37,6 +39,8 @@ struct ReadmeDoctests;
 pub mod control;
 #[cfg(not(loom))]
 pub mod frame;
+#[cfg(not(loom))]
+pub mod inspect;
 #[cfg(not(loom))]
 pub mod link;
 #[cfg(not(loom))]

@@ -1,0 +1,88 @@
+//! `shmex`: see shmex work on this machine, measure it, and look after the segments on this
+//! host. Run `shmex --help` (and `shmex SUBCOMMAND --help`) for the details.
+
+// The library's OS-facing modules do not exist in loom model-checking builds.
+#![cfg_attr(loom, allow(unused))]
+
+#[cfg(loom)]
+fn main() {}
+
+#[cfg(not(loom))]
+mod format;
+#[cfg(not(loom))]
+mod segments;
+
+#[cfg(not(loom))]
+use std::process::ExitCode;
+
+#[cfg(not(loom))]
+use clap::{Parser, Subcommand};
+
+#[cfg(not(loom))]
+/// Move tasks, results and multi-GiB tensors between two processes through shared memory:
+/// look after the segments on this host.
+#[derive(Parser, Debug)]
+#[command(name = "shmex", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[cfg(not(loom))]
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Every shmex segment on this host: owners, states, liveness, heartbeat age, ring fill.
+    List(segments::ListArgs),
+    /// The control block and ring headers of one segment, decoded and checked.
+    ///
+    /// Exit status: 0 if the segment is consistent, 3 if corruption was found (the report
+    /// lists every problem), 1 on other errors (for example, no such segment).
+    Inspect(segments::InspectArgs),
+    /// Remove segments whose owner and both sides are dead; a segment with a live side is
+    /// never touched.
+    Clean(segments::CleanArgs),
+}
+
+#[cfg(not(loom))]
+/// A failure of a subcommand: one line for stderr and the exit status.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+#[cfg(not(loom))]
+impl Failure {
+    /// An ordinary error (exit status 1).
+    fn new(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+#[cfg(not(loom))]
+impl<E: std::error::Error> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure::new(e.to_string())
+    }
+}
+
+#[cfg(not(loom))]
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::List(args) => segments::list(&args),
+        Command::Inspect(args) => segments::inspect(&args),
+        Command::Clean(args) => segments::clean(&args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            // One line, whatever the error text holds.
+            eprintln!("shmex: error: {}", failure.message.replace('\n', " "));
+            ExitCode::from(failure.code)
+        }
+    }
+}
