@@ -16,7 +16,8 @@
 //! - [`frame`]: DXO messages with named tensors, loans and in-place views, fragmentation;
 //! - [`link`]: a bidirectional link between the exchanger and the agent;
 //! - [`inspect`]: reading, judging and cleaning up segments from outside (`shmex list`,
-//!   `inspect`, `clean`).
+//!   `inspect`, `clean`);
+//! - `bench` (feature `bench`): the transport comparison behind `shmex bench`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(
     missing_docs,
@@ -35,6 +36,8 @@ pub(crate) mod sync;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+#[cfg(all(feature = "bench", not(loom)))]
+pub mod bench;
 #[cfg(not(loom))]
 pub mod control;
 #[cfg(not(loom))]
