@@ -303,11 +303,99 @@ fn bad_arguments_give_one_clear_line_and_a_failure_status() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["list", "inspect", "clean"] {
+    for sub in ["list", "inspect", "clean", "bench"] {
         shmex()
             .args([sub, "--help"])
             .assert()
             .success()
             .stdout(predicate::str::contains("Usage: shmex"));
     }
+}
+
+#[test]
+fn bench_json_has_every_transport_and_size_asked_for() {
+    let output = shmex()
+        .args([
+            "bench",
+            "--sizes",
+            "4KiB,64KiB",
+            "--reps",
+            "1",
+            "--min-time-ms",
+            "1",
+            "--json",
+        ])
+        .timeout(Duration::from_secs(300))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let report: serde_json::Value = serde_json::from_slice(&output).expect("--json is JSON");
+    let transports = ["memcpy", "shmex-copy", "shmex-loan", "uds", "tcp", "pipe"];
+    assert_eq!(report["transports"], serde_json::json!(transports));
+    assert_eq!(report["sizes"], serde_json::json!([4096, 65536]));
+    let results = report["results"].as_array().unwrap();
+    for transport in transports {
+        for size in [4096u64, 65536] {
+            let entry = results
+                .iter()
+                .find(|r| r["transport"] == transport && r["size_bytes"] == size)
+                .unwrap_or_else(|| panic!("no result for {transport} {size}"));
+            assert!(entry["gbps"].as_f64().unwrap() > 0.0, "{entry}");
+            assert!(entry["samples"].as_u64().unwrap() >= 1, "{entry}");
+            assert!(entry["ratio_to_memcpy"].as_f64().is_some(), "{entry}");
+            assert!(entry["ratio_to_uds"].as_f64().is_some(), "{entry}");
+        }
+    }
+}
+
+#[test]
+fn bench_table_and_plot_for_a_subset() {
+    let dir = std::env::temp_dir().join(format!("shmex-cli-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("throughput.svg");
+    shmex()
+        .args([
+            "bench",
+            "--sizes",
+            "4KiB",
+            "--transports",
+            "memcpy,uds,shmex-copy",
+            "--reps",
+            "1",
+            "--min-time-ms",
+            "1",
+            "--plot",
+        ])
+        .arg(&svg)
+        .timeout(Duration::from_secs(300))
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("ratio to memcpy")
+                .and(predicate::str::contains("ratio to uds"))
+                .and(predicate::str::contains("shmex-copy"))
+                .and(predicate::str::contains("tcp").not()),
+        );
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(picture.starts_with("<svg"), "not an SVG");
+    for label in ["memcpy", "uds", "shmex-copy", "4KiB"] {
+        assert!(picture.contains(label), "the plot has no {label}");
+    }
+}
+
+#[test]
+fn bench_rejects_unknown_transports_and_sizes() {
+    shmex()
+        .args(["bench", "--transports", "carrier-pigeon"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("invalid value 'carrier-pigeon'"));
+    shmex()
+        .args(["bench", "--sizes", "12parsecs"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("unknown size unit"));
 }

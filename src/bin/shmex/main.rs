@@ -8,7 +8,11 @@
 fn main() {}
 
 #[cfg(not(loom))]
+mod bench;
+#[cfg(not(loom))]
 mod format;
+#[cfg(not(loom))]
+mod plot;
 #[cfg(not(loom))]
 mod segments;
 
@@ -41,6 +45,20 @@ enum Command {
     /// Remove segments whose owner and both sides are dead; a segment with a live side is
     /// never touched.
     Clean(segments::CleanArgs),
+    /// Throughput of shmex against memcpy, a Unix socket, TCP loopback and a pipe, measured
+    /// side by side in one run; a table of medians and ratios, `--json`, `--plot FILE.svg`.
+    ///
+    /// Every two-process transport sends from this process to a child process (this same
+    /// executable), each pinned to its own CPU when there are two; every transport is first
+    /// verified with a checksum, then timed in turns with the others.
+    Bench(bench::BenchArgs),
+    /// Internal: a child process of `bench` or `demo`.
+    #[command(name = "__bench-child", hide = true)]
+    BenchChild {
+        /// Mode, CPU and the mode's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[cfg(not(loom))]
@@ -76,6 +94,8 @@ fn main() -> ExitCode {
         Command::List(args) => segments::list(&args),
         Command::Inspect(args) => segments::inspect(&args),
         Command::Clean(args) => segments::clean(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::BenchChild { args } => bench::child(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
