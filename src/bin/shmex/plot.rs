@@ -56,7 +56,7 @@ pub fn throughput(
         .x_labels((x_to - x_from).ceil() as usize + 1)
         .x_label_formatter(&|x| {
             let rounded = x.round();
-            if (x - rounded).abs() < 1e-6 && rounded >= 0.0 && rounded < 63.0 {
+            if (x - rounded).abs() < 1e-6 && (0.0..63.0).contains(&rounded) {
                 size_label(1usize << rounded as u32)
             } else {
                 String::new()
