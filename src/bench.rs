@@ -148,12 +148,25 @@ impl Peer {
 
     /// Waits (with a timeout) for the child to print `line`.
     pub fn expect(&mut self, line: &str) -> Res<()> {
-        match self.lines.recv_timeout(PEER_TIMEOUT) {
-            Ok(got) if got == line => Ok(()),
-            Ok(got) => Err(format!("child {}: expected {line:?}, got {got:?}", self.mode).into()),
+        let got = self.next_line(PEER_TIMEOUT)?;
+        if got == line {
+            Ok(())
+        } else {
+            Err(format!("child {}: expected {line:?}, got {got:?}", self.mode).into())
+        }
+    }
+
+    /// The child's next stdout line, waiting up to `timeout`.
+    pub fn next_line(&mut self, timeout: Duration) -> Res<String> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => Ok(line),
             Err(_) => {
                 let status = self.child.try_wait()?;
-                Err(format!("child {}: no {line:?} (exit status {status:?})", self.mode).into())
+                Err(format!(
+                    "child {}: no line within {timeout:?} (exit status {status:?})",
+                    self.mode
+                )
+                .into())
             }
         }
     }
@@ -227,7 +240,7 @@ pub fn child_prologue(cpu: &str) -> Res<()> {
 }
 
 /// Runs one of this module's child modes (`uds-sink`, `tcp-sink`, `pipe-sink`, `shmex-sink`,
-/// `loan-sink`); `None` if `mode` is not one of them.
+/// `loan-sink`, and `demo-agent` of [`crate::demo`]); `None` if `mode` is not one of them.
 pub fn run_child(mode: &str, args: &[String]) -> Option<Res<()>> {
     let arg = |i: usize| -> Res<&str> {
         args.get(i)
@@ -241,6 +254,7 @@ pub fn run_child(mode: &str, args: &[String]) -> Option<Res<()>> {
         "pipe-sink" => (|| pipe_sink(arg(0)?.parse()?))(),
         "shmex-sink" => (|| child_shmex_sink(arg(0)?, max()?))(),
         "loan-sink" => (|| child_loan_sink(arg(0)?))(),
+        "demo-agent" => (|| crate::demo::agent_child(arg(0)?))(),
         _ => return None,
     })
 }

@@ -17,7 +17,8 @@
 //! - [`link`]: a bidirectional link between the exchanger and the agent;
 //! - [`inspect`]: reading, judging and cleaning up segments from outside (`shmex list`,
 //!   `inspect`, `clean`);
-//! - `bench` (feature `bench`): the transport comparison behind `shmex bench`.
+//! - `bench` and `demo` (feature `bench`): the transport comparison behind `shmex bench`,
+//!   and the model exchange behind `shmex demo`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(
     missing_docs,
@@ -40,6 +41,8 @@ struct ReadmeDoctests;
 pub mod bench;
 #[cfg(not(loom))]
 pub mod control;
+#[cfg(all(feature = "bench", not(loom)))]
+pub mod demo;
 #[cfg(not(loom))]
 pub mod frame;
 #[cfg(not(loom))]

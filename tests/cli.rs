@@ -303,7 +303,7 @@ fn bad_arguments_give_one_clear_line_and_a_failure_status() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["list", "inspect", "clean", "bench"] {
+    for sub in ["demo", "bench", "list", "inspect", "clean"] {
         shmex()
             .args([sub, "--help"])
             .assert()
@@ -398,4 +398,48 @@ fn bench_rejects_unknown_transports_and_sizes() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("unknown size unit"));
+}
+
+#[test]
+fn demo_exchanges_a_small_model_and_verifies_every_round() {
+    shmex()
+        .args([
+            "demo",
+            "--size",
+            "4MiB",
+            "--tensors",
+            "12",
+            "--rounds",
+            "2",
+            "--ring",
+            "1MiB",
+        ])
+        .timeout(Duration::from_secs(300))
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("model of 12 tensors, 4MiB")
+                .and(predicate::str::contains(
+                    "round 1: task + result (12 tensors each way)",
+                ))
+                .and(predicate::str::contains("round 2: task + result"))
+                .and(predicate::str::contains("data verified").count(2))
+                .and(predicate::str::contains("agent exited cleanly")),
+        );
+}
+
+#[test]
+fn demo_refuses_a_model_too_small_for_its_tensors() {
+    shmex()
+        .args(["demo", "--size", "1KiB", "--tensors", "1000"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "cannot give each of 1000 tensors one f32",
+        ));
+    shmex()
+        .args(["demo", "--rounds", "0"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--rounds"));
 }

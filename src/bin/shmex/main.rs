@@ -10,6 +10,8 @@ fn main() {}
 #[cfg(not(loom))]
 mod bench;
 #[cfg(not(loom))]
+mod demo;
+#[cfg(not(loom))]
 mod format;
 #[cfg(not(loom))]
 mod plot;
@@ -35,6 +37,10 @@ struct Cli {
 #[cfg(not(loom))]
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Watch shmex work: this process (the exchanger) and an agent process exchange a model of
+    /// named tensors, task and result, a few rounds; each round is verified, timed and
+    /// printed.
+    Demo(demo::DemoArgs),
     /// Every shmex segment on this host: owners, states, liveness, heartbeat age, ring fill.
     List(segments::ListArgs),
     /// The control block and ring headers of one segment, decoded and checked.
@@ -91,6 +97,7 @@ impl<E: std::error::Error> From<E> for Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Demo(args) => demo::run(&args),
         Command::List(args) => segments::list(&args),
         Command::Inspect(args) => segments::inspect(&args),
         Command::Clean(args) => segments::clean(&args),
