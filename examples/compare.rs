@@ -59,8 +59,9 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use shmex::bench::{
     check_checksum, child_attach, deadline, median_gbps, percentile, pick_cpus, pin_to_cpu,
-    size_label, socket_buffers, uds_child_connect, uds_connect, Launcher, MemcpyTransfer, Peer,
-    Res, Sampling, ShmexTransfer, Transfer, ACK, PEER_TIMEOUT, SOCKET_BUFFER, SOCKET_IO_CHUNK,
+    say_bye, size_label, socket_buffers, uds_child_connect, uds_connect, Launcher, MemcpyTransfer,
+    Peer, Res, Sampling, ShmexTransfer, Transfer, ACK, PEER_TIMEOUT, SOCKET_BUFFER,
+    SOCKET_IO_CHUNK,
 };
 
 const KIB: usize = 1 << 10;
@@ -802,17 +803,6 @@ struct ShmexPingPong {
     seq: u64,
 }
 
-/// Tells a frame-speaking child that we are done (a `bye` message) and waits for it to exit.
-fn say_bye(sender: &mut FrameSender, link: &mut Link, peer: &mut Peer) -> Res<()> {
-    sender.send(
-        link.sender(),
-        &Envelope::new(MessageKind::Bye),
-        None,
-        Some(deadline()),
-    )?;
-    peer.finish()
-}
-
 /// A link with a 1 MiB ring whose blocking calls spin for `spin`, and a child running `mode`
 /// (an echo loop with the same wait strategy) attached to it and ready.
 fn echo_session(
@@ -1247,13 +1237,7 @@ impl LoanSession {
     }
 
     fn stop(mut self) -> Res<()> {
-        self.sender.send(
-            self.link.sender(),
-            &Envelope::new(MessageKind::Bye),
-            None,
-            Some(deadline()),
-        )?;
-        self.peer.finish()
+        say_bye(&mut self.sender, &mut self.link, &mut self.peer)
     }
 }
 

@@ -818,36 +818,66 @@ impl Transfer for ShmexTransfer {
     fn verify(&mut self, source: &[u8]) -> Res<()> {
         self.header(source.len(), true)?;
         stream::send_stream(self.link.sender(), source, self.chunk, Some(deadline()))?;
-        self.link
-            .receiver()
-            .pop_into(&mut self.ack, Some(deadline()))?;
-        let sum = <[u8; 8]>::try_from(self.ack.as_slice())
-            .map_err(|_| format!("{}: checksum record is not 8 bytes", self.transport))?;
-        check_checksum(
-            &self.transport,
-            source.len(),
-            u64::from_le_bytes(sum),
-            pattern::checksum(source),
-        )
+        expect_checksum(&mut self.link, &mut self.ack, &self.transport, source)
     }
 
     fn timed(&mut self, source: &[u8]) -> Res<Duration> {
         self.header(source.len(), false)?;
         let start = Instant::now();
-        let give_up = Some(start + PEER_TIMEOUT);
-        stream::send_stream(self.link.sender(), source, self.chunk, give_up)?;
-        self.link.receiver().pop_into(&mut self.ack, give_up)?;
-        let elapsed = start.elapsed();
-        if self.ack.as_slice() != [ACK] {
-            return Err(format!("{}: bad acknowledgement {:?}", self.transport, self.ack).into());
-        }
-        Ok(elapsed)
+        stream::send_stream(
+            self.link.sender(),
+            source,
+            self.chunk,
+            Some(start + PEER_TIMEOUT),
+        )?;
+        expect_ack(&mut self.link, &mut self.ack, &self.transport, start)
     }
 
     fn stop(mut self: Box<Self>) -> Res<()> {
         self.header(0, false)?;
         self.peer.finish()
     }
+}
+
+/// Waits for the receiver's 8-byte checksum record on `link`'s result ring and compares it
+/// with `source`'s.
+fn expect_checksum(link: &mut Link, ack: &mut Vec<u8>, transport: &str, source: &[u8]) -> Res<()> {
+    link.receiver().pop_into(ack, Some(deadline()))?;
+    let sum = <[u8; 8]>::try_from(ack.as_slice())
+        .map_err(|_| format!("{transport}: checksum record is not 8 bytes"))?;
+    check_checksum(
+        transport,
+        source.len(),
+        u64::from_le_bytes(sum),
+        pattern::checksum(source),
+    )
+}
+
+/// Waits for the receiver's 1-byte acknowledgement on `link`'s result ring; returns the time
+/// since `start`.
+fn expect_ack(
+    link: &mut Link,
+    ack: &mut Vec<u8>,
+    transport: &str,
+    start: Instant,
+) -> Res<Duration> {
+    link.receiver().pop_into(ack, Some(start + PEER_TIMEOUT))?;
+    let elapsed = start.elapsed();
+    if ack.as_slice() != [ACK] {
+        return Err(format!("{transport}: bad acknowledgement {ack:?}").into());
+    }
+    Ok(elapsed)
+}
+
+/// Tells a frame-speaking child that we are done (a `bye` message) and waits for it to exit.
+pub fn say_bye(sender: &mut FrameSender, link: &mut Link, peer: &mut Peer) -> Res<()> {
+    sender.send(
+        link.sender(),
+        &Envelope::new(MessageKind::Bye),
+        None,
+        Some(deadline()),
+    )?;
+    peer.finish()
 }
 
 /// Attaches to segment `name` as the agent with `wait`, and prints `ready`.
@@ -967,39 +997,17 @@ impl Transfer for LoanTransfer {
 
     fn verify(&mut self, source: &[u8]) -> Res<()> {
         self.send(source, true, Some(deadline()))?;
-        self.link
-            .receiver()
-            .pop_into(&mut self.ack, Some(deadline()))?;
-        let sum = <[u8; 8]>::try_from(self.ack.as_slice())
-            .map_err(|_| format!("{}: checksum record is not 8 bytes", self.transport))?;
-        check_checksum(
-            &self.transport,
-            source.len(),
-            u64::from_le_bytes(sum),
-            pattern::checksum(source),
-        )
+        expect_checksum(&mut self.link, &mut self.ack, &self.transport, source)
     }
 
     fn timed(&mut self, source: &[u8]) -> Res<Duration> {
         let start = Instant::now();
-        let give_up = Some(start + PEER_TIMEOUT);
-        self.send(source, false, give_up)?;
-        self.link.receiver().pop_into(&mut self.ack, give_up)?;
-        let elapsed = start.elapsed();
-        if self.ack.as_slice() != [ACK] {
-            return Err(format!("{}: bad acknowledgement {:?}", self.transport, self.ack).into());
-        }
-        Ok(elapsed)
+        self.send(source, false, Some(start + PEER_TIMEOUT))?;
+        expect_ack(&mut self.link, &mut self.ack, &self.transport, start)
     }
 
     fn stop(mut self: Box<Self>) -> Res<()> {
-        self.sender.send(
-            self.link.sender(),
-            &Envelope::new(MessageKind::Bye),
-            None,
-            Some(deadline()),
-        )?;
-        self.peer.finish()
+        say_bye(&mut self.sender, &mut self.link, &mut self.peer)
     }
 }
 
