@@ -329,11 +329,15 @@ fn report(watched: Watched, window: Duration) -> SegmentReport {
     };
     report.file_len = Some(file_len);
     if file_len < segment.len() as u64 {
-        // Reading past the new end of the file would fault: stop at the control block.
+        // Reading past the new end of the file would fault: stop at the control block, or
+        // before it if it is gone too.
         report.problems.push(format!(
             "file shrank to {file_len} bytes after it was mapped ({} bytes)",
             segment.len()
         ));
+        if file_len < CONTROL_LEN as u64 {
+            return report;
+        }
     }
     let Some(control) = control::control_block(&segment) else {
         report.problems.push(format!(

@@ -443,3 +443,25 @@ fn demo_refuses_a_model_too_small_for_its_tensors() {
         .code(2)
         .stderr(predicate::str::contains("--rounds"));
 }
+
+#[test]
+fn a_junk_file_with_our_prefix_is_reported_and_cleaned() {
+    let prefix = unique_prefix();
+    let junk = name(&prefix, "junk");
+    let _cleanup = Cleanup(vec![junk.clone()]);
+    std::fs::write(format!("/dev/shm/{}", junk.as_str()), b"not a segment").unwrap();
+    shmex()
+        .args(["inspect", junk.as_str(), "--window-ms", "1"])
+        .assert()
+        .code(3)
+        .stdout(predicate::str::contains("cannot hold a shmex layout"));
+    shmex()
+        .args(["clean", "--prefix", &prefix])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "removed {}",
+            junk.as_str()
+        )));
+    assert!(!exists(&junk));
+}

@@ -26,7 +26,7 @@ use clap::{Parser, Subcommand};
 
 #[cfg(not(loom))]
 /// Move tasks, results and multi-GiB tensors between two processes through shared memory:
-/// look after the segments on this host.
+/// see it work, measure it, and look after the segments on this host.
 #[derive(Parser, Debug)]
 #[command(name = "shmex", version, about, long_about = None, propagate_version = true)]
 struct Cli {
@@ -37,9 +37,11 @@ struct Cli {
 #[cfg(not(loom))]
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Watch shmex work: this process (the exchanger) and an agent process exchange a model of
-    /// named tensors, task and result, a few rounds; each round is verified, timed and
-    /// printed.
+    /// Watch shmex work: two processes exchange a model, each round verified and timed.
+    ///
+    /// This process (the exchanger) creates a link and starts an agent process; each round
+    /// it sends a task carrying a model of named f32 tensors and the agent answers with a
+    /// result of the same size. Both sides check every byte.
     Demo(demo::DemoArgs),
     /// Every shmex segment on this host: owners, states, liveness, heartbeat age, ring fill.
     List(segments::ListArgs),
@@ -48,11 +50,15 @@ enum Command {
     /// Exit status: 0 if the segment is consistent, 3 if corruption was found (the report
     /// lists every problem), 1 on other errors (for example, no such segment).
     Inspect(segments::InspectArgs),
-    /// Remove segments whose owner and both sides are dead; a segment with a live side is
-    /// never touched.
+    /// Remove segments whose owner and both sides are dead, never one with a live side.
+    ///
+    /// Liveness is the operating system's: each side and the owner hold a lock on the segment
+    /// that the kernel drops when their process dies.
     Clean(segments::CleanArgs),
-    /// Throughput of shmex against memcpy, a Unix socket, TCP loopback and a pipe, measured
-    /// side by side in one run; a table of medians and ratios, `--json`, `--plot FILE.svg`.
+    /// Measure shmex against memcpy, Unix socket, TCP and pipe, side by side.
+    ///
+    /// Prints a table of median throughputs and their ratios to memcpy and to the Unix
+    /// socket, or JSON with `--json`; `--plot FILE.svg` draws throughput against size.
     ///
     /// Every two-process transport sends from this process to a child process (this same
     /// executable), each pinned to its own CPU when there are two; every transport is first
