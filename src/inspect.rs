@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::control::{self, Liveness, PeerMonitor, SideSnapshot};
-use crate::layout::{Role, SegmentPlan, CONTROL_LEN, RING_MAGIC};
+use crate::layout::{Role, SegmentPlan, CONTROL_LEN, OWNER_LOCK_BYTE, RING_MAGIC};
 use crate::segment::{self, OpenError, Reclaim, Segment, SegmentName};
 use crate::sync::Ordering;
 use crate::sys::{self, LockAttempt, SysError};
@@ -210,6 +210,27 @@ pub fn remove_if_dead(name: &SegmentName) -> Result<Removal, SysError> {
         Reclaim::Removed => Removal::Removed,
         Reclaim::Vanished => Removal::Vanished,
     })
+}
+
+/// Whether anyone still uses segment `name`, from its three locks alone (nothing is read
+/// from the segment and no lock is taken): what [`remove_if_dead`] would decide now. `None`
+/// if there is no such segment.
+pub fn occupancy(name: &SegmentName) -> Result<Option<Occupancy>, SysError> {
+    let fd = match sys::shm_open_existing(name.as_str()) {
+        Ok(fd) => fd,
+        Err(SysError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    for byte in [
+        Role::Exchanger.lock_byte(),
+        Role::Agent.lock_byte(),
+        OWNER_LOCK_BYTE,
+    ] {
+        if sys::byte_locked_elsewhere(&fd, byte)? {
+            return Ok(Some(Occupancy::Live));
+        }
+    }
+    Ok(Some(Occupancy::Dead))
 }
 
 /// The watch window [`observe`] uses when none is given: one and a half of the longest

@@ -387,6 +387,18 @@ fn bench_table_and_plot_for_a_subset() {
 }
 
 #[test]
+fn bench_refuses_sizes_this_host_cannot_hold_before_starting_anything() {
+    shmex()
+        .args(["bench", "--sizes", "1024GiB"])
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::starts_with("shmex: error: these sizes need")
+                .and(predicate::str::contains("\n").count(1)),
+        );
+}
+
+#[test]
 fn bench_rejects_unknown_transports_and_sizes() {
     shmex()
         .args(["bench", "--transports", "carrier-pigeon"])
@@ -455,6 +467,14 @@ fn a_junk_file_with_our_prefix_is_reported_and_cleaned() {
         .assert()
         .code(3)
         .stdout(predicate::str::contains("cannot hold a shmex layout"));
+    shmex()
+        .args(["clean", "--dry-run", "--prefix", &prefix])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "would remove {}",
+            junk.as_str()
+        )));
     shmex()
         .args(["clean", "--prefix", &prefix])
         .assert()

@@ -13,6 +13,8 @@ use shmex::bench::{
     ShmexTransfer, Transfer,
 };
 
+use crate::format;
+use crate::host::{memory_available, shm_free};
 use crate::Failure;
 
 /// The argument that selects a child mode of this executable (hidden from `--help`).
@@ -112,6 +114,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
     let ring = args
         .ring
         .unwrap_or(shmex::link::DEFAULT_RING_CAPACITY as usize);
+    check_room(&transports, max, ring)?;
     eprintln!(
         "shmex bench: {} on {cpu_count} CPUs{}, sizes {} to {}, at least {} rounds and {} ms \
          per transport and size",
@@ -204,6 +207,47 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
         crate::plot::throughput(path, &figures_by_transport(&figures, &transports))
             .map_err(|e| Failure::new(format!("drawing {}: {e}", path.display())))?;
         eprintln!("plot written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Fails with one clear line, before anything starts, if this host lacks the memory or the
+/// `/dev/shm` space the run needs: the source, memcpy's destination, one receive buffer per
+/// child, and the rings (which live in `/dev/shm`, and so in memory too).
+fn check_room(transports: &[Transport], max: usize, ring: usize) -> Result<(), Failure> {
+    let max = max as u64;
+    let mut shm = 0u64;
+    let mut memory = max;
+    for transport in transports {
+        match transport {
+            Transport::Memcpy => memory += max,
+            Transport::ShmexCopy => {
+                shm += 2 * ring as u64;
+                memory += max;
+            }
+            Transport::ShmexLoan => shm += bench::loan_ring(max as usize) as u64,
+            Transport::Uds | Transport::Tcp | Transport::Pipe => memory += max,
+        }
+    }
+    memory += shm;
+    let free = shm_free()?;
+    if shm > free {
+        return Err(Failure::new(format!(
+            "these sizes need {} of /dev/shm for rings, {} is free: use smaller --sizes, or \
+             leave out shmex-loan (its ring holds the largest message whole)",
+            format::bytes(shm),
+            format::bytes(free)
+        )));
+    }
+    if let Some(available) = memory_available() {
+        if memory > available {
+            return Err(Failure::new(format!(
+                "these sizes need about {} of memory, {} is available: use smaller --sizes \
+                 or fewer --transports",
+                format::bytes(memory),
+                format::bytes(available)
+            )));
+        }
     }
     Ok(())
 }

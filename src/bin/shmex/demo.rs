@@ -13,6 +13,8 @@ use shmex::link::{CreateOptions, Link};
 use shmex::segment::SegmentName;
 
 use crate::bench::CHILD_COMMAND;
+use crate::format;
+use crate::host::{memory_available, shm_free};
 use crate::Failure;
 
 /// Smallest ring the demo shrinks to when `/dev/shm` is short of space.
@@ -37,21 +39,6 @@ pub struct DemoArgs {
     ring: usize,
 }
 
-/// Free bytes in `/dev/shm`.
-fn shm_free() -> Result<u64, Failure> {
-    let stat = rustix::fs::statvfs("/dev/shm")
-        .map_err(|e| Failure::new(format!("statvfs /dev/shm: {e}")))?;
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
-}
-
-/// `MemAvailable` from `/proc/meminfo`, if it can be read.
-fn memory_available() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// The ring capacity to use: `wanted`, halved until two rings fit in `free` bytes.
 fn fit_ring(wanted: usize, free: u64) -> Result<usize, Failure> {
     let mut ring = wanted;
@@ -59,7 +46,7 @@ fn fit_ring(wanted: usize, free: u64) -> Result<usize, Failure> {
         if ring / 2 < MIN_RING {
             return Err(Failure::new(format!(
                 "/dev/shm has {} free, too little for two rings of {} (the demo's minimum)",
-                size_label(free as usize),
+                format::bytes(free),
                 size_label(MIN_RING)
             )));
         }
@@ -76,7 +63,7 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
         eprintln!(
             "note: /dev/shm has {} free, not enough for two {} rings: using {} rings (the \
              model streams through them, so its size is unchanged)",
-            size_label(free as usize),
+            format::bytes(free),
             size_label(args.ring),
             size_label(ring)
         );
@@ -90,7 +77,7 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
             eprintln!(
                 "note: {} of memory available, too little for a {} model held three times: \
                  using a {} model",
-                size_label(available as usize),
+                format::bytes(available),
                 size_label(size),
                 size_label(fits)
             );

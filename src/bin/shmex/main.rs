@@ -14,6 +14,8 @@ mod demo;
 #[cfg(not(loom))]
 mod format;
 #[cfg(not(loom))]
+mod host;
+#[cfg(not(loom))]
 mod plot;
 #[cfg(not(loom))]
 mod segments;

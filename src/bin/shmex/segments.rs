@@ -309,15 +309,20 @@ pub fn clean(args: &CleanArgs) -> Result<(), Failure> {
     let names = names_with_prefix(&args.prefix)?;
     let (mut removed, mut kept) = (0usize, 0usize);
     if args.dry_run {
-        for report in inspect::observe(&names, Some(Duration::ZERO)) {
-            match report.occupancy() {
-                Occupancy::Dead => {
+        for name in &names {
+            match inspect::occupancy(name) {
+                Ok(Some(Occupancy::Dead)) => {
                     removed += 1;
-                    println!("would remove {}", report.name.as_str());
+                    println!("would remove {}", name.as_str());
                 }
-                other => {
+                Ok(Some(other)) => {
                     kept += 1;
-                    println!("keep {} ({})", report.name.as_str(), other.as_str());
+                    println!("keep {} ({})", name.as_str(), other.as_str());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    kept += 1;
+                    println!("keep {} (cannot check: {e})", name.as_str());
                 }
             }
         }
