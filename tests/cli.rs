@@ -90,6 +90,17 @@ impl Drop for Cleanup {
     }
 }
 
+/// Runs `shmex clean [--dry-run] --prefix PREFIX`, which must succeed; returns its stdout.
+fn clean(prefix: &str, dry_run: bool) -> String {
+    let mut command = shmex();
+    command.arg("clean");
+    if dry_run {
+        command.arg("--dry-run");
+    }
+    let output = command.args(["--prefix", prefix]).assert().success();
+    String::from_utf8(output.get_output().stdout.clone()).unwrap()
+}
+
 fn exists(name: &SegmentName) -> bool {
     segment::owner_lock_held(name).unwrap().is_some()
 }
@@ -235,45 +246,33 @@ fn clean_removes_only_segments_whose_sides_are_all_dead() {
     let agent = Peer::ready("attach-hold", &orphan_agent);
     owner.kill();
 
-    shmex()
-        .args(["clean", "--dry-run", "--prefix", &prefix])
-        .assert()
-        .success()
-        .stdout(
-            predicate::str::contains(format!("would remove {}", dead.as_str()))
-                .and(predicate::str::contains(format!(
-                    "keep {} (live)",
-                    live.as_str()
-                )))
-                .and(predicate::str::contains(format!(
-                    "keep {} (live)",
-                    orphan_agent.as_str()
-                ))),
-        );
+    let dry = clean(&prefix, true);
+    for line in [
+        format!("would remove {}", dead.as_str()),
+        format!("keep {} (live)", live.as_str()),
+        format!("keep {} (live)", orphan_agent.as_str()),
+    ] {
+        assert!(dry.lines().any(|l| l == line), "no {line:?} in\n{dry}");
+    }
     assert!(exists(&dead), "--dry-run removed nothing");
 
-    shmex()
-        .args(["clean", "--prefix", &prefix])
-        .assert()
-        .success()
-        .stdout(
-            predicate::str::contains(format!("removed {}", dead.as_str()))
-                .and(predicate::str::contains("removed 1, kept 2")),
-        );
+    let cleaned = clean(&prefix, false);
+    assert!(
+        cleaned.contains(&format!("removed {}", dead.as_str())),
+        "{cleaned}"
+    );
+    assert!(cleaned.contains("removed 1, kept 2"), "{cleaned}");
     assert!(!exists(&dead));
     assert!(exists(&live));
     assert!(exists(&orphan_agent));
 
     // Once the agent is gone too, the orphan goes.
     agent.kill();
-    shmex()
-        .args(["clean", "--prefix", &prefix])
-        .assert()
-        .success()
-        .stdout(predicate::str::contains(format!(
-            "removed {}",
-            orphan_agent.as_str()
-        )));
+    let cleaned = clean(&prefix, false);
+    assert!(
+        cleaned.contains(&format!("removed {}", orphan_agent.as_str())),
+        "{cleaned}"
+    );
     assert!(!exists(&orphan_agent));
     assert!(exists(&live));
 }
@@ -467,21 +466,15 @@ fn a_junk_file_with_our_prefix_is_reported_and_cleaned() {
         .assert()
         .code(3)
         .stdout(predicate::str::contains("cannot hold a shmex layout"));
-    shmex()
-        .args(["clean", "--dry-run", "--prefix", &prefix])
-        .assert()
-        .success()
-        .stdout(predicate::str::contains(format!(
-            "would remove {}",
-            junk.as_str()
-        )));
-    shmex()
-        .args(["clean", "--prefix", &prefix])
-        .assert()
-        .success()
-        .stdout(predicate::str::contains(format!(
-            "removed {}",
-            junk.as_str()
-        )));
+    let dry = clean(&prefix, true);
+    assert!(
+        dry.contains(&format!("would remove {}", junk.as_str())),
+        "{dry}"
+    );
+    let cleaned = clean(&prefix, false);
+    assert!(
+        cleaned.contains(&format!("removed {}", junk.as_str())),
+        "{cleaned}"
+    );
     assert!(!exists(&junk));
 }
