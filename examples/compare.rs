@@ -41,47 +41,40 @@
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use shmex::frame::{
     AlignedBuf, DataKind, Dxo, Envelope, FrameReceiver, FrameSender, LoanSpec, Message,
     MessageKind, PreparedLoan,
 };
-use shmex::link::{AttachOptions, CreateOptions, Link};
+use shmex::link::{CreateOptions, Link};
 use shmex::ring::RecvError;
 use shmex::segment::SegmentName;
 use shmex::signal::{PeerLost, WaitStrategy};
 use shmex::{pattern, stream, sys};
 use zerocopy::{FromBytes, IntoBytes};
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
-type Res<T> = Result<T, Error>;
+use shmex::bench::{
+    check_checksum, child_attach, deadline, median_gbps, percentile, pick_cpus, pin_to_cpu,
+    say_bye, size_label, socket_buffers, uds_child_connect, uds_connect, Launcher, MemcpyTransfer,
+    Peer, Res, Sampling, ShmexTransfer, Transfer, ACK, PEER_TIMEOUT, SOCKET_BUFFER,
+    SOCKET_IO_CHUNK,
+};
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
 const PAGE: usize = 4096;
 
-/// How long any single wait for the peer may take before the run is declared broken.
-const PEER_TIMEOUT: Duration = Duration::from_secs(60);
 /// The "active" wait strategy: spin for far longer than any gap in a benchmark.
 const ACTIVE_SPIN: Duration = Duration::from_secs(10);
 /// Ring capacity of the headline `shmex` throughput figure: the library's default (the target
 /// is "through a ring of at most 64 MiB"); other capacities are measured as context.
 const SHMEX_RING: usize = shmex::link::DEFAULT_RING_CAPACITY as usize;
-/// Socket buffer size requested for the Unix-socket figures (the kernel doubles it).
-const SOCKET_BUFFER: usize = 4 * MIB;
-/// Bytes per `write`/`read` call on the socket (the kernel splits larger ones anyway).
-const SOCKET_IO_CHUNK: usize = MIB;
-/// The byte a finished transfer is acknowledged with.
-const ACK: u8 = 0xA5;
 /// The round-trip payload that tells an echo child to stop (real pings are 8 bytes).
 const QUIT: &[u8] = b"q";
 
@@ -137,6 +130,8 @@ struct Config {
     cpu_count: usize,
     /// (parent CPU, child CPU) when the machine has at least two.
     cpus: Option<(usize, usize)>,
+    /// How child processes are started: this executable with `--child`, on the child CPU.
+    launcher: Launcher,
 }
 
 /// One measured number.
@@ -212,6 +207,7 @@ fn run(quick: bool) -> Res<()> {
         },
         cpu_count,
         cpus,
+        launcher: Launcher::current_exe(&["--child"], cpus.map(|(_, child)| child))?,
     };
     if let Some((parent, _)) = config.cpus {
         pin_to_cpu(parent)?;
@@ -466,211 +462,6 @@ fn print_report(config: &Config, report: &Report) {
 
 // ----- throughput -----------------------------------------------------------------------
 
-/// One way of moving a buffer from this process to a receiver.
-trait Transfer {
-    /// The transport's name in the report.
-    fn transport(&self) -> &str;
-    /// One untimed transfer of `source` that proves the receiver got exactly those bytes.
-    fn verify(&mut self, source: &[u8]) -> Res<()>;
-    /// One timed transfer of `source`, until the receiver has all of it.
-    fn timed(&mut self, source: &[u8]) -> Res<Duration>;
-    /// Tells the receiver (if any) to stop and waits for it to exit.
-    fn stop(self: Box<Self>) -> Res<()>;
-    /// Whether this contestant moves messages of `len` bytes (the model only moves its own).
-    fn accepts(&self, _len: usize) -> bool {
-        true
-    }
-    /// Figures beyond the median rate, added after the size's samples are in.
-    fn report_extra(&self, _len: usize, _report: &mut Report) {}
-}
-
-/// Single-thread `copy_from_slice` into a pre-faulted buffer.
-struct MemcpyTransfer {
-    destination: Vec<u8>,
-}
-
-impl Transfer for MemcpyTransfer {
-    fn transport(&self) -> &str {
-        "memcpy"
-    }
-
-    fn verify(&mut self, source: &[u8]) -> Res<()> {
-        let len = source.len();
-        self.destination[..len].copy_from_slice(source);
-        check_checksum(
-            "memcpy",
-            len,
-            pattern::checksum(&self.destination[..len]),
-            pattern::checksum(source),
-        )
-    }
-
-    fn timed(&mut self, source: &[u8]) -> Res<Duration> {
-        let len = source.len();
-        // Batch small copies so one sample is long enough for the clock.
-        let batch = (256 * KIB / len).max(1);
-        let start = Instant::now();
-        for _ in 0..batch {
-            self.destination[..len].copy_from_slice(std::hint::black_box(source));
-            std::hint::black_box(&mut self.destination[..len]);
-        }
-        Ok(start.elapsed() / u32::try_from(batch)?)
-    }
-
-    fn stop(self: Box<Self>) -> Res<()> {
-        Ok(())
-    }
-}
-
-/// A Unix stream socket to a child that reads into a pre-faulted buffer and answers 1 byte.
-struct UdsTransfer {
-    peer: Peer,
-    socket: UnixStream,
-    _path: SocketPath,
-}
-
-impl UdsTransfer {
-    /// Announces the next message (untimed): its length and whether to answer with a checksum.
-    fn header(&mut self, len: usize, verify: bool) -> Res<()> {
-        let mut header = [0u8; 16];
-        header[..8].copy_from_slice(&(len as u64).to_le_bytes());
-        header[8] = u8::from(verify);
-        self.socket.write_all(&header)?;
-        Ok(())
-    }
-
-    fn send(&mut self, bytes: &[u8]) -> Res<()> {
-        for chunk in bytes.chunks(SOCKET_IO_CHUNK) {
-            self.socket.write_all(chunk)?;
-        }
-        Ok(())
-    }
-}
-
-impl Transfer for UdsTransfer {
-    fn transport(&self) -> &str {
-        "uds"
-    }
-
-    fn verify(&mut self, source: &[u8]) -> Res<()> {
-        self.header(source.len(), true)?;
-        self.send(source)?;
-        let mut sum = [0u8; 8];
-        self.socket.read_exact(&mut sum)?;
-        check_checksum(
-            "uds",
-            source.len(),
-            u64::from_le_bytes(sum),
-            pattern::checksum(source),
-        )
-    }
-
-    fn timed(&mut self, source: &[u8]) -> Res<Duration> {
-        self.header(source.len(), false)?;
-        let start = Instant::now();
-        self.send(source)?;
-        let mut ack = [0u8; 1];
-        self.socket.read_exact(&mut ack)?;
-        let elapsed = start.elapsed();
-        if ack[0] != ACK {
-            return Err(format!("uds: bad acknowledgement {:#x}", ack[0]).into());
-        }
-        Ok(elapsed)
-    }
-
-    fn stop(mut self: Box<Self>) -> Res<()> {
-        self.header(0, false)?;
-        self.peer.finish()
-    }
-}
-
-/// A shmex link to an agent child: `send_stream` on the task ring, `recv_stream_to_slice`
-/// into a pre-faulted buffer, then a 1-byte record back on the result ring.
-struct ShmexTransfer {
-    transport: String,
-    link: Link,
-    peer: Peer,
-    chunk: usize,
-    ack: Vec<u8>,
-}
-
-impl ShmexTransfer {
-    fn start(
-        config: &Config,
-        transport: String,
-        capacity: usize,
-        chunk: Option<usize>,
-        max: usize,
-    ) -> Res<ShmexTransfer> {
-        let name = unique_name(&transport)?;
-        let options = CreateOptions::default().ring_capacity(capacity as u64);
-        let mut link = Link::create(&name, &options)?;
-        let mut peer = Peer::spawn(
-            config,
-            "shmex-sink",
-            &[name.as_str().to_string(), max.to_string()],
-        )?;
-        peer.expect("ready")?;
-        let chunk = chunk.unwrap_or_else(|| stream::default_chunk(link.sender().capacity()));
-        Ok(ShmexTransfer {
-            transport,
-            link,
-            peer,
-            chunk,
-            ack: Vec::with_capacity(64),
-        })
-    }
-
-    /// Announces the next stream (untimed): its length and whether to answer with a checksum.
-    fn header(&mut self, len: usize, verify: bool) -> Res<()> {
-        let mut header = [0u8; 16];
-        header[..8].copy_from_slice(&(len as u64).to_le_bytes());
-        header[8] = u8::from(verify);
-        self.link.sender().push(&header, Some(deadline()))?;
-        Ok(())
-    }
-}
-
-impl Transfer for ShmexTransfer {
-    fn transport(&self) -> &str {
-        &self.transport
-    }
-
-    fn verify(&mut self, source: &[u8]) -> Res<()> {
-        self.header(source.len(), true)?;
-        stream::send_stream(self.link.sender(), source, self.chunk, Some(deadline()))?;
-        self.link
-            .receiver()
-            .pop_into(&mut self.ack, Some(deadline()))?;
-        let sum = <[u8; 8]>::try_from(self.ack.as_slice())
-            .map_err(|_| format!("{}: checksum record is not 8 bytes", self.transport))?;
-        check_checksum(
-            &self.transport,
-            source.len(),
-            u64::from_le_bytes(sum),
-            pattern::checksum(source),
-        )
-    }
-
-    fn timed(&mut self, source: &[u8]) -> Res<Duration> {
-        self.header(source.len(), false)?;
-        let start = Instant::now();
-        let give_up = Some(start + PEER_TIMEOUT);
-        stream::send_stream(self.link.sender(), source, self.chunk, give_up)?;
-        self.link.receiver().pop_into(&mut self.ack, give_up)?;
-        let elapsed = start.elapsed();
-        if self.ack.as_slice() != [ACK] {
-            return Err(format!("{}: bad acknowledgement {:?}", self.transport, self.ack).into());
-        }
-        Ok(elapsed)
-    }
-
-    fn stop(mut self: Box<Self>) -> Res<()> {
-        self.header(0, false)?;
-        self.peer.finish()
-    }
-}
-
 /// One tensor of the benchmark model: its name, shape and elements of the f32 source.
 struct ModelTensor {
     name: String,
@@ -773,7 +564,7 @@ impl ModelTransfer {
         let options = CreateOptions::default().ring_capacity(SHMEX_RING as u64);
         let link = Link::create(&name, &options)?;
         let mut peer = Peer::spawn(
-            config,
+            &config.launcher,
             "model-sink",
             &[
                 name.as_str().to_string(),
@@ -867,16 +658,15 @@ impl Transfer for ModelTransfer {
         say_bye(&mut self.sender, &mut self.link, &mut self.peer)
     }
 
-    fn report_extra(&self, len: usize, report: &mut Report) {
-        if let Some(cold) = self.cold {
-            report.add(
-                self.transport,
-                &size_label(len),
-                "cold_gbps",
-                median_gbps(len, &[cold]),
-                "GB/s",
-            );
-        }
+    fn extra_figures(&self, len: usize) -> Vec<shmex::bench::ExtraFigure> {
+        self.cold
+            .map(|cold| shmex::bench::ExtraFigure {
+                metric: "cold_gbps",
+                value: median_gbps(len, &[cold]),
+                unit: "GB/s",
+            })
+            .into_iter()
+            .collect()
     }
 }
 
@@ -888,22 +678,16 @@ fn start_transfers(
     max: usize,
     report: &mut Report,
 ) -> Res<Vec<Box<dyn Transfer>>> {
-    let mut transfers: Vec<Box<dyn Transfer>> = vec![Box::new(MemcpyTransfer {
-        destination: prefaulted(max),
-    })];
-    let (peer, socket, path) = uds_connect(config, "uds-sink", &[max.to_string()])?;
-    let (sndbuf, rcvbuf) = socket_buffers(&socket)?;
+    let mut transfers: Vec<Box<dyn Transfer>> = vec![Box::new(MemcpyTransfer::new(max))];
+    let uds = shmex::bench::uds_transfer(&config.launcher, "uds", max)?;
+    let (sndbuf, rcvbuf) = socket_buffers(uds.output())?;
     report.notes.push(format!(
         "uds: SO_SNDBUF/SO_RCVBUF requested {} each (kernel reports {sndbuf} / {rcvbuf} bytes), \
          {} per write()",
         size_label(SOCKET_BUFFER),
         size_label(SOCKET_IO_CHUNK)
     ));
-    transfers.push(Box::new(UdsTransfer {
-        peer,
-        socket,
-        _path: path,
-    }));
+    transfers.push(Box::new(uds));
     let mut variants = vec![("shmex".to_string(), SHMEX_RING, None)];
     if !config.quick {
         variants.push((format!("shmex-ring{}", size_label(4 * MIB)), 4 * MIB, None));
@@ -920,7 +704,11 @@ fn start_transfers(
     }
     for (transport, capacity, chunk) in variants {
         transfers.push(Box::new(ShmexTransfer::start(
-            config, transport, capacity, chunk, max,
+            &config.launcher,
+            transport,
+            capacity,
+            chunk,
+            max,
         )?));
     }
     for (transport, copy_out) in [("shmex-model", true), ("shmex-model-view", false)] {
@@ -952,58 +740,40 @@ fn start_transfers(
     Ok(transfers)
 }
 
-/// How long one contestant keeps the machine per turn when timing small messages.
-const THROUGHPUT_TURN: Duration = Duration::from_millis(2);
-
-/// For each size: verifies every contestant once (untimed), then times them in turns (each
-/// turn: one untimed transfer to wake the receiver, then samples for [`THROUGHPUT_TURN`]),
-/// round after round, until each has `min_samples` and the size has had `min_total` per
-/// contestant. Taking turns makes a slow phase of this shared machine hit all contestants
-/// alike, so their ratios hold even when absolute figures drift.
+/// For each size: every contestant takes turns (see `shmex::bench::measure_throughput`) until
+/// each has `min_samples` and the size has had `min_total` per contestant. Taking turns makes
+/// a slow phase of this shared machine hit all contestants alike, so their ratios hold even
+/// when absolute figures drift.
 fn measure_throughput(
     config: &Config,
     mut transfers: Vec<Box<dyn Transfer>>,
     source: &[u8],
     report: &mut Report,
 ) -> Res<()> {
-    for &len in &config.sizes {
-        eprintln!("throughput {}:", size_label(len));
-        let source = &source[..len];
-        let mut contestants: Vec<&mut Box<dyn Transfer>> =
-            transfers.iter_mut().filter(|t| t.accepts(len)).collect();
-        for transfer in &mut contestants {
-            transfer.verify(source)?;
-        }
-        let mut samples: Vec<Vec<Duration>> = contestants.iter().map(|_| Vec::new()).collect();
-        let started = Instant::now();
-        let budget = config.min_total * u32::try_from(contestants.len())?;
-        let mut rounds = 0;
-        while rounds < config.min_samples || started.elapsed() < budget {
-            for (transfer, samples) in contestants.iter_mut().zip(&mut samples) {
-                if len < 64 * MIB {
-                    transfer.timed(source)?;
-                }
-                let turn = Instant::now();
-                loop {
-                    samples.push(transfer.timed(source)?);
-                    if turn.elapsed() >= THROUGHPUT_TURN {
-                        break;
-                    }
-                }
+    let sampling = Sampling {
+        min_total: config.min_total,
+        min_samples: config.min_samples,
+    };
+    let mut announced = None;
+    shmex::bench::measure_throughput(
+        &config.sizes,
+        &mut transfers,
+        source,
+        sampling,
+        |len, _| {
+            if announced.replace(len) != Some(len) {
+                eprintln!("throughput {}:", size_label(len));
             }
-            rounds += 1;
-        }
-        for (transfer, samples) in contestants.iter().zip(&samples) {
-            report.add(
-                transfer.transport(),
-                &size_label(len),
-                "gbps",
-                median_gbps(len, samples),
-                "GB/s",
-            );
-            transfer.report_extra(len, report);
-        }
-    }
+        },
+        |len, transfer, samples| {
+            let label = size_label(len);
+            let transport = transfer.transport();
+            report.add(transport, &label, "gbps", median_gbps(len, samples), "GB/s");
+            for extra in transfer.extra_figures(len) {
+                report.add(transport, &label, extra.metric, extra.value, extra.unit);
+            }
+        },
+    )?;
     for transfer in transfers {
         transfer.stop()?;
     }
@@ -1035,17 +805,6 @@ struct ShmexPingPong {
     seq: u64,
 }
 
-/// Tells a frame-speaking child that we are done (a `bye` message) and waits for it to exit.
-fn say_bye(sender: &mut FrameSender, link: &mut Link, peer: &mut Peer) -> Res<()> {
-    sender.send(
-        link.sender(),
-        &Envelope::new(MessageKind::Bye),
-        None,
-        Some(deadline()),
-    )?;
-    peer.finish()
-}
-
 /// A link with a 1 MiB ring whose blocking calls spin for `spin`, and a child running `mode`
 /// (an echo loop with the same wait strategy) attached to it and ready.
 fn echo_session(
@@ -1065,7 +824,7 @@ fn echo_session(
     };
     let link = Link::create(&name, &options)?;
     let mut peer = Peer::spawn(
-        config,
+        &config.launcher,
         mode,
         &[name.as_str().to_string(), spin.as_nanos().to_string()],
     )?;
@@ -1183,7 +942,7 @@ struct FutexPingPong {
 impl FutexPingPong {
     fn start(config: &Config) -> Res<Box<dyn PingPong>> {
         let page = SharedPage::create()?;
-        let mut peer = Peer::spawn(config, "futex-echo", &[page.fd_number()])?;
+        let mut peer = Peer::spawn(&config.launcher, "futex-echo", &[page.fd_number()])?;
         peer.expect("ready")?;
         Ok(Box::new(FutexPingPong { page, peer, seq: 0 }))
     }
@@ -1228,7 +987,7 @@ struct SpinPingPong {
 impl SpinPingPong {
     fn start(config: &Config) -> Res<Box<dyn PingPong>> {
         let page = SharedPage::create()?;
-        let mut peer = Peer::spawn(config, "spin-echo", &[page.fd_number()])?;
+        let mut peer = Peer::spawn(&config.launcher, "spin-echo", &[page.fd_number()])?;
         peer.expect("ready")?;
         Ok(Box::new(SpinPingPong { page, peer, seq: 0 }))
     }
@@ -1268,13 +1027,13 @@ impl PingPong for SpinPingPong {
 struct UdsPingPong {
     peer: Peer,
     socket: UnixStream,
-    _path: SocketPath,
+    _path: shmex::bench::SocketPath,
     seq: u64,
 }
 
 impl UdsPingPong {
     fn start(config: &Config) -> Res<Box<dyn PingPong>> {
-        let (peer, socket, path) = uds_connect(config, "uds-echo", &[])?;
+        let (peer, socket, path) = uds_connect(&config.launcher, "uds-echo", &[])?;
         Ok(Box::new(UdsPingPong {
             peer,
             socket,
@@ -1403,7 +1162,7 @@ impl LoanSession {
             ..CreateOptions::default().ring_capacity(handoff_ring(largest) as u64)
         };
         let link = Link::create(&name, &options)?;
-        let mut peer = Peer::spawn(config, "loan-echo", &[name.as_str().to_string()])?;
+        let mut peer = Peer::spawn(&config.launcher, "loan-echo", &[name.as_str().to_string()])?;
         peer.expect("ready")?;
         let specs = sizes
             .iter()
@@ -1487,13 +1246,7 @@ impl LoanSession {
     }
 
     fn stop(mut self) -> Res<()> {
-        self.sender.send(
-            self.link.sender(),
-            &Envelope::new(MessageKind::Bye),
-            None,
-            Some(deadline()),
-        )?;
-        self.peer.finish()
+        say_bye(&mut self.sender, &mut self.link, &mut self.peer)
     }
 }
 
@@ -1658,12 +1411,12 @@ fn bench_detection(config: &Config, report: &mut Report) -> Res<()> {
             &name,
             &CreateOptions::default().ring_capacity(64 * KIB as u64),
         )?;
-        let mut peer = Peer::spawn(config, "idle-agent", &[name.as_str().to_string()])?;
+        let mut peer = Peer::spawn(&config.launcher, "idle-agent", &[name.as_str().to_string()])?;
         peer.expect("ready")?;
-        let child_pid = peer.child.id();
+        let child_pid = peer.id();
         let mut buf = Vec::new();
         let (killed_at, outcome, returned_at) = std::thread::scope(|scope| {
-            let child = &mut peer.child;
+            let child = &mut peer;
             let killer = scope.spawn(move || {
                 // Long enough for the receiver to be past its spin phase and asleep, plus a
                 // jitter that spreads the kill over the receiver's 10 ms sleep slice (a fixed
@@ -1680,10 +1433,8 @@ fn bench_detection(config: &Config, report: &mut Report) -> Res<()> {
             let returned_at = Instant::now();
             let (killed_at, killed) = killer.join().map_err(|_| "killer thread panicked")?;
             killed?;
-            Ok::<_, Error>((killed_at, outcome, returned_at))
+            Ok::<_, shmex::bench::Error>((killed_at, outcome, returned_at))
         })?;
-        let _ = peer.child.wait();
-        peer.reaped = true;
         match outcome {
             Err(RecvError::PeerLost(PeerLost::Dead { pid })) if pid == child_pid => {}
             other => {
@@ -1731,18 +1482,9 @@ fn child_main(args: &[String]) -> Res<()> {
         [mode, cpu, rest @ ..] => (mode.as_str(), cpu.as_str(), rest),
         _ => return Err("usage: --child <mode> <cpu|-> <args..>".into()),
     };
-    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory of ours.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-    }
-    if cpu != "-" {
-        pin_to_cpu(cpu.parse()?)?;
+    shmex::bench::child_prologue(cpu)?;
+    if let Some(outcome) = shmex::bench::run_child(mode, rest) {
+        return outcome;
     }
     let arg = |i: usize| {
         rest.get(i)
@@ -1750,9 +1492,7 @@ fn child_main(args: &[String]) -> Res<()> {
             .ok_or_else(|| format!("{mode}: missing argument {i}"))
     };
     match mode {
-        "uds-sink" => child_uds_sink(arg(0)?, arg(1)?.parse()?),
         "uds-echo" => child_uds_echo(arg(0)?),
-        "shmex-sink" => child_shmex_sink(arg(0)?, arg(1)?.parse()?),
         "shmex-echo" => child_shmex_echo(arg(0)?, Duration::from_nanos(arg(1)?.parse()?)),
         "futex-echo" => child_futex_echo(arg(0)?),
         "spin-echo" => child_spin_echo(arg(0)?),
@@ -1764,96 +1504,14 @@ fn child_main(args: &[String]) -> Res<()> {
     }
 }
 
-fn child_connect(path: &str) -> Res<UnixStream> {
-    let socket = UnixStream::connect(path)?;
-    set_socket_buffers(&socket)?;
-    socket.set_read_timeout(Some(PEER_TIMEOUT))?;
-    socket.set_write_timeout(Some(PEER_TIMEOUT))?;
-    Ok(socket)
-}
-
-fn child_uds_sink(path: &str, max: usize) -> Res<()> {
-    let mut socket = child_connect(path)?;
-    let mut buf = prefaulted(max);
-    loop {
-        let mut header = [0u8; 16];
-        socket.read_exact(&mut header)?;
-        let len = usize::try_from(u64::from_le_bytes(header[..8].try_into()?))?;
-        let verify = header[8] != 0;
-        if len == 0 {
-            return Ok(());
-        }
-        let target = buf
-            .get_mut(..len)
-            .ok_or("uds-sink: message longer than announced")?;
-        let mut filled = 0;
-        while filled < len {
-            let end = (filled + SOCKET_IO_CHUNK).min(len);
-            let n = socket.read(&mut target[filled..end])?;
-            if n == 0 {
-                return Err("uds-sink: parent closed mid-message".into());
-            }
-            filled += n;
-        }
-        if verify {
-            socket.write_all(&pattern::checksum(target).to_le_bytes())?;
-        } else {
-            socket.write_all(&[ACK])?;
-        }
-    }
-}
-
 fn child_uds_echo(path: &str) -> Res<()> {
-    let mut socket = child_connect(path)?;
+    let mut socket = uds_child_connect(path)?;
     let mut ping = [0u8; 8];
     loop {
         match socket.read_exact(&mut ping) {
             Ok(()) => socket.write_all(&ping)?,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-fn child_attach(name: &str, wait: WaitStrategy) -> Res<Link> {
-    let name = SegmentName::new(name.to_string())?;
-    let options = AttachOptions {
-        attach_timeout: Duration::from_secs(10),
-        wait,
-        ..AttachOptions::default()
-    };
-    let link = Link::attach(&name, &options)?;
-    println!("ready");
-    Ok(link)
-}
-
-fn child_shmex_sink(name: &str, max: usize) -> Res<()> {
-    let mut buf = prefaulted(max);
-    let mut link = child_attach(name, WaitStrategy::default())?;
-    let mut header = Vec::with_capacity(16);
-    loop {
-        link.receiver().pop_into(&mut header, Some(deadline()))?;
-        let header: [u8; 16] = header
-            .as_slice()
-            .try_into()
-            .map_err(|_| "shmex-sink: bad header")?;
-        let len = usize::try_from(u64::from_le_bytes(header[..8].try_into()?))?;
-        let verify = header[8] != 0;
-        if len == 0 {
-            return Ok(());
-        }
-        let target = buf
-            .get_mut(..len)
-            .ok_or("shmex-sink: message longer than announced")?;
-        let got = stream::recv_stream_to_slice(link.receiver(), target, Some(deadline()))?;
-        if got != len {
-            return Err(format!("shmex-sink: stream of {got} bytes, {len} announced").into());
-        }
-        if verify {
-            link.sender()
-                .push(&pattern::checksum(target).to_le_bytes(), Some(deadline()))?;
-        } else {
-            link.sender().push(&[ACK], Some(deadline()))?;
         }
     }
 }
@@ -2081,277 +1739,10 @@ fn child_idle_agent(name: &str) -> Res<()> {
 // Process and socket plumbing
 // ---------------------------------------------------------------------------------------
 
-/// A child process running one of the `--child` modes. Dropping it kills and reaps the child,
-/// so an error anywhere in the parent leaves no process behind.
-struct Peer {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    mode: String,
-    reaped: bool,
-}
-
-impl Peer {
-    fn spawn(config: &Config, mode: &str, args: &[String]) -> Res<Peer> {
-        let cpu = config
-            .cpus
-            .map(|(_, c)| c.to_string())
-            .unwrap_or_else(|| "-".into());
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("--child")
-            .arg(mode)
-            .arg(cpu)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("child has no stdout")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                match line {
-                    Ok(line) => {
-                        if tx.send(line).is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
-        });
-        Ok(Peer {
-            child,
-            lines,
-            mode: mode.to_string(),
-            reaped: false,
-        })
-    }
-
-    /// Waits (with a timeout) for the child to print `line`.
-    fn expect(&mut self, line: &str) -> Res<()> {
-        match self.lines.recv_timeout(PEER_TIMEOUT) {
-            Ok(got) if got == line => Ok(()),
-            Ok(got) => Err(format!("child {}: expected {line:?}, got {got:?}", self.mode).into()),
-            Err(_) => {
-                let status = self.child.try_wait()?;
-                Err(format!("child {}: no {line:?} (exit status {status:?})", self.mode).into())
-            }
-        }
-    }
-
-    /// Waits (with a timeout) for the child to exit by itself, successfully.
-    fn finish(&mut self) -> Res<()> {
-        let status = wait_timeout(&mut self.child, PEER_TIMEOUT)?;
-        self.reaped = true;
-        match status {
-            Some(s) if s.success() => Ok(()),
-            Some(s) => Err(format!("child {} failed: {s}", self.mode).into()),
-            None => Err(format!("child {} did not exit within {PEER_TIMEOUT:?}", self.mode).into()),
-        }
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        if !self.reaped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Res<Option<ExitStatus>> {
-    let give_up = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        if Instant::now() >= give_up {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// A socket path that is removed when dropped.
-struct SocketPath(PathBuf);
-
-impl Drop for SocketPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Listens on a fresh socket path, starts a child in `mode` that connects to it, and returns
-/// the accepted connection.
-fn uds_connect(
-    config: &Config,
-    mode: &str,
-    args: &[String],
-) -> Res<(Peer, UnixStream, SocketPath)> {
-    let path = SocketPath(
-        std::env::temp_dir().join(format!("shmex-compare-{}-{mode}.sock", std::process::id())),
-    );
-    let _ = std::fs::remove_file(&path.0);
-    let listener = UnixListener::bind(&path.0)?;
-    listener.set_nonblocking(true)?;
-    let mut child_args = vec![path_string(&path.0)?];
-    child_args.extend_from_slice(args);
-    let peer = Peer::spawn(config, mode, &child_args)?;
-    let give_up = Instant::now() + PEER_TIMEOUT;
-    let socket = loop {
-        match listener.accept() {
-            Ok((socket, _)) => break socket,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() >= give_up {
-                    return Err(format!("child {mode} did not connect").into());
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    socket.set_nonblocking(false)?;
-    set_socket_buffers(&socket)?;
-    socket.set_read_timeout(Some(PEER_TIMEOUT))?;
-    socket.set_write_timeout(Some(PEER_TIMEOUT))?;
-    Ok((peer, socket, path))
-}
-
-fn path_string(path: &Path) -> Res<String> {
-    Ok(path
-        .to_str()
-        .ok_or("temp dir path is not UTF-8")?
-        .to_string())
-}
-
-fn set_socket_buffers(socket: &UnixStream) -> Res<()> {
-    let value = libc::c_int::try_from(SOCKET_BUFFER)?;
-    for option in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-        // SAFETY: a valid socket descriptor, and a pointer to a live c_int with its length.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                std::ptr::from_ref(&value).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-    }
-    Ok(())
-}
-
-fn socket_buffers(socket: &UnixStream) -> Res<(usize, usize)> {
-    let get = |option: libc::c_int| -> Res<usize> {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: a valid socket descriptor, and pointers to a live c_int and its length.
-        let rc = unsafe {
-            libc::getsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                std::ptr::from_mut(&mut value).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        Ok(usize::try_from(value)?)
-    };
-    Ok((get(libc::SO_SNDBUF)?, get(libc::SO_RCVBUF)?))
-}
-
 // ---------------------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------------------
 
-/// The CPUs this process may run on, and the (parent, child) pair to pin to if there are two.
-fn pick_cpus() -> Res<(usize, Option<(usize, usize)>)> {
-    let set = rustix::thread::sched_getaffinity(None)?;
-    let allowed: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
-        .filter(|&c| set.is_set(c))
-        .collect();
-    let pair = match allowed.as_slice() {
-        [first, second, ..] => Some((*first, *second)),
-        _ => None,
-    };
-    Ok((allowed.len(), pair))
-}
-
-fn pin_to_cpu(cpu: usize) -> Res<()> {
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(cpu);
-    rustix::thread::sched_setaffinity(None, &set)?;
-    Ok(())
-}
-
-/// A zeroed buffer whose every page has been written, so no page fault lands in a timed region.
-fn prefaulted(len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    for i in (0..len).step_by(PAGE) {
-        buf[i] = 1;
-    }
-    buf
-}
-
-fn median_gbps(len: usize, samples: &[Duration]) -> f64 {
-    let mut rates: Vec<f64> = samples
-        .iter()
-        .map(|d| len as f64 / d.as_secs_f64().max(1e-12) / 1e9)
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
-}
-
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], pct: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((pct / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn check_checksum(transport: &str, len: usize, got: u64, want: u64) -> Res<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(format!(
-            "{transport}: checksum of {} received {got:#018x}, sent {want:#018x}",
-            size_label(len)
-        )
-        .into())
-    }
-}
-
-fn size_label(len: usize) -> String {
-    if len >= GIB && len.is_multiple_of(GIB) {
-        format!("{}GiB", len / GIB)
-    } else if len >= MIB && len.is_multiple_of(MIB) {
-        format!("{}MiB", len / MIB)
-    } else if len >= KIB && len.is_multiple_of(KIB) {
-        format!("{}KiB", len / KIB)
-    } else {
-        format!("{len}B")
-    }
-}
-
 fn unique_name(tag: &str) -> Res<SegmentName> {
-    Ok(SegmentName::new(format!(
-        "shmex.compare.{}.{}",
-        std::process::id(),
-        tag
-    ))?)
-}
-
-fn deadline() -> Instant {
-    Instant::now() + PEER_TIMEOUT
+    shmex::bench::unique_name("compare", tag)
 }

@@ -12,20 +12,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use shmex::frame::{DataKind, Dxo, Envelope, FrameError, FrameReceiver, FrameSender, MessageKind};
-use shmex::link::{AttachOptions, CreateOptions, Link};
-use shmex::pattern::{checksum, fill};
+use shmex::demo::{exchange_round, Model};
+use shmex::frame::{FrameReceiver, FrameSender};
+use shmex::link::{CreateOptions, Link};
 use shmex::segment::SegmentName;
 
-type Error = Box<dyn std::error::Error>;
+type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const CHILD_FLAG: &str = "--agent-child";
-
-fn deadline() -> Option<Instant> {
-    Some(Instant::now() + Duration::from_secs(300))
-}
 
 /// Options from the command line.
 struct Options {
@@ -86,78 +81,6 @@ fn check_shm_space(ring: u64) -> Result<(), Error> {
     Ok(())
 }
 
-/// A model: `count` f32 tensors of varied sizes adding up to `size` bytes, filled with a
-/// reproducible pattern. Returns the tensors' names, shapes and data.
-fn make_model(size: usize, count: usize) -> Vec<(String, Vec<u64>, Vec<f32>)> {
-    let elements = size / 4;
-    let cols = 256u64;
-    let mut left = elements;
-    (0..count)
-        .map(|i| {
-            // Alternate larger and smaller layers; the last takes what is left.
-            let share = if i + 1 == count {
-                left
-            } else {
-                let base = elements / count;
-                let n = if i % 2 == 0 {
-                    base + base / 4
-                } else {
-                    base - base / 4
-                };
-                n.min(left - (count - i - 1))
-            };
-            left -= share;
-            let shape = if (share as u64).is_multiple_of(cols) {
-                vec![share as u64 / cols, cols]
-            } else {
-                vec![share as u64]
-            };
-            let mut bytes = vec![0u8; share * 4];
-            fill(&mut bytes, i as u64 + 1);
-            let data = bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (format!("layer{i:03}.weight"), shape, data)
-        })
-        .collect()
-}
-
-/// Checksum of every tensor's bytes, in order.
-fn model_checksum<'a>(tensors: impl Iterator<Item = &'a [u8]>) -> u64 {
-    tensors.fold(0u64, |acc, bytes| acc.rotate_left(7) ^ checksum(bytes))
-}
-
-fn agent(name: &str) -> Result<(), Error> {
-    let name = SegmentName::new(name)?;
-    let mut link = Link::attach(&name, &AttachOptions::default())?;
-    println!("READY");
-    let mut receiver = FrameReceiver::default();
-    let mut sender = FrameSender::new();
-    loop {
-        let (tx, rx) = link.split();
-        let task = match receiver.recv(rx, None) {
-            Ok(task) => task,
-            // The exchanger closing the link is the end of the demo.
-            Err(FrameError::PeerLost(_)) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        // The result reuses the received tensors where they lie: no copy before sending.
-        let result = task.tensors_dxo(DataKind::WeightDiff)?.with_meta(
-            "current_round",
-            task.meta()
-                .get("current_round")
-                .cloned()
-                .unwrap_or_default(),
-        );
-        let reply = Envelope::new(MessageKind::Result).with_task(task.task_id(), task.task_name());
-        sender.send(tx, &reply, Some(&result), deadline())?;
-        // Verified after replying, so the exchanger's timing is the transfer alone.
-        let sum = model_checksum(task.tensors().map(|t| t.bytes()));
-        println!("CHECKSUM {sum:016x}");
-    }
-}
-
 fn exchanger(options: &Options) -> Result<(), Error> {
     check_shm_space(options.ring)?;
     let name = SegmentName::new(format!("shmex.demo.{}", std::process::id()))?;
@@ -169,14 +92,14 @@ fn exchanger(options: &Options) -> Result<(), Error> {
     let mut lines = BufReader::new(child.stdout.take().ok_or("no child stdout")?).lines();
     let mut next_line =
         || -> Result<String, Error> { Ok(lines.next().ok_or("agent exited early")??) };
-    if next_line()? != "READY" {
+    if next_line()? != "ready" {
         return Err("agent did not start".into());
     }
-    let model = make_model(options.size, options.tensors);
-    let expected = model_checksum(model.iter().map(|(_, _, d)| f32_bytes(d)));
+    let model = Model::new(options.size, options.tensors);
+    let expected = model.checksum();
     println!(
         "shmex demo: model of {} tensors, {} MiB; {} MiB rings; {} rounds; exchanger pid {}, agent pid {}",
-        model.len(),
+        model.tensors.len(),
         options.size >> 20,
         options.ring >> 20,
         options.rounds,
@@ -187,32 +110,21 @@ fn exchanger(options: &Options) -> Result<(), Error> {
     let mut receiver = FrameReceiver::default();
     let gb = options.size as f64 / 1e9;
     for round in 1..=options.rounds {
-        let mut dxo = Dxo::new(DataKind::Weights)
-            .with_meta("current_round", round)
-            .with_meta("total_round", options.rounds);
-        for (name, shape, data) in &model {
-            dxo = dxo.with_tensor(name.as_str(), shape, data)?;
-        }
-        let task_id = format!("task-{round}");
-        let start = Instant::now();
-        let (tx, rx) = link.split();
-        sender.send(
-            tx,
-            &Envelope::new(MessageKind::Task).with_task(&task_id, "train"),
-            Some(&dxo),
-            deadline(),
+        let result = exchange_round(
+            &mut link,
+            &mut sender,
+            &mut receiver,
+            &model,
+            expected,
+            round,
+            options.rounds,
         )?;
-        let result = receiver.recv(rx, deadline())?;
-        let elapsed = start.elapsed();
+        let elapsed = result.elapsed;
         let agent_sum = next_line()?;
-        let ok = agent_sum == format!("CHECKSUM {expected:016x}")
-            && result.task_id() == task_id
-            && result.data_kind() == Some(DataKind::WeightDiff)
-            && result.tensor_count() == model.len()
-            && model_checksum(result.tensors().map(|t| t.bytes())) == expected;
+        let ok = agent_sum == format!("CHECKSUM {expected:016x}") && result.result_verified;
         println!(
             "round {round}: task + result ({} tensors each way) in {:7.1} ms = {:5.2} GB/s each way, data {}",
-            result.tensor_count(),
+            result.tensors,
             elapsed.as_secs_f64() * 1e3,
             2.0 * gb / elapsed.as_secs_f64(),
             if ok { "verified" } else { "CORRUPTED" }
@@ -237,16 +149,11 @@ fn exchanger(options: &Options) -> Result<(), Error> {
     Ok(())
 }
 
-/// The bytes of an f32 slice.
-fn f32_bytes(data: &[f32]) -> &[u8] {
-    zerocopy::IntoBytes::as_bytes(data)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = if args.first().map(String::as_str) == Some(CHILD_FLAG) {
         match args.get(1) {
-            Some(name) => agent(name),
+            Some(name) => shmex::demo::agent_child(name),
             None => Err("missing segment name".into()),
         }
     } else {

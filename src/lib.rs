@@ -14,7 +14,11 @@
 //! - [`ring`]: the SPSC byte ring with write and read grants;
 //! - [`stream`]: moving a buffer larger than the ring while the receiver drains it;
 //! - [`frame`]: DXO messages with named tensors, loans and in-place views, fragmentation;
-//! - [`link`]: a bidirectional link between the exchanger and the agent.
+//! - [`link`]: a bidirectional link between the exchanger and the agent;
+//! - [`inspect`]: reading, judging and cleaning up segments from outside (`shmex list`,
+//!   `inspect`, `clean`);
+//! - `bench` and `demo` (feature `bench`): the transport comparison behind `shmex bench`,
+//!   and the model exchange behind `shmex demo`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(
     missing_docs,
@@ -33,10 +37,16 @@ pub(crate) mod sync;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+#[cfg(all(feature = "bench", not(loom)))]
+pub mod bench;
 #[cfg(not(loom))]
 pub mod control;
+#[cfg(all(feature = "bench", not(loom)))]
+pub mod demo;
 #[cfg(not(loom))]
 pub mod frame;
+#[cfg(not(loom))]
+pub mod inspect;
 #[cfg(not(loom))]
 pub mod link;
 #[cfg(not(loom))]
