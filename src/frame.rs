@@ -20,7 +20,7 @@ use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -756,6 +756,11 @@ pub enum SendError {
     /// The deadline passed before the ring had room.
     #[error("timed out waiting for ring space")]
     Timeout,
+    /// The caller's cancel check said stop ([`FrameSender::send_cancellable`]); the fragments
+    /// already committed stay in the ring (the receiver drops the unfinished message when the
+    /// next message's first fragment arrives).
+    #[error("send cancelled")]
+    Cancelled,
     /// The receiver died or detached.
     #[error(transparent)]
     PeerLost(#[from] PeerLost),
@@ -959,6 +964,20 @@ impl FrameSender {
         dxo: Option<&Dxo<'_>>,
         deadline: Option<Instant>,
     ) -> Result<u64, SendError> {
+        self.send_cancellable(producer, envelope, dxo, deadline, None)
+    }
+
+    /// [`FrameSender::send`] that asks `cancel.0()` before each fragment and at least every
+    /// `cancel.1` while waiting for ring space, and stops with [`SendError::Cancelled`] when it
+    /// answers `true` (an abort while a large message streams to a slow or stalled receiver).
+    pub fn send_cancellable(
+        &mut self,
+        producer: &mut Producer,
+        envelope: &Envelope<'_>,
+        dxo: Option<&Dxo<'_>>,
+        deadline: Option<Instant>,
+        cancel: Option<(&dyn Fn() -> bool, Duration)>,
+    ) -> Result<u64, SendError> {
         let descs: Vec<TensorDesc<'_>> = dxo
             .map(|d| d.tensors.iter().map(TensorRef::desc).collect())
             .unwrap_or_default();
@@ -1016,10 +1035,22 @@ impl FrameSender {
             );
             // Fragments of a large message keep the data in flight small and in a cache-sized
             // part of the ring, as streams do (see `Producer::reserve_within`).
-            let mut grant = if fragmented {
-                producer.reserve_within(FRAGMENT_HEADER_LEN + len as usize, window, deadline)?
-            } else {
-                producer.reserve(FRAGMENT_HEADER_LEN + len as usize, deadline)?
+            let record = FRAGMENT_HEADER_LEN + len as usize;
+            let window = if fragmented { window } else { u64::MAX };
+            let mut grant = match cancel {
+                None => producer.reserve_within(record, window, deadline)?,
+                Some((cancelled, slice)) => loop {
+                    if cancelled() {
+                        return Err(SendError::Cancelled);
+                    }
+                    let now = Instant::now();
+                    let slice_end = deadline.map_or(now + slice, |d| d.min(now + slice));
+                    match producer.reserve_within(record, window, Some(slice_end)) {
+                        Err(ReserveError::Timeout)
+                            if deadline.is_none_or(|d| Instant::now() < d) => {}
+                        other => break other?,
+                    }
+                },
             };
             let slot = grant.as_mut_slice();
             slot[..FRAGMENT_HEADER_LEN].copy_from_slice(header.as_bytes());

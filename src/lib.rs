@@ -14,7 +14,9 @@
 //! - [`ring`]: the SPSC byte ring with write and read grants;
 //! - [`stream`]: moving a buffer larger than the ring while the receiver drains it;
 //! - [`frame`]: DXO messages with named tensors, loans and in-place views, fragmentation;
-//! - [`link`]: a bidirectional link between the exchanger and the agent.
+//! - [`link`]: a bidirectional link between the exchanger and the agent;
+//! - [`protocol`]: FLARE's task protocol over a link: [`protocol::Exchanger`] and
+//!   [`protocol::Agent`].
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(
     missing_docs,
@@ -39,6 +41,8 @@ pub mod control;
 pub mod frame;
 #[cfg(not(loom))]
 pub mod link;
+#[cfg(not(loom))]
+pub mod protocol;
 #[cfg(not(loom))]
 pub mod segment;
 #[cfg(not(loom))]
