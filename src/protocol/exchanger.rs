@@ -123,6 +123,8 @@ struct State {
     last_completed: Option<String>,
     /// Tasks pushed again to a new agent incarnation.
     redeliveries: u64,
+    /// `abort` messages not yet pushed: (task id, agent epoch).
+    aborts: Vec<(String, u64)>,
 }
 
 struct Outbox {
@@ -187,6 +189,7 @@ impl Exchanger {
                 task: None,
                 last_completed: None,
                 redeliveries: 0,
+                aborts: Vec::new(),
             }),
             outbox: Mutex::new(Some(Outbox {
                 producer,
@@ -354,16 +357,15 @@ impl Exchanger {
         let Some(task) = st.task.take() else {
             return Reply::bare(rc);
         };
+        if let Some(epoch) = task.phase.epoch() {
+            // Pushed by the pump (or before the next task), so that a stalled agent with a
+            // full ring cannot delay the caller's answer.
+            st.aborts.push((task.id, epoch));
+        }
         drop(st);
         self.inner.shared.notify();
-        if let Some(epoch) = task.phase.epoch() {
-            let abort = Envelope::new(MessageKind::Abort)
-                .with_task(&task.id, "")
-                .with_rc(ReturnCode::TaskAborted)
-                .with_epoch(epoch);
-            // Best effort: the agent may be gone, and the caller's answer does not depend on it.
-            let _ = self.inner.send(&abort);
-        }
+        let slice = pump_slice(&self.inner.config.wait);
+        self.inner.flush_aborts(&mut self.inner.lock_outbox(), slice);
         Reply::bare(rc)
     }
 
@@ -386,6 +388,7 @@ impl Exchanger {
         };
         let slice = pump_slice(&inner.config.wait);
         let mut outbox = inner.lock_outbox();
+        inner.flush_aborts(&mut outbox, slice);
         let Some(outbox) = outbox.as_mut() else {
             return Err(SendError::Cancelled);
         };
@@ -447,6 +450,50 @@ impl Drop for Exchanger {
 impl Inner {
     fn lock_outbox(&self) -> std::sync::MutexGuard<'_, Option<Outbox>> {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`Inner::flush_aborts`], unless none are queued or a task is being pushed (which
+    /// flushes them itself first).
+    fn flush_aborts_if_idle(&self, slice: Duration) {
+        if self.shared.lock().aborts.is_empty() {
+            return;
+        }
+        if let Ok(mut outbox) = self.outbox.try_lock() {
+            self.flush_aborts(&mut outbox, slice);
+        }
+    }
+
+    /// Pushes the queued `abort` messages, waiting at most `slice` for ring space; what does
+    /// not fit stays queued, what is addressed to an incarnation that ended is dropped.
+    fn flush_aborts(&self, outbox: &mut Option<Outbox>, slice: Duration) {
+        let aborts = std::mem::take(&mut self.shared.lock().aborts);
+        if aborts.is_empty() {
+            return;
+        }
+        let bound = self.bound.load(Ordering::Acquire);
+        let mut left = Vec::new();
+        for (id, epoch) in aborts {
+            let Some(outbox) = outbox.as_mut().filter(|_| epoch == bound) else {
+                continue;
+            };
+            let abort = Envelope::new(MessageKind::Abort)
+                .with_task(&id, "")
+                .with_rc(ReturnCode::TaskAborted)
+                .with_epoch(epoch);
+            let deadline = Some(Instant::now() + slice);
+            if let Err(SendError::Timeout) =
+                outbox
+                    .sender
+                    .send(&mut outbox.producer, &abort, None, deadline)
+            {
+                left.push((id, epoch));
+            }
+        }
+        if !left.is_empty() {
+            let mut st = self.shared.lock();
+            left.append(&mut st.aborts);
+            st.aborts = left;
+        }
     }
 
     /// Pushes a message without DXO (ack, abort, bye), waiting at most `agent_ack_timeout`.
@@ -514,6 +561,7 @@ impl Pump {
                 std::thread::sleep(slice);
             }
             self.receiver.set_min_epoch(self.core.min_epoch);
+            self.core.inner.flush_aborts_if_idle(slice);
             if Instant::now() >= next_check {
                 self.check_liveness();
                 next_check = Instant::now() + slice;
