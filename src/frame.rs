@@ -1826,6 +1826,19 @@ impl FrameReceiver {
         consumer: &'c mut Consumer,
         deadline: Option<Instant>,
     ) -> Result<Message<'c>, FrameError> {
+        self.recv_with_stall(consumer, deadline, None)
+    }
+
+    /// [`FrameReceiver::recv`] whose `deadline` bounds only the wait for a message to begin:
+    /// once a fragmented message has started, each further fragment may take up to `stall`
+    /// (`None`: until `deadline`). A receiver that polls with short deadlines (to do other
+    /// work between waits) thus never drops a message that is still streaming in.
+    pub fn recv_with_stall<'c>(
+        &'c mut self,
+        consumer: &'c mut Consumer,
+        deadline: Option<Instant>,
+        stall: Option<Duration>,
+    ) -> Result<Message<'c>, FrameError> {
         let FrameReceiver {
             limits,
             assembly,
@@ -1927,7 +1940,11 @@ impl FrameReceiver {
         let mut index = 0u32;
         while (received as u64) < first.message_len {
             index = index.wrapping_add(1);
-            let grant = consumer.peek(deadline)?;
+            let fragment_deadline = match stall {
+                Some(stall) => Instant::now().checked_add(stall),
+                None => deadline,
+            };
+            let grant = consumer.peek(fragment_deadline)?;
             let next = match fragment_header(&grant) {
                 Ok(h) => h,
                 Err(e) => {

@@ -307,7 +307,11 @@ fn execute_waits_for_agent_then_delivers() {
     let task = get(&agent);
     assert_eq!(task.id, "t1");
     assert_eq!(
-        task.message.tensor_by_name("w").unwrap().to_vec::<f32>().unwrap(),
+        task.message
+            .tensor_by_name("w")
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap(),
         WEIGHTS
     );
     assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
@@ -711,7 +715,9 @@ fn close_sends_bye_and_agent_calls_return_closed() {
         agent.submit_result(&diff(), ReturnCode::Ok),
         Err(SubmitError::Closed)
     ));
-    assert!(!std::path::Path::new("/dev/shm").join(name.as_str()).exists());
+    assert!(!std::path::Path::new("/dev/shm")
+        .join(name.as_str())
+        .exists());
 }
 
 // ---------------------------------------------------------------- A1
@@ -963,7 +969,11 @@ fn restart_policy_default_is_redeliver_and_config_defaults_are_flares() {
     assert_eq!(a.flare_site_connection_timeout, Duration::from_secs(60));
     assert_eq!(a.flare_site_heartbeat_timeout, None);
     assert_eq!(a.resend_result_interval, Duration::from_secs(2));
-    for rc in [ReturnCode::Ok, ReturnCode::BadRequestData, ReturnCode::TaskAborted] {
+    for rc in [
+        ReturnCode::Ok,
+        ReturnCode::BadRequestData,
+        ReturnCode::TaskAborted,
+    ] {
         assert_eq!(rc.as_str().parse::<ReturnCode>().unwrap(), rc);
     }
 }

@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{
-    data_and_meta, deadline_after, kind_meta, pump_slice, AgentConfig, Shared,
-};
+use super::{data_and_meta, deadline_after, kind_meta, pump_slice, AgentConfig, Shared};
 use crate::control::Liveness;
 use crate::frame::{
     Dxo, Envelope, FrameError, FrameReceiver, FrameSender, Message, MessageKind, OwnedMessage,
@@ -368,11 +366,8 @@ impl Agent {
                 return self.finish_submit(&id, accepted);
             }
             let gone = st.status == AgentStatus::Lost || st.generation != generation;
-            let aborted = !id.is_empty()
-                && st
-                    .current
-                    .as_ref()
-                    .is_some_and(|c| c.id == id && c.aborted);
+            let aborted =
+                !id.is_empty() && st.current.as_ref().is_some_and(|c| c.id == id && c.aborted);
             if gone || aborted {
                 drop(st);
                 return self.finish_submit(&id, false);
@@ -398,12 +393,7 @@ impl Agent {
     /// Detaches: blocked and later calls return `Closed`; the pump stops. Calling it again
     /// does nothing.
     pub fn close(&self) {
-        let Some(pump) = self
-            .pump
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
+        let Some(pump) = self.pump.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
         self.inner.set_status(AgentStatus::Closed);
@@ -433,6 +423,9 @@ struct Pump {
 impl Pump {
     fn run(&mut self) {
         let slice = pump_slice(&self.inner.config.wait);
+        // A message that has begun may take this long per fragment (a peer stalled longer
+        // mid-message is disconnected anyway); liveness checks wait until it is complete.
+        let stall = Some(self.inner.config.flare_site_connection_timeout);
         let mut next_check = Instant::now();
         while !self.inner.stop.load(Ordering::Acquire) {
             let status = self.inner.shared.lock().status;
@@ -454,7 +447,7 @@ impl Pump {
             };
             match self
                 .receiver
-                .recv(consumer, Some(Instant::now() + slice))
+                .recv_with_stall(consumer, Some(Instant::now() + slice), stall)
             {
                 Ok(message) => handle(&self.inner, self.epoch, self.generation, message),
                 Err(FrameError::Timeout) => {}

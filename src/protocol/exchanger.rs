@@ -7,9 +7,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{
-    data_and_meta, deadline_after, dxo_has_data, kind_meta, pump_slice,
-    result_data_kind, AbortSignal, ExchangerConfig, Headers, RestartPolicy, Shared,
-    META_CURRENT_ROUND, META_TOTAL_ROUND,
+    data_and_meta, deadline_after, dxo_has_data, kind_meta, pump_slice, result_data_kind,
+    AbortSignal, ExchangerConfig, Headers, RestartPolicy, Shared, META_CURRENT_ROUND,
+    META_TOTAL_ROUND,
 };
 use crate::control::Liveness;
 use crate::frame::{
@@ -113,6 +113,10 @@ struct InFlight {
     app_defined: bool,
     phase: Phase,
     outcome: Option<Reply>,
+    /// The result is decided (an abort can no longer win) but its `result_ack` is not yet
+    /// pushed: `execute` waits, so that the next task follows the ack in the ring (the agent
+    /// would otherwise see the next task first and take its own task as superseded).
+    acking: bool,
 }
 
 #[derive(Debug)]
@@ -288,6 +292,7 @@ impl Exchanger {
                 app_defined: dxo.data_kind() == DataKind::AppDefined,
                 phase: Phase::WaitAgent,
                 outcome: None,
+                acking: false,
             });
         }
         let slice = pump_slice(&self.inner.config.wait);
@@ -298,14 +303,15 @@ impl Exchanger {
                 // Only this call clears the task while it runs.
                 return Reply::bare(ReturnCode::Error);
             };
-            if let Some(reply) = t.outcome.take() {
-                st.task = None;
-                return reply;
+            if t.outcome.is_some() {
+                if !t.acking {
+                    let reply = st.task.take().and_then(|t| t.outcome);
+                    return reply.unwrap_or_else(|| Reply::bare(ReturnCode::Error));
+                }
+                drop(self.inner.shared.wait(st, slice, None));
+                continue;
             }
-            let halted = matches!(
-                status,
-                ExchangerStatus::Stopped | ExchangerStatus::Closed
-            );
+            let halted = matches!(status, ExchangerStatus::Stopped | ExchangerStatus::Closed);
             if abort.is_aborted() || halted {
                 return self.end_task(st, ReturnCode::TaskAborted);
             }
@@ -365,7 +371,8 @@ impl Exchanger {
         drop(st);
         self.inner.shared.notify();
         let slice = pump_slice(&self.inner.config.wait);
-        self.inner.flush_aborts(&mut self.inner.lock_outbox(), slice);
+        self.inner
+            .flush_aborts(&mut self.inner.lock_outbox(), slice);
         Reply::bare(rc)
     }
 
@@ -408,12 +415,7 @@ impl Exchanger {
     /// `TASK_ABORTED`, the pump stops, and the segment's name is removed. Calling it again
     /// does nothing.
     pub fn close(&self) -> Result<(), CloseError> {
-        let Some(pump) = self
-            .pump
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
+        let Some(pump) = self.pump.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return Ok(());
         };
         self.inner.halted.store(true, Ordering::Release);
@@ -535,6 +537,7 @@ struct PumpCore {
 impl Pump {
     fn run(&mut self) {
         let slice = pump_slice(&self.core.inner.config.wait);
+        let stall = Some(self.core.inner.config.agent_connection_timeout);
         let mut next_check = Instant::now();
         while !self.core.inner.stop.load(Ordering::Acquire) {
             let stopped = self.core.lock_status() == ExchangerStatus::Stopped;
@@ -542,10 +545,11 @@ impl Pump {
             if stopped {
                 std::thread::sleep(slice);
             } else {
-                match self
-                    .receiver
-                    .recv(&mut self.consumer, Some(Instant::now() + slice))
-                {
+                match self.receiver.recv_with_stall(
+                    &mut self.consumer,
+                    Some(Instant::now() + slice),
+                    stall,
+                ) {
                     Ok(message) => self.core.handle(message),
                     Err(FrameError::Timeout) => {}
                     Err(FrameError::PeerLost(_)) => peer_lost = true,
@@ -614,9 +618,13 @@ impl Pump {
         if self.core.bound == 0 {
             return;
         }
+        let stall = Some(self.core.inner.config.agent_connection_timeout);
         loop {
             let deadline = Some(Instant::now() + Duration::from_millis(1));
-            match self.receiver.recv(&mut self.consumer, deadline) {
+            match self
+                .receiver
+                .recv_with_stall(&mut self.consumer, deadline, stall)
+            {
                 Ok(message) => self.core.handle(message),
                 Err(FrameError::Timeout | FrameError::PeerLost(_) | FrameError::Corrupt(_)) => {
                     break
@@ -784,6 +792,7 @@ impl PumpCore {
                 };
                 if let Some(t) = st.task.as_mut() {
                     t.outcome = Some(outcome);
+                    t.acking = true;
                 }
                 st.last_completed = Some(task_id.clone());
                 (task_id, ack_rc)
@@ -803,6 +812,9 @@ impl PumpCore {
             .with_reply_to(sequence);
         // Best effort: an agent that died meanwhile needs no ack.
         let _ = self.inner.send(&ack);
+        if let Some(t) = self.inner.shared.lock().task.as_mut() {
+            t.acking = false;
+        }
+        self.inner.shared.notify();
     }
 }
-

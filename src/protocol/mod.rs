@@ -53,8 +53,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::frame::{DataKind, Dxo, Message};
-use serde_json::{Map, Value};
 use crate::signal::WaitStrategy;
+use serde_json::{Map, Value};
 
 /// FLARE's meta key for the DXO's data kind.
 pub const META_DATA_KIND: &str = "data_kind";
@@ -175,7 +175,8 @@ impl<S> Shared<S> {
 
 /// The pump's receive slice: its liveness checks run at least this often.
 fn pump_slice(wait: &WaitStrategy) -> Duration {
-    wait.poll_interval.clamp(Duration::from_millis(1), Duration::from_millis(100))
+    wait.poll_interval
+        .clamp(Duration::from_millis(1), Duration::from_millis(100))
 }
 
 /// `now + d`, or `None` (forever) when it overflows.
