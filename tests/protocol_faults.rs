@@ -376,7 +376,7 @@ fn soak_thousand_tasks_with_aborts_duplicates_and_three_agent_restarts() {
         let id = format!("t{i}");
         let weights = Arc::new(vec![i as f32; 64]);
         let abort = AbortSignal::new();
-        if next(&mut random) % 10 == 0 {
+        if next(&mut random).is_multiple_of(10) {
             aborted_ids.insert(id.clone());
             let fire = abort.clone();
             let after = Duration::from_micros(next(&mut random) % 600);

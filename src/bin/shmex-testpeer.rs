@@ -263,12 +263,12 @@ mod peer {
                         };
                         println!("TASK {} {:016x}", task.id, tensors_checksum(&task.message));
                         let result = echo_dxo(&task.message, &task.id)?;
-                        if random != 0 && next(&mut random) % 8 == 0 {
+                        if random != 0 && next(&mut random).is_multiple_of(8) {
                             std::thread::sleep(Duration::from_micros(next(&mut random) % 2000));
                         }
                         let accepted = agent.submit_result(&result, ReturnCode::Ok)?;
                         println!("SUBMIT {} {accepted}", task.id);
-                        if random != 0 && next(&mut random) % 4 == 0 {
+                        if random != 0 && next(&mut random).is_multiple_of(4) {
                             let again = agent.submit_result(&result, ReturnCode::Ok)?;
                             println!("DUP {} {again}", task.id);
                         }

@@ -160,8 +160,11 @@ impl Inner {
 /// exchanger on the same name and serves it.
 pub struct Agent {
     inner: Arc<Inner>,
-    pump: Mutex<Option<JoinHandle<Option<(Consumer, LinkControl)>>>>,
+    pump: Mutex<Option<JoinHandle<Option<ReceiveHalf>>>>,
 }
+
+/// The pump's part of a link: the consumer half and the control.
+type ReceiveHalf = (Consumer, LinkControl);
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -413,7 +416,7 @@ impl Drop for Agent {
 struct Pump {
     receiver: FrameReceiver,
     /// The receive half and control of the current link (`None` while lost).
-    link: Option<(Consumer, LinkControl)>,
+    link: Option<ReceiveHalf>,
     epoch: u64,
     generation: u64,
     last_alive: Instant,
