@@ -43,7 +43,7 @@ fn main() -> Result<(), Error> {
     let exchanger = Exchanger::create(&name, ExchangerConfig::default())?;
     println!(
         "exchanger on {name}: {tensors} tensors, {} MiB; waiting for the agent",
-        model.len() * 4 >> 20
+        (model.len() * 4) >> 20
     );
     let mut total = Duration::ZERO;
     for round in 0..rounds {
