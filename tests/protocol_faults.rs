@@ -378,12 +378,17 @@ fn soak_thousand_tasks_with_aborts_duplicates_and_three_agent_restarts() {
         let abort = AbortSignal::new();
         if next(&mut random).is_multiple_of(10) {
             aborted_ids.insert(id.clone());
-            let fire = abort.clone();
-            let after = Duration::from_micros(next(&mut random) % 600);
-            std::thread::spawn(move || {
-                std::thread::sleep(after);
-                fire.abort();
-            });
+            // Some before execute starts, the others at a random point of the round trip.
+            let after = Duration::from_micros(next(&mut random) % 800);
+            if after < Duration::from_micros(100) {
+                abort.abort();
+            } else {
+                let fire = abort.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(after - Duration::from_micros(100));
+                    fire.abort();
+                });
+            }
         }
         let pending = execute_in_thread(&exchanger, &id, Arc::clone(&weights), abort.clone());
         if RESTARTS.contains(&i) && !aborted_ids.contains(&id) {

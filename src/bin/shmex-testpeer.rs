@@ -185,6 +185,7 @@ mod peer {
         use shmex::pattern::checksum;
         use shmex::protocol::{
             AbortSignal, Agent, AgentConfig, Exchanger, ExchangerConfig, GetTaskError, Headers,
+            SubmitError,
         };
         use shmex::segment::SegmentName;
         use shmex::signal::WaitStrategy;
@@ -266,10 +267,16 @@ mod peer {
                         if random != 0 && next(&mut random).is_multiple_of(8) {
                             std::thread::sleep(Duration::from_micros(next(&mut random) % 2000));
                         }
-                        let accepted = agent.submit_result(&result, ReturnCode::Ok)?;
+                        let accepted = match agent.submit_result(&result, ReturnCode::Ok) {
+                            Err(SubmitError::Closed) => break,
+                            other => other?,
+                        };
                         println!("SUBMIT {} {accepted}", task.id);
                         if random != 0 && next(&mut random).is_multiple_of(4) {
-                            let again = agent.submit_result(&result, ReturnCode::Ok)?;
+                            let again = match agent.submit_result(&result, ReturnCode::Ok) {
+                                Err(SubmitError::Closed) => break,
+                                other => other?,
+                            };
                             println!("DUP {} {again}", task.id);
                         }
                     }

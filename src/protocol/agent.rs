@@ -356,9 +356,7 @@ impl Agent {
         };
         let mut st = inner.shared.lock();
         loop {
-            if st.is_closed() {
-                return Err(SubmitError::Closed);
-            }
+            // The ack first: an exchanger that answered and then said `bye` accepted it.
             if let Some(ack) = st
                 .last_ack
                 .as_ref()
@@ -367,6 +365,9 @@ impl Agent {
                 let accepted = ack.rc == ReturnCode::Ok;
                 drop(st);
                 return self.finish_submit(&id, accepted);
+            }
+            if st.is_closed() {
+                return Err(SubmitError::Closed);
             }
             let gone = st.status == AgentStatus::Lost || st.generation != generation;
             let aborted =
