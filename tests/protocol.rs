@@ -16,7 +16,10 @@ use shmex::protocol::{
     GetTaskError, Headers, Reply, RestartPolicy, SubmitError,
 };
 use shmex::segment::SegmentName;
-use shmex::signal::WaitStrategy;
+
+mod common;
+
+use common::{eventually, quick_exchanger_config as exchanger_config, quick_wait, unique_name};
 
 const WATCHDOG: Duration = Duration::from_secs(60);
 
@@ -25,31 +28,14 @@ fn deadline() -> Option<Instant> {
 }
 
 fn unique(tag: &str) -> SegmentName {
-    SegmentName::new(format!("shmex.test.proto.{tag}.{}", std::process::id())).unwrap()
-}
-
-fn wait() -> WaitStrategy {
-    WaitStrategy {
-        spin: Duration::from_micros(20),
-        poll_interval: Duration::from_millis(5),
-    }
-}
-
-fn exchanger_config() -> ExchangerConfig {
-    ExchangerConfig {
-        agent_heartbeat_interval: Duration::from_millis(20),
-        wait: wait(),
-        task_ring_capacity: 1 << 20,
-        result_ring_capacity: 1 << 20,
-        ..ExchangerConfig::default()
-    }
+    unique_name("proto", tag)
 }
 
 fn agent_config() -> AgentConfig {
     AgentConfig {
         attach_timeout: Duration::from_secs(10),
         heartbeat_interval: Duration::from_millis(20),
-        wait: wait(),
+        wait: quick_wait(),
         ..AgentConfig::default()
     }
 }
@@ -66,16 +52,9 @@ fn attach(exchanger: &Exchanger) -> Agent {
     Agent::attach(exchanger.name(), agent_config()).unwrap()
 }
 
-/// An abort signal that fires after the watchdog period, so a hung `execute` fails the test
-/// instead of hanging it.
+/// An abort signal that fires after the watchdog period.
 fn watchdog() -> AbortSignal {
-    let abort = AbortSignal::new();
-    let fire = abort.clone();
-    std::thread::spawn(move || {
-        std::thread::sleep(WATCHDOG);
-        fire.abort();
-    });
-    abort
+    common::watchdog_abort(WATCHDOG)
 }
 
 const WEIGHTS: [f32; 4] = [1.0, 2.0, 3.0, 4.0];
@@ -99,15 +78,6 @@ fn spawn_execute(
 
 fn join(handle: std::thread::JoinHandle<Reply>) -> Reply {
     handle.join().expect("execute thread panicked")
-}
-
-/// Polls `condition` until it holds (panics after the watchdog).
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let end = Instant::now() + WATCHDOG;
-    while !condition() {
-        assert!(Instant::now() < end, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 fn get(agent: &Agent) -> shmex::protocol::Task {
@@ -263,6 +233,21 @@ impl RawExchanger {
         self.send(ack, None);
         result
     }
+}
+
+/// A raw exchanger, an agent attached to it, and task `t1` sent and fetched.
+fn fetched(tag: &str) -> (RawExchanger, Agent) {
+    let (mut raw, agent) = raw_pair(tag);
+    raw.task("t1");
+    get(&agent);
+    (raw, agent)
+}
+
+/// A raw exchanger (20 ms heartbeat) and an agent attached to it.
+fn raw_pair(tag: &str) -> (RawExchanger, Agent) {
+    let raw = RawExchanger::create(tag, Duration::from_millis(20));
+    let agent = raw.attach();
+    (raw, agent)
 }
 
 /// Submits on a thread while the raw exchanger answers; returns (verdict, result sent).
@@ -734,8 +719,7 @@ fn get_task_times_out_with_none() {
 
 #[test]
 fn get_task_after_bye_is_closed() {
-    let mut raw = RawExchanger::create("a1-bye", Duration::from_millis(20));
-    let agent = raw.attach();
+    let (mut raw, agent) = raw_pair("a1-bye");
     raw.send(Envelope::new(MessageKind::Bye), None);
     eventually("closed", || agent.status() == AgentStatus::Closed);
     assert_eq!(
@@ -746,8 +730,7 @@ fn get_task_after_bye_is_closed() {
 
 #[test]
 fn get_task_never_returns_aborted_task() {
-    let mut raw = RawExchanger::create("a1-aborted", Duration::from_millis(20));
-    let agent = raw.attach();
+    let (mut raw, agent) = raw_pair("a1-aborted");
     assert_eq!(raw.task("t1").rc(), ReturnCode::Ok);
     raw.abort("t1");
     assert_eq!(raw.task("t2").rc(), ReturnCode::Ok);
@@ -756,10 +739,7 @@ fn get_task_never_returns_aborted_task() {
 
 #[test]
 fn get_task_twice_without_submit_is_call_state_error() {
-    let mut raw = RawExchanger::create("a1-twice", Duration::from_millis(20));
-    let agent = raw.attach();
-    raw.task("t1");
-    get(&agent);
+    let (_raw, agent) = fetched("a1-twice");
     assert_eq!(
         agent.get_task(Some(Duration::from_millis(10))).unwrap_err(),
         GetTaskError::CallState
@@ -770,10 +750,7 @@ fn get_task_twice_without_submit_is_call_state_error() {
 
 #[test]
 fn submit_result_returns_exchanger_verdict() {
-    let mut raw = RawExchanger::create("a2-verdict", Duration::from_millis(20));
-    let agent = raw.attach();
-    raw.task("t1");
-    get(&agent);
+    let (mut raw, agent) = fetched("a2-verdict");
     let (accepted, result) = submit_answered(&agent, &mut raw, ReturnCode::Ok, "t1");
     assert!(accepted);
     assert_eq!(result.task_id(), "t1");
@@ -785,10 +762,7 @@ fn submit_result_returns_exchanger_verdict() {
 
 #[test]
 fn submit_after_abort_is_false() {
-    let mut raw = RawExchanger::create("a2-abort", Duration::from_millis(20));
-    let agent = raw.attach();
-    raw.task("t1");
-    get(&agent);
+    let (mut raw, agent) = fetched("a2-abort");
     raw.abort("t1");
     eventually("aborted", || agent.is_aborted());
     assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
@@ -796,8 +770,7 @@ fn submit_after_abort_is_false() {
 
 #[test]
 fn submit_without_task_is_false() {
-    let mut raw = RawExchanger::create("a2-notask", Duration::from_millis(20));
-    let agent = raw.attach();
+    let (mut raw, agent) = raw_pair("a2-notask");
     // The first submission goes out with an empty id (see below); after it, a submission
     // without a fetched task is refused locally.
     submit_answered(&agent, &mut raw, ReturnCode::Ok, "");
@@ -807,18 +780,14 @@ fn submit_without_task_is_false() {
 
 #[test]
 fn submit_twice_is_false() {
-    let mut raw = RawExchanger::create("a2-twice", Duration::from_millis(20));
-    let agent = raw.attach();
-    raw.task("t1");
-    get(&agent);
+    let (mut raw, agent) = fetched("a2-twice");
     assert!(submit_answered(&agent, &mut raw, ReturnCode::Ok, "t1").0);
     assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
 }
 
 #[test]
 fn first_submit_after_start_has_empty_task_id() {
-    let mut raw = RawExchanger::create("a2-first", Duration::from_millis(20));
-    let agent = raw.attach();
+    let (mut raw, agent) = raw_pair("a2-first");
     let (accepted, result) = submit_answered(&agent, &mut raw, ReturnCode::Ok, "");
     assert!(accepted);
     assert_eq!(result.task_id(), "");
@@ -848,10 +817,7 @@ fn restarted_agent_checkpoint_result_completes_redelivered_task() {
 
 #[test]
 fn second_task_becomes_pending_and_aborts_current() {
-    let mut raw = RawExchanger::create("a3-pending", Duration::from_millis(20));
-    let agent = raw.attach();
-    raw.task("t1");
-    get(&agent);
+    let (mut raw, agent) = fetched("a3-pending");
     assert_eq!(raw.task("t2").rc(), ReturnCode::Ok);
     assert!(agent.is_aborted());
     assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
@@ -860,8 +826,7 @@ fn second_task_becomes_pending_and_aborts_current() {
 
 #[test]
 fn same_task_twice_is_duplicate() {
-    let mut raw = RawExchanger::create("a3-dup", Duration::from_millis(20));
-    let agent = raw.attach();
+    let (mut raw, agent) = raw_pair("a3-dup");
     raw.task("t1");
     assert_eq!(raw.task("t1").rc(), ReturnCode::Ok);
     assert_eq!(get(&agent).id, "t1");
@@ -876,10 +841,7 @@ fn same_task_twice_is_duplicate() {
 
 #[test]
 fn new_task_replaces_pending_task() {
-    let mut raw = RawExchanger::create("a3-replace", Duration::from_millis(20));
-    let agent = raw.attach();
-    raw.task("t1");
-    get(&agent);
+    let (mut raw, agent) = fetched("a3-replace");
     raw.task("t2");
     raw.task("t3");
     assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
@@ -890,10 +852,7 @@ fn new_task_replaces_pending_task() {
 
 #[test]
 fn abort_marks_current_task_aborted() {
-    let mut raw = RawExchanger::create("a4-current", Duration::from_millis(20));
-    let agent = raw.attach();
-    raw.task("t1");
-    get(&agent);
+    let (mut raw, agent) = fetched("a4-current");
     assert!(!agent.is_aborted());
     raw.abort("t1");
     eventually("aborted", || agent.is_aborted());
@@ -901,10 +860,7 @@ fn abort_marks_current_task_aborted() {
 
 #[test]
 fn abort_drops_pending_task() {
-    let mut raw = RawExchanger::create("a4-pending", Duration::from_millis(20));
-    let agent = raw.attach();
-    raw.task("t1");
-    get(&agent);
+    let (mut raw, agent) = fetched("a4-pending");
     raw.task("t2");
     raw.abort("t2");
     // A marker task after the abort: once it is pending, the abort was applied.

@@ -10,7 +10,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Peer, WATCHDOG};
+use common::{
+    eventually, quick_exchanger_config, quick_wait, unique_name, watchdog_abort, Peer, WATCHDOG,
+};
 use rustix::process::Signal;
 use shmex::frame::{DataKind, Dxo, ReturnCode};
 use shmex::pattern::checksum;
@@ -19,27 +21,13 @@ use shmex::protocol::{
     Headers, Reply, RestartPolicy,
 };
 use shmex::segment::SegmentName;
-use shmex::signal::WaitStrategy;
 
 fn unique(tag: &str) -> SegmentName {
-    SegmentName::new(format!("shmex.test.pf.{tag}.{}", std::process::id())).unwrap()
-}
-
-fn wait() -> WaitStrategy {
-    WaitStrategy {
-        spin: Duration::from_micros(20),
-        poll_interval: Duration::from_millis(5),
-    }
+    unique_name("pf", tag)
 }
 
 fn config() -> ExchangerConfig {
-    ExchangerConfig {
-        agent_heartbeat_interval: Duration::from_millis(20),
-        wait: wait(),
-        task_ring_capacity: 1 << 20,
-        result_ring_capacity: 1 << 20,
-        ..ExchangerConfig::default()
-    }
+    quick_exchanger_config()
 }
 
 fn shm_exists(name: &SegmentName) -> bool {
@@ -48,23 +36,8 @@ fn shm_exists(name: &SegmentName) -> bool {
         .exists()
 }
 
-/// An abort signal that fires after the watchdog period, so a hung `execute` fails the test.
 fn watchdog() -> AbortSignal {
-    let abort = AbortSignal::new();
-    let fire = abort.clone();
-    std::thread::spawn(move || {
-        std::thread::sleep(WATCHDOG);
-        fire.abort();
-    });
-    abort
-}
-
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let end = Instant::now() + WATCHDOG;
-    while !condition() {
-        assert!(Instant::now() < end, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    watchdog_abort(WATCHDOG)
 }
 
 /// The checksum `shmex-testpeer` prints for a task's tensors.
@@ -215,7 +188,7 @@ fn agent_config() -> AgentConfig {
     AgentConfig {
         attach_timeout: Duration::from_secs(30),
         heartbeat_interval: Duration::from_millis(20),
-        wait: wait(),
+        wait: quick_wait(),
         ..AgentConfig::default()
     }
 }

@@ -175,6 +175,24 @@ impl std::fmt::Debug for Agent {
     }
 }
 
+/// A fresh link's sending side (a new frame sender, stamped with the link's epoch) and the
+/// pump's receive half.
+fn split_link(link: Link, generation: u64) -> (Outbox, ReceiveHalf) {
+    let epoch = link.epoch();
+    let LinkParts {
+        producer,
+        consumer,
+        control,
+    } = link.into_parts();
+    let outbox = Outbox {
+        producer,
+        sender: FrameSender::new(),
+        epoch,
+        generation,
+    };
+    (outbox, (consumer, control))
+}
+
 fn attach_options(config: &AgentConfig, timeout: Duration) -> AttachOptions {
     AttachOptions {
         attach_timeout: timeout,
@@ -189,12 +207,8 @@ impl Agent {
     /// exchanger, and starts the pump.
     pub fn attach(name: &SegmentName, config: AgentConfig) -> Result<Agent, AgentAttachError> {
         let link = Link::attach(name, &attach_options(&config, config.attach_timeout))?;
-        let epoch = link.epoch();
-        let LinkParts {
-            producer,
-            consumer,
-            control,
-        } = link.into_parts();
+        let (outbox, receive_half) = split_link(link, 0);
+        let epoch = outbox.epoch;
         let inner = Arc::new(Inner {
             shared: Shared::new(State {
                 status: AgentStatus::Connected,
@@ -204,12 +218,7 @@ impl Agent {
                 submitted_any: false,
                 last_ack: None,
             }),
-            outbox: Mutex::new(Some(Outbox {
-                producer,
-                sender: FrameSender::new(),
-                epoch,
-                generation: 0,
-            })),
+            outbox: Mutex::new(Some(outbox)),
             config,
             name: name.clone(),
             stop: AtomicBool::new(false),
@@ -218,7 +227,7 @@ impl Agent {
         receiver.set_min_epoch(epoch);
         let mut pump = Pump {
             receiver,
-            link: Some((consumer, control)),
+            link: Some(receive_half),
             epoch,
             generation: 0,
             last_alive: Instant::now(),
@@ -507,24 +516,15 @@ impl Pump {
         let Ok(link) = Link::attach(&self.inner.name, &options) else {
             return;
         };
-        let epoch = link.epoch();
-        let LinkParts {
-            producer,
-            consumer,
-            control,
-        } = link.into_parts();
         self.generation += 1;
+        let (outbox, receive_half) = split_link(link, self.generation);
+        let epoch = outbox.epoch;
         self.epoch = epoch;
         self.last_alive = Instant::now();
         self.receiver = FrameReceiver::new(self.inner.config.limits);
         self.receiver.set_min_epoch(epoch);
-        *self.inner.lock_outbox() = Some(Outbox {
-            producer,
-            sender: FrameSender::new(),
-            epoch,
-            generation: self.generation,
-        });
-        self.link = Some((consumer, control));
+        *self.inner.lock_outbox() = Some(outbox);
+        self.link = Some(receive_half);
         let mut st = self.inner.shared.lock();
         if st.status == AgentStatus::Lost {
             st.generation = self.generation;

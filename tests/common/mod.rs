@@ -6,8 +6,57 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use shmex::protocol::{AbortSignal, ExchangerConfig};
+use shmex::segment::SegmentName;
+use shmex::signal::WaitStrategy;
+
 /// How long any wait on a child may take before the test fails.
 pub const WATCHDOG: Duration = Duration::from_secs(120);
+
+/// A segment name unique to this test process: `shmex.test.<family>.<tag>.<pid>`.
+pub fn unique_name(family: &str, tag: &str) -> SegmentName {
+    SegmentName::new(format!("shmex.test.{family}.{tag}.{}", std::process::id())).unwrap()
+}
+
+/// Short waits for protocol tests: spin 20 µs, liveness checked every 5 ms.
+pub fn quick_wait() -> WaitStrategy {
+    WaitStrategy {
+        spin: Duration::from_micros(20),
+        poll_interval: Duration::from_millis(5),
+    }
+}
+
+/// An exchanger with 1 MiB rings, a 20 ms heartbeat and [`quick_wait`].
+pub fn quick_exchanger_config() -> ExchangerConfig {
+    ExchangerConfig {
+        agent_heartbeat_interval: Duration::from_millis(20),
+        wait: quick_wait(),
+        task_ring_capacity: 1 << 20,
+        result_ring_capacity: 1 << 20,
+        ..ExchangerConfig::default()
+    }
+}
+
+/// An abort signal that fires after `after`, so a hung `execute` fails the test instead of
+/// hanging it.
+pub fn watchdog_abort(after: Duration) -> AbortSignal {
+    let abort = AbortSignal::new();
+    let fire = abort.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        fire.abort();
+    });
+    abort
+}
+
+/// Polls `condition` every millisecond until it holds (panics after [`WATCHDOG`]).
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let end = Instant::now() + WATCHDOG;
+    while !condition() {
+        assert!(Instant::now() < end, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
 
 /// A child process whose stdout lines arrive on a channel; SIGKILLed and reaped on drop.
 pub struct Peer {
