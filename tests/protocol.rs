@@ -156,6 +156,15 @@ impl RawAgent {
     }
 }
 
+/// An exchanger executing task `t1` (on a thread) and a raw agent that took and accepted it.
+fn task_taken(tag: &str) -> (Arc<Exchanger>, std::thread::JoinHandle<Reply>, RawAgent) {
+    let exchanger = Arc::new(create(tag));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    let mut raw = RawAgent::attach(&exchanger);
+    raw.take_task(ReturnCode::Ok);
+    (exchanger, pending, raw)
+}
+
 /// A hand-driven exchanger for the agent tests.
 struct RawExchanger {
     link: Link,
@@ -418,10 +427,7 @@ fn abort_while_streaming_large_task_returns_promptly() {
 
 #[test]
 fn result_for_in_flight_task_completes_execute() {
-    let exchanger = Arc::new(create("e5-inflight"));
-    let pending = spawn_execute(&exchanger, "t1", watchdog());
-    let mut raw = RawAgent::attach(&exchanger);
-    raw.take_task(ReturnCode::Ok);
+    let (_exchanger, pending, mut raw) = task_taken("e5-inflight");
     let ack = raw.result("t1", ReturnCode::Ok, Some(&diff().with_meta("n", 3)));
     assert_eq!((ack.rc(), ack.task_id()), (ReturnCode::Ok, "t1"));
     let reply = join(pending);
@@ -436,10 +442,7 @@ fn result_for_in_flight_task_completes_execute() {
 
 #[test]
 fn duplicate_result_is_acked_ok_and_ignored() {
-    let exchanger = Arc::new(create("e5-dup"));
-    let pending = spawn_execute(&exchanger, "t1", watchdog());
-    let mut raw = RawAgent::attach(&exchanger);
-    raw.take_task(ReturnCode::Ok);
+    let (exchanger, pending, mut raw) = task_taken("e5-dup");
     let result = diff().with_meta("n", 1);
     raw.result("t1", ReturnCode::Ok, Some(&result));
     assert_eq!(join(pending).rc, ReturnCode::Ok);
@@ -454,10 +457,7 @@ fn duplicate_result_is_acked_ok_and_ignored() {
 
 #[test]
 fn result_for_other_task_is_invalid() {
-    let exchanger = Arc::new(create("e5-other"));
-    let pending = spawn_execute(&exchanger, "t1", watchdog());
-    let mut raw = RawAgent::attach(&exchanger);
-    raw.take_task(ReturnCode::Ok);
+    let (_exchanger, pending, mut raw) = task_taken("e5-other");
     let result = diff().with_meta("n", 1);
     let ack = raw.result("t9", ReturnCode::Ok, Some(&result));
     assert_eq!(ack.rc(), ReturnCode::TaskUnknown);
@@ -484,10 +484,7 @@ fn empty_id_result_while_idle_is_acked_and_ignored() {
 
 #[test]
 fn empty_id_result_completes_in_flight_task() {
-    let exchanger = Arc::new(create("e5-emptyinflight"));
-    let pending = spawn_execute(&exchanger, "t1", watchdog());
-    let mut raw = RawAgent::attach(&exchanger);
-    raw.take_task(ReturnCode::Ok);
+    let (_exchanger, pending, mut raw) = task_taken("e5-emptyinflight");
     let ack = raw.result("", ReturnCode::Ok, Some(&diff().with_meta("n", 1)));
     assert_eq!((ack.rc(), ack.task_id()), (ReturnCode::Ok, "t1"));
     assert_eq!(join(pending).rc, ReturnCode::Ok);
@@ -497,10 +494,7 @@ fn empty_id_result_completes_in_flight_task() {
 
 #[test]
 fn result_missing_data_is_invalid_and_execution_exception() {
-    let exchanger = Arc::new(create("e6-data"));
-    let pending = spawn_execute(&exchanger, "t1", watchdog());
-    let mut raw = RawAgent::attach(&exchanger);
-    raw.take_task(ReturnCode::Ok);
+    let (_exchanger, pending, mut raw) = task_taken("e6-data");
     let ack = raw.result("t1", ReturnCode::Ok, None);
     assert_eq!(ack.rc(), ReturnCode::ExecutionResultError);
     assert_eq!(join(pending).rc, ReturnCode::ExecutionException);
@@ -508,10 +502,7 @@ fn result_missing_data_is_invalid_and_execution_exception() {
 
 #[test]
 fn result_missing_meta_is_invalid_and_execution_exception() {
-    let exchanger = Arc::new(create("e6-meta"));
-    let pending = spawn_execute(&exchanger, "t1", watchdog());
-    let mut raw = RawAgent::attach(&exchanger);
-    raw.take_task(ReturnCode::Ok);
+    let (_exchanger, pending, mut raw) = task_taken("e6-meta");
     let ack = raw.result("t1", ReturnCode::Ok, Some(&diff()));
     assert_eq!(ack.rc(), ReturnCode::ExecutionResultError);
     assert_eq!(join(pending).rc, ReturnCode::ExecutionException);
@@ -521,10 +512,7 @@ fn result_missing_meta_is_invalid_and_execution_exception() {
 
 #[test]
 fn result_rc_other_than_ok_is_bare_reply() {
-    let exchanger = Arc::new(create("e7-bare"));
-    let pending = spawn_execute(&exchanger, "t1", watchdog());
-    let mut raw = RawAgent::attach(&exchanger);
-    raw.take_task(ReturnCode::Ok);
+    let (_exchanger, pending, mut raw) = task_taken("e7-bare");
     let ack = raw.result(
         "t1",
         ReturnCode::ExecutionException,
