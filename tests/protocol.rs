@@ -80,6 +80,12 @@ fn join(handle: std::thread::JoinHandle<Reply>) -> Reply {
     handle.join().expect("execute thread panicked")
 }
 
+/// Asserts that no task arrives within `ms` milliseconds.
+fn assert_no_task(agent: &Agent, ms: u64) {
+    let got = agent.get_task(Some(Duration::from_millis(ms))).unwrap();
+    assert!(got.is_none(), "unexpected task {got:?}");
+}
+
 fn get(agent: &Agent) -> shmex::protocol::Task {
     agent
         .get_task(Some(WATCHDOG))
@@ -324,10 +330,7 @@ fn abort_while_waiting_for_agent_is_task_aborted() {
     assert_eq!(join(pending).rc, ReturnCode::TaskAborted);
     // Nothing was sent: a late agent finds no task.
     let agent = attach(&exchanger);
-    assert!(agent
-        .get_task(Some(Duration::from_millis(100)))
-        .unwrap()
-        .is_none());
+    assert_no_task(&agent, 100);
 }
 
 #[test]
@@ -795,10 +798,7 @@ fn restarted_agent_checkpoint_result_completes_redelivered_task() {
     assert!(second.submit_result(&diff(), ReturnCode::Ok).unwrap());
     assert_eq!(join(pending).rc, ReturnCode::Ok);
     // The redelivered copy of t1 was answered by that result: no task is left.
-    assert!(second
-        .get_task(Some(Duration::from_millis(100)))
-        .unwrap()
-        .is_none());
+    assert_no_task(&second, 100);
 }
 
 // ---------------------------------------------------------------- A3
@@ -821,10 +821,7 @@ fn same_task_twice_is_duplicate() {
     assert!(!agent.is_aborted());
     let (accepted, _) = submit_answered(&agent, &mut raw, ReturnCode::Ok, "t1");
     assert!(accepted);
-    assert!(agent
-        .get_task(Some(Duration::from_millis(50)))
-        .unwrap()
-        .is_none());
+    assert_no_task(&agent, 50);
 }
 
 #[test]
