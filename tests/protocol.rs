@@ -639,16 +639,22 @@ fn stalled_agent_is_dead_after_heartbeat_timeout() {
     drop(stalled);
 }
 
-#[test]
-fn in_flight_task_is_redelivered_to_restarted_agent() {
-    let exchanger = Arc::new(create("e9-redeliver"));
+/// An exchanger executing `t1`, whose first agent fetched it and went away (it detaches;
+/// tests/protocol_faults.rs SIGKILLs one), and the agent attached after it.
+fn restarted_mid_task(tag: &str) -> (Arc<Exchanger>, std::thread::JoinHandle<Reply>, Agent) {
+    let exchanger = Arc::new(create(tag));
     let pending = spawn_execute(&exchanger, "t1", watchdog());
     let first = attach(&exchanger);
     assert_eq!(get(&first).id, "t1");
-    // The agent goes away mid-task (it detaches; tests/protocol_faults.rs SIGKILLs one).
     first.close();
     drop(first);
     let second = attach(&exchanger);
+    (exchanger, pending, second)
+}
+
+#[test]
+fn in_flight_task_is_redelivered_to_restarted_agent() {
+    let (exchanger, pending, second) = restarted_mid_task("e9-redeliver");
     let task = get(&second);
     assert_eq!(task.id, "t1");
     assert!(second.submit_result(&diff(), ReturnCode::Ok).unwrap());
@@ -787,14 +793,8 @@ fn first_submit_after_start_has_empty_task_id() {
 
 #[test]
 fn restarted_agent_checkpoint_result_completes_redelivered_task() {
-    let exchanger = Arc::new(create("a2-checkpoint"));
-    let pending = spawn_execute(&exchanger, "t1", watchdog());
-    let first = attach(&exchanger);
-    assert_eq!(get(&first).id, "t1");
-    first.close();
-    drop(first);
+    let (_exchanger, pending, second) = restarted_mid_task("a2-checkpoint");
     // The restarted trainer resumes from its checkpoint and submits without fetching.
-    let second = attach(&exchanger);
     assert!(second.submit_result(&diff(), ReturnCode::Ok).unwrap());
     assert_eq!(join(pending).rc, ReturnCode::Ok);
     // The redelivered copy of t1 was answered by that result: no task is left.
