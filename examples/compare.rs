@@ -52,6 +52,9 @@ use shmex::frame::{
     MessageKind, PreparedLoan,
 };
 use shmex::link::{CreateOptions, Link};
+use shmex::protocol::{
+    AbortSignal, Agent, AgentConfig, Exchanger, ExchangerConfig, GetTaskError, Headers,
+};
 use shmex::ring::RecvError;
 use shmex::segment::SegmentName;
 use shmex::signal::{PeerLost, WaitStrategy};
@@ -249,6 +252,7 @@ fn run(quick: bool) -> Res<()> {
     let task_spin = TaskPingPong::start(&config, "shmex-task-spin", ACTIVE_SPIN)?;
     measure_round_trips(&config, vec![task_spin], &mut report)?;
     measure_round_trips(&config, vec![SpinPingPong::start(&config)?], &mut report)?;
+    bench_protocol(&config, &mut report)?;
     report.notes.push(format!(
         "round trips: {} per transport after a warm-up of at least {:?} and {} round trips; \
          shmex-futex, futex-raw, uds and shmex-task-futex measured in alternating batches of \
@@ -446,6 +450,14 @@ fn print_report(config: &Config, report: &Report) {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "RATIO protocol-model/memcpy-x2 {largest} {}",
+        ratio(
+            report.get("protocol-model", &largest, "round_trip_ms"),
+            report.get("memcpy-x2", &largest, "time_ms")
+        )
+    );
     if let [small, large, ..] = config.handoff_sizes.as_slice() {
         let (small, large) = (size_label(*small), size_label(*large));
         let _ = writeln!(
@@ -1500,6 +1512,7 @@ fn child_main(args: &[String]) -> Res<()> {
         "model-sink" => child_model_sink(arg(0)?, arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?),
         "loan-echo" => child_loan_echo(arg(0)?),
         "task-echo" => child_task_echo(arg(0)?, Duration::from_nanos(arg(1)?.parse()?)),
+        "protocol-agent" => child_protocol_agent(arg(0)?, Duration::from_nanos(arg(1)?.parse()?)),
         other => Err(format!("unknown child mode {other:?}").into()),
     }
 }
@@ -1745,4 +1758,248 @@ fn child_idle_agent(name: &str) -> Res<()> {
 
 fn unique_name(tag: &str) -> Res<SegmentName> {
     shmex::bench::unique_name("compare", tag)
+}
+
+// ---------------------------------------------------------------------------------------
+// Task protocol (`shmex::protocol`): Exchanger::execute -> Agent -> result
+// ---------------------------------------------------------------------------------------
+
+/// Measures the protocol's small-task round trip (spin and futex) and the round trip of a
+/// model of the largest size, against two memcpys of that size in the same run.
+fn bench_protocol(config: &Config, report: &mut Report) -> Res<()> {
+    eprintln!("task protocol (Exchanger::execute -> Agent::get_task/submit_result):");
+    for (transport, spin) in [
+        ("protocol-task-spin", ACTIVE_SPIN),
+        ("protocol-task-futex", Duration::ZERO),
+    ] {
+        measure_round_trips(
+            config,
+            vec![ProtocolPingPong::start(config, transport, spin)?],
+            report,
+        )?;
+    }
+    bench_protocol_model(config, report)?;
+    report.notes.push(format!(
+        "protocol: protocol-task-* = Exchanger::execute of a 4 KiB f32 task answered by an Agent \
+         child with a 4 KiB result (ring waits spin {ACTIVE_SPIN:?} or 0; each side hands off \
+         between its caller and its pump thread); protocol-model = execute of a {}-tensor model \
+         of the largest size answered by a result of the same size (the agent sends it from its \
+         received task), median of {} rounds after a verified one, against two memcpys of the \
+         same size into a pre-faulted buffer timed alternately",
+        config.model_tensors,
+        protocol_rounds(config)
+    ));
+    Ok(())
+}
+
+/// Timed rounds of the protocol model round trip.
+fn protocol_rounds(config: &Config) -> usize {
+    if config.quick {
+        2
+    } else {
+        5
+    }
+}
+
+/// An exchanger on a new name whose waits spin for `spin`, and a `protocol-agent` child
+/// attached to it.
+fn protocol_session(
+    config: &Config,
+    transport: &str,
+    spin: Duration,
+    ring: u64,
+) -> Res<(Exchanger, Peer)> {
+    let name = unique_name(transport)?;
+    let exchanger_config = ExchangerConfig {
+        wait: WaitStrategy {
+            spin,
+            ..WaitStrategy::default()
+        },
+        task_ring_capacity: ring,
+        result_ring_capacity: ring,
+        ..ExchangerConfig::default()
+    };
+    let exchanger = Exchanger::create(&name, exchanger_config)?;
+    let mut peer = Peer::spawn(
+        &config.launcher,
+        "protocol-agent",
+        &[name.as_str().to_string(), spin.as_nanos().to_string()],
+    )?;
+    peer.expect("ready")?;
+    Ok((exchanger, peer))
+}
+
+/// A 4 KiB task through the protocol, answered with a 4 KiB result.
+struct ProtocolPingPong {
+    transport: &'static str,
+    exchanger: Exchanger,
+    peer: Peer,
+    payload: Vec<f32>,
+    seq: u32,
+}
+
+impl ProtocolPingPong {
+    fn start(config: &Config, transport: &'static str, spin: Duration) -> Res<Box<dyn PingPong>> {
+        let (exchanger, peer) = protocol_session(config, transport, spin, MIB as u64)?;
+        let mut payload = vec![0f32; TASK_ELEMENTS];
+        pattern::fill(payload.as_mut_bytes(), 0x9a70);
+        Ok(Box::new(ProtocolPingPong {
+            transport,
+            exchanger,
+            peer,
+            payload,
+            seq: 0,
+        }))
+    }
+}
+
+impl PingPong for ProtocolPingPong {
+    fn transport(&self) -> &'static str {
+        self.transport
+    }
+
+    fn size(&self) -> &'static str {
+        "4KiB"
+    }
+
+    fn round_trip(&mut self) -> Res<Duration> {
+        self.seq = self.seq.wrapping_add(1);
+        let token = self.seq;
+        self.payload[0] = f32::from_bits(token);
+        let dxo = Dxo::new(DataKind::Weights).with_tensor(
+            "weights",
+            &[TASK_ELEMENTS as u64],
+            &self.payload,
+        )?;
+        let headers = Headers::new(format!("task-{token}"));
+        let abort = AbortSignal::new();
+        let start = Instant::now();
+        let reply = self.exchanger.execute("train", &dxo, &headers, &abort);
+        let elapsed = start.elapsed();
+        let result = reply
+            .result
+            .ok_or_else(|| format!("{}: reply {}", self.transport, reply.rc))?;
+        let first = result
+            .tensor_by_name("weights")
+            .ok_or("protocol: result has no tensor")?
+            .as_slice::<f32>()?[0];
+        if first.to_bits() != token {
+            return Err(format!("{}: result for another task", self.transport).into());
+        }
+        Ok(elapsed)
+    }
+
+    fn stop(mut self: Box<Self>) -> Res<()> {
+        self.exchanger.close()?;
+        self.peer.finish()
+    }
+}
+
+/// The model of the largest size through the protocol and back, against two memcpys.
+fn bench_protocol_model(config: &Config, report: &mut Report) -> Res<()> {
+    let total = *config.sizes.iter().max().ok_or("no sizes")?;
+    let label = size_label(total);
+    let layout = model_layout(total, config.model_tensors)?;
+    let mut source = vec![0f32; total / 4];
+    pattern::fill(source.as_mut_bytes(), 0x90de1);
+    let dxo = layout
+        .iter()
+        .try_fold(Dxo::new(DataKind::Weights), |dxo, t| {
+            dxo.with_tensor(t.name.as_str(), &t.shape, &source[t.elements.clone()])
+        })?;
+    let sent_digest = model_digest(
+        None,
+        dxo.tensors()
+            .iter()
+            .map(|t| (t.name(), t.shape(), t.bytes())),
+    );
+    let (exchanger, mut peer) = protocol_session(
+        config,
+        "protocol-model",
+        WaitStrategy::DEFAULT_SPIN,
+        SHMEX_RING as u64,
+    )?;
+    let execute = |id: String| {
+        let reply = exchanger.execute("train", &dxo, &Headers::new(id), &AbortSignal::new());
+        match reply.result {
+            Some(result) => Ok(result),
+            None => Err(format!("protocol-model: reply {}", reply.rc)),
+        }
+    };
+    // Untimed: the result must carry the model back intact (and pages get faulted in).
+    let result = execute("verify".into())?;
+    let got = model_digest(
+        None,
+        result.tensors().map(|t| (t.name(), t.shape(), t.bytes())),
+    );
+    drop(result);
+    if got != sent_digest {
+        return Err("protocol-model: the result differs from the task".into());
+    }
+    let mut destination = vec![1u8; total];
+    let bytes = source.as_bytes();
+    let (mut protocol, mut memcpy) = (Vec::new(), Vec::new());
+    for round in 0..protocol_rounds(config) {
+        let start = Instant::now();
+        let result = execute(format!("round-{round}"))?;
+        protocol.push(start.elapsed());
+        drop(result);
+        let start = Instant::now();
+        for _ in 0..2 {
+            destination.copy_from_slice(std::hint::black_box(bytes));
+            std::hint::black_box(&mut destination);
+        }
+        memcpy.push(start.elapsed());
+    }
+    protocol.sort_unstable();
+    memcpy.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    report.add(
+        "protocol-model",
+        &label,
+        "round_trip_ms",
+        ms(percentile(&protocol, 50.0)),
+        "ms",
+    );
+    report.add(
+        "memcpy-x2",
+        &label,
+        "time_ms",
+        ms(percentile(&memcpy, 50.0)),
+        "ms",
+    );
+    exchanger.close()?;
+    peer.finish()
+}
+
+/// An `Agent` answering every task with a WEIGHT_DIFF result of the task's own tensors (sent
+/// from the received task, no copy first) until the exchanger says `bye`.
+fn child_protocol_agent(name: &str, spin: Duration) -> Res<()> {
+    let config = AgentConfig {
+        attach_timeout: PEER_TIMEOUT,
+        wait: WaitStrategy {
+            spin,
+            ..WaitStrategy::default()
+        },
+        ..AgentConfig::default()
+    };
+    let agent = Agent::attach(&SegmentName::new(name)?, config)?;
+    println!("ready");
+    loop {
+        let task = match agent.get_task(Some(PEER_TIMEOUT)) {
+            Ok(Some(task)) => task,
+            Ok(None) => return Err("protocol-agent: no task".into()),
+            Err(GetTaskError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let result = task
+            .message
+            .tensors()
+            .try_fold(Dxo::new(DataKind::WeightDiff), |dxo, t| {
+                dxo.with_tensor_bytes(t.name(), t.dtype(), t.shape(), t.bytes())
+            })?;
+        if !agent.submit_result(&result, shmex::frame::ReturnCode::Ok)? {
+            return Err(format!("protocol-agent: result of {} refused", task.id).into());
+        }
+    }
 }

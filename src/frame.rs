@@ -20,7 +20,7 @@ use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -756,6 +756,11 @@ pub enum SendError {
     /// The deadline passed before the ring had room.
     #[error("timed out waiting for ring space")]
     Timeout,
+    /// The caller's cancel check said stop ([`FrameSender::send_cancellable`]); the fragments
+    /// already committed stay in the ring (the receiver drops the unfinished message when the
+    /// next message's first fragment arrives).
+    #[error("send cancelled")]
+    Cancelled,
     /// The receiver died or detached.
     #[error(transparent)]
     PeerLost(#[from] PeerLost),
@@ -959,6 +964,20 @@ impl FrameSender {
         dxo: Option<&Dxo<'_>>,
         deadline: Option<Instant>,
     ) -> Result<u64, SendError> {
+        self.send_cancellable(producer, envelope, dxo, deadline, None)
+    }
+
+    /// [`FrameSender::send`] that asks `cancel.0()` before each fragment and at least every
+    /// `cancel.1` while waiting for ring space, and stops with [`SendError::Cancelled`] when it
+    /// answers `true` (an abort while a large message streams to a slow or stalled receiver).
+    pub fn send_cancellable(
+        &mut self,
+        producer: &mut Producer,
+        envelope: &Envelope<'_>,
+        dxo: Option<&Dxo<'_>>,
+        deadline: Option<Instant>,
+        cancel: Option<(&dyn Fn() -> bool, Duration)>,
+    ) -> Result<u64, SendError> {
         let descs: Vec<TensorDesc<'_>> = dxo
             .map(|d| d.tensors.iter().map(TensorRef::desc).collect())
             .unwrap_or_default();
@@ -1016,10 +1035,22 @@ impl FrameSender {
             );
             // Fragments of a large message keep the data in flight small and in a cache-sized
             // part of the ring, as streams do (see `Producer::reserve_within`).
-            let mut grant = if fragmented {
-                producer.reserve_within(FRAGMENT_HEADER_LEN + len as usize, window, deadline)?
-            } else {
-                producer.reserve(FRAGMENT_HEADER_LEN + len as usize, deadline)?
+            let record = FRAGMENT_HEADER_LEN + len as usize;
+            let window = if fragmented { window } else { u64::MAX };
+            let mut grant = match cancel {
+                None => producer.reserve_within(record, window, deadline)?,
+                Some((cancelled, slice)) => loop {
+                    if cancelled() {
+                        return Err(SendError::Cancelled);
+                    }
+                    let now = Instant::now();
+                    let slice_end = deadline.map_or(now + slice, |d| d.min(now + slice));
+                    match producer.reserve_within(record, window, Some(slice_end)) {
+                        Err(ReserveError::Timeout)
+                            if deadline.is_none_or(|d| Instant::now() < d) => {}
+                        other => break other?,
+                    }
+                },
             };
             let slot = grant.as_mut_slice();
             slot[..FRAGMENT_HEADER_LEN].copy_from_slice(header.as_bytes());
@@ -1875,7 +1906,20 @@ impl FrameReceiver {
         consumer: &'c mut Consumer,
         deadline: Option<Instant>,
     ) -> Result<Message<'c>, FrameError> {
-        self.receive(consumer, deadline, None)
+        self.receive(consumer, deadline, None, None)
+    }
+
+    /// [`FrameReceiver::recv`] whose `deadline` bounds only the wait for a message to begin:
+    /// once a fragmented message has started, each further fragment may take up to `stall`
+    /// (`None`: until `deadline`). A receiver that polls with short deadlines (to do other
+    /// work between waits) thus never drops a message that is still streaming in.
+    pub fn recv_with_stall<'c>(
+        &'c mut self,
+        consumer: &'c mut Consumer,
+        deadline: Option<Instant>,
+        stall: Option<Duration>,
+    ) -> Result<Message<'c>, FrameError> {
+        self.receive(consumer, deadline, None, stall)
     }
 
     /// Receives the next message into the caller's buffer: its body is copied there, fragment
@@ -1891,7 +1935,7 @@ impl FrameReceiver {
         deadline: Option<Instant>,
         buffer: &'c mut [u8],
     ) -> Result<Message<'c>, FrameError> {
-        self.receive(consumer, deadline, Some(buffer))
+        self.receive(consumer, deadline, Some(buffer), None)
     }
 
     fn receive<'c>(
@@ -1899,6 +1943,7 @@ impl FrameReceiver {
         consumer: &'c mut Consumer,
         deadline: Option<Instant>,
         caller: Option<&'c mut [u8]>,
+        stall: Option<Duration>,
     ) -> Result<Message<'c>, FrameError> {
         let FrameReceiver {
             limits,
@@ -2014,7 +2059,11 @@ impl FrameReceiver {
         let mut index = 0u32;
         while (received as u64) < first.message_len {
             index = index.wrapping_add(1);
-            let grant = consumer.peek(deadline)?;
+            let fragment_deadline = match stall {
+                Some(stall) => Instant::now().checked_add(stall),
+                None => deadline,
+            };
+            let grant = consumer.peek(fragment_deadline)?;
             let next = match fragment_header(&grant) {
                 Ok(h) => h,
                 Err(e) => {

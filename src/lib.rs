@@ -15,6 +15,8 @@
 //! - [`stream`]: moving a buffer larger than the ring while the receiver drains it;
 //! - [`frame`]: DXO messages with named tensors, loans and in-place views, fragmentation;
 //! - [`link`]: a bidirectional link between the exchanger and the agent;
+//! - [`protocol`]: FLARE's task protocol over a link: [`protocol::Exchanger`] and
+//!   [`protocol::Agent`];
 //! - [`inspect`]: reading, judging and cleaning up segments from outside (`shmex list`,
 //!   `inspect`, `clean`);
 //! - `bench` and `demo` (feature `bench`): the transport comparison behind `shmex bench`,
@@ -49,6 +51,8 @@ pub mod frame;
 pub mod inspect;
 #[cfg(not(loom))]
 pub mod link;
+#[cfg(not(loom))]
+pub mod protocol;
 #[cfg(not(loom))]
 pub mod segment;
 #[cfg(not(loom))]

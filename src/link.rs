@@ -179,10 +179,87 @@ pub enum LinkAttachError {
 pub struct Link {
     producer: Producer,
     consumer: Consumer,
+    // Dropped last: marks the side closed only after the ring halves are gone.
+    control: LinkControl,
+}
+
+/// A link taken apart ([`Link::into_parts`]) so that its halves can live on different threads
+/// (a receiving thread owns the consumer, senders share the producer).
+#[derive(Debug)]
+pub struct LinkParts {
+    /// The producer half of the outgoing ring.
+    pub producer: Producer,
+    /// The consumer half of the incoming ring.
+    pub consumer: Consumer,
+    /// The role attachment and the peer monitor. Drop it after both halves: dropping it marks
+    /// this side closed (and, for the exchanger, removes the segment's name).
+    pub control: LinkControl,
+}
+
+/// The part of a link that is neither ring half: this side's role attachment (lock, epoch,
+/// heartbeat) and a monitor of the peer. The exchanger's removes the segment's name when
+/// dropped.
+pub struct LinkControl {
     monitor: PeerMonitor,
     plan: SegmentPlan,
-    // Dropped last: marks the side closed only after the ring halves are gone.
     attachment: Attachment,
+}
+
+impl std::fmt::Debug for LinkControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkControl")
+            .field("role", &self.role())
+            .field("name", &self.name())
+            .field("epoch", &self.epoch())
+            .finish()
+    }
+}
+
+impl LinkControl {
+    /// This side's role.
+    pub fn role(&self) -> Role {
+        self.attachment.role()
+    }
+
+    /// The segment's name (`None` for an in-process link).
+    pub fn name(&self) -> Option<&SegmentName> {
+        self.attachment.segment().name()
+    }
+
+    /// This side's restart epoch.
+    pub fn epoch(&self) -> u64 {
+        self.attachment.epoch()
+    }
+
+    /// The peer's current restart epoch and pid (0, 0 before it first attached).
+    pub fn peer_epoch_and_pid(&self) -> (u64, u32) {
+        self.monitor.epoch_and_pid()
+    }
+
+    /// The peer's liveness; a heartbeat still for `stale_after` or longer makes it
+    /// [`Liveness::Stale`].
+    pub fn peer_liveness(&mut self, stale_after: Duration) -> Liveness {
+        self.monitor.verdict(stale_after)
+    }
+
+    /// A snapshot of one side's block in the control block (untrusted values, as read).
+    pub fn side(&self, role: Role) -> Option<control::SideSnapshot> {
+        control::control_block(self.attachment.segment()).map(|c| control::snapshot(c, role))
+    }
+
+    /// Where the segment's parts lie.
+    pub fn plan(&self) -> &SegmentPlan {
+        &self.plan
+    }
+}
+
+impl Drop for LinkControl {
+    fn drop(&mut self) {
+        // The owner removes the name; the agent's mapping stays valid until it lets go.
+        if self.role() == Role::Exchanger {
+            let _ = self.attachment.segment().unlink();
+        }
+    }
 }
 
 impl std::fmt::Debug for Link {
@@ -191,7 +268,7 @@ impl std::fmt::Debug for Link {
             .field("role", &self.role())
             .field("name", &self.name())
             .field("epoch", &self.epoch())
-            .field("plan", &self.plan)
+            .field("plan", self.plan())
             .finish()
     }
 }
@@ -347,46 +424,57 @@ impl Link {
         Ok(Link {
             producer,
             consumer,
-            monitor,
-            plan,
-            attachment,
+            control: LinkControl {
+                monitor,
+                plan,
+                attachment,
+            },
         })
     }
 
     /// This side's role.
     pub fn role(&self) -> Role {
-        self.attachment.role()
+        self.control.role()
     }
 
     /// The segment's name (`None` for an in-process link).
     pub fn name(&self) -> Option<&SegmentName> {
-        self.attachment.segment().name()
+        self.control.name()
     }
 
     /// This side's restart epoch.
     pub fn epoch(&self) -> u64 {
-        self.attachment.epoch()
+        self.control.epoch()
     }
 
     /// The peer's current restart epoch and pid (0, 0 before it first attached).
     pub fn peer_epoch_and_pid(&self) -> (u64, u32) {
-        self.monitor.epoch_and_pid()
+        self.control.peer_epoch_and_pid()
     }
 
     /// The peer's liveness; a heartbeat still for `stale_after` or longer makes it
     /// [`Liveness::Stale`].
     pub fn peer_liveness(&mut self, stale_after: Duration) -> Liveness {
-        self.monitor.verdict(stale_after)
+        self.control.peer_liveness(stale_after)
     }
 
     /// A snapshot of one side's block in the control block (untrusted values, as read).
     pub fn side(&self, role: Role) -> Option<control::SideSnapshot> {
-        control::control_block(self.attachment.segment()).map(|c| control::snapshot(c, role))
+        self.control.side(role)
     }
 
     /// Where the segment's parts lie.
     pub fn plan(&self) -> &SegmentPlan {
-        &self.plan
+        self.control.plan()
+    }
+
+    /// Takes the link apart so that its halves can be owned by different threads.
+    pub fn into_parts(self) -> LinkParts {
+        LinkParts {
+            producer: self.producer,
+            consumer: self.consumer,
+            control: self.control,
+        }
     }
 
     /// The producer half of the outgoing ring.
@@ -403,15 +491,6 @@ impl Link {
     /// into a scoped thread each).
     pub fn split(&mut self) -> (&mut Producer, &mut Consumer) {
         (&mut self.producer, &mut self.consumer)
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        // The owner removes the name; the agent's mapping stays valid until it lets go.
-        if self.role() == Role::Exchanger {
-            let _ = self.attachment.segment().unlink();
-        }
     }
 }
 

@@ -2,10 +2,11 @@
 //! of a named segment. Every wait has a watchdog; children are SIGKILLed when dropped.
 #![cfg(not(loom))]
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::{Peer, WATCHDOG};
 
 use shmex::control::Liveness;
 use shmex::link::{CreateOptions, Link};
@@ -15,92 +16,12 @@ use shmex::segment::{self, CreateError, SegmentName};
 use shmex::signal::PeerLost;
 use shmex::stream;
 
-const WATCHDOG: Duration = Duration::from_secs(120);
-
 fn deadline() -> Option<Instant> {
     Some(Instant::now() + WATCHDOG)
 }
 
 fn unique(tag: &str) -> SegmentName {
     SegmentName::new(format!("shmex.test.mp.{tag}.{}", std::process::id())).unwrap()
-}
-
-/// A child process whose stdout lines arrive on a channel; SIGKILLed and reaped on drop.
-struct Peer {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-}
-
-impl Peer {
-    fn spawn(args: &[&str]) -> Peer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shmex-testpeer"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn shmex-testpeer");
-        let stdout = child.stdout.take().unwrap();
-        let stdin = child.stdin.take();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Peer {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    /// The next stdout line that starts with `prefix` (watchdog: panics after WATCHDOG).
-    fn expect_line(&self, prefix: &str) -> String {
-        let end = Instant::now() + WATCHDOG;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => continue,
-                Err(e) => panic!("peer never printed {prefix:?}: {e}"),
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Closes the child's stdin (its cue to exit) and waits for a zero exit status.
-    fn finish(mut self) {
-        drop(self.stdin.take());
-        let end = Instant::now() + WATCHDOG;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "peer exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < end, "peer did not exit");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.kill();
-        }
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = stdin.flush();
-        }
-    }
 }
 
 #[test]

@@ -18,6 +18,19 @@
 //!   of the same tensors, print `MODEL <tensor count> <checksum>`.
 //! - `echo NAME COUNT`: attach as agent; COUNT times, pop a record from the task ring and push
 //!   it back on the result ring (ping-pong peer).
+//!
+//! Task-protocol modes (`shmex::protocol`, short timeouts: heartbeat 20 ms, poll 5 ms):
+//! - `agent-serve NAME [SEED]`: attach an `Agent`; for each task print `TASK <id> <checksum>`,
+//!   answer with its tensors as a WEIGHT_DIFF result (meta `task` = id), print
+//!   `SUBMIT <id> <accepted>`; with a non-zero SEED, sometimes sleep a little first and
+//!   sometimes submit twice (printing `DUP <id> <accepted>`). Prints `CLOSED` and exits when
+//!   the exchanger says `bye`.
+//! - `agent-hold-task NAME`: attach an `Agent`, fetch one task, print `TASK <id>`, then hang.
+//! - `raw-agent-stall NAME`: attach a raw link as agent and never read from it.
+//! - `raw-result-then-hang NAME`: attach a raw link as agent, receive one task, ack it, send
+//!   its result, print `SENT`, then hang.
+//! - `exchanger-task NAME`: create an `Exchanger`, print `READY`, execute task `t1`, print
+//!   `REPLY <rc>`, then wait until stdin closes.
 
 #![cfg_attr(loom, allow(unused))]
 
@@ -153,9 +166,177 @@ mod peer {
                     tx.push(&buf, deadline())?;
                 }
             }
+            protocol if protocol::MODES.contains(&protocol) => {
+                protocol::run(protocol, &name, args.get(2))?
+            }
             other => return Err(format!("unknown mode {other}").into()),
         }
         Ok(())
+    }
+
+    /// The task-protocol modes.
+    mod protocol {
+        use super::{deadline, wait_for_stdin_close};
+        use shmex::frame::{
+            DataKind, Dxo, Envelope, FrameReceiver, FrameSender, MessageKind, OwnedMessage,
+            ReturnCode,
+        };
+        use shmex::link::{AttachOptions, Link};
+        use shmex::pattern::checksum;
+        use shmex::protocol::{
+            AbortSignal, Agent, AgentConfig, Exchanger, ExchangerConfig, GetTaskError, Headers,
+            SubmitError,
+        };
+        use shmex::segment::SegmentName;
+        use shmex::signal::WaitStrategy;
+        use std::time::Duration;
+
+        type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+        pub const MODES: &[&str] = &[
+            "agent-serve",
+            "agent-hold-task",
+            "raw-agent-stall",
+            "raw-result-then-hang",
+            "exchanger-task",
+        ];
+
+        fn wait() -> WaitStrategy {
+            WaitStrategy {
+                spin: Duration::from_micros(20),
+                poll_interval: Duration::from_millis(5),
+            }
+        }
+
+        fn agent(name: &SegmentName) -> Result<Agent> {
+            let config = AgentConfig {
+                attach_timeout: Duration::from_secs(60),
+                heartbeat_interval: Duration::from_millis(20),
+                wait: wait(),
+                ..AgentConfig::default()
+            };
+            Ok(Agent::attach(name, config)?)
+        }
+
+        fn raw_agent(name: &SegmentName) -> Result<Link> {
+            let options = AttachOptions {
+                heartbeat_interval: Duration::from_millis(20),
+                ..AttachOptions::default()
+            };
+            Ok(Link::attach(name, &options)?)
+        }
+
+        fn tensors_checksum(message: &OwnedMessage) -> u64 {
+            message
+                .tensors()
+                .fold(0u64, |sum, t| sum.rotate_left(7) ^ checksum(t.bytes()))
+        }
+
+        fn echo_dxo<'m>(message: &'m OwnedMessage, id: &str) -> Result<Dxo<'m>> {
+            let dxo = message
+                .tensors()
+                .try_fold(Dxo::new(DataKind::WeightDiff), |dxo, t| {
+                    dxo.with_tensor_bytes(t.name(), t.dtype(), t.shape(), t.bytes())
+                })?;
+            Ok(dxo.with_meta("task", id))
+        }
+
+        /// xorshift64: reproducible choices without a dependency.
+        fn next(state: &mut u64) -> u64 {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            *state
+        }
+
+        pub fn run(mode: &str, name: &SegmentName, arg: Option<&String>) -> Result<()> {
+            match mode {
+                "agent-serve" => {
+                    let mut random = arg.map(|a| a.parse::<u64>()).transpose()?.unwrap_or(0);
+                    let agent = agent(name)?;
+                    println!("READY");
+                    loop {
+                        let task = match agent.get_task(Some(Duration::from_secs(1))) {
+                            Ok(Some(task)) => task,
+                            Ok(None) => continue,
+                            Err(GetTaskError::Closed) => break,
+                            Err(e) => return Err(e.into()),
+                        };
+                        println!("TASK {} {:016x}", task.id, tensors_checksum(&task.message));
+                        let result = echo_dxo(&task.message, &task.id)?;
+                        if random != 0 && next(&mut random).is_multiple_of(8) {
+                            std::thread::sleep(Duration::from_micros(next(&mut random) % 2000));
+                        }
+                        let accepted = match agent.submit_result(&result, ReturnCode::Ok) {
+                            Err(SubmitError::Closed) => break,
+                            other => other?,
+                        };
+                        println!("SUBMIT {} {accepted}", task.id);
+                        if random != 0 && next(&mut random).is_multiple_of(4) {
+                            let again = match agent.submit_result(&result, ReturnCode::Ok) {
+                                Err(SubmitError::Closed) => break,
+                                other => other?,
+                            };
+                            println!("DUP {} {again}", task.id);
+                        }
+                    }
+                    println!("CLOSED");
+                }
+                "agent-hold-task" => {
+                    let agent = agent(name)?;
+                    println!("READY");
+                    let task = agent.get_task(None)?.ok_or("no task")?;
+                    println!("TASK {}", task.id);
+                    wait_for_stdin_close();
+                }
+                "raw-agent-stall" => {
+                    let _link = raw_agent(name)?;
+                    println!("READY");
+                    wait_for_stdin_close();
+                }
+                "raw-result-then-hang" => {
+                    let mut link = raw_agent(name)?;
+                    let epoch = link.epoch();
+                    println!("READY");
+                    let mut receiver = FrameReceiver::default();
+                    receiver.set_min_epoch(epoch);
+                    let (tx, rx) = link.split();
+                    let task = receiver.recv(rx, deadline())?.into_owned()?;
+                    let mut sender = FrameSender::new();
+                    let ack = Envelope::new(MessageKind::TaskAck)
+                        .with_task(task.task_id(), "")
+                        .with_epoch(epoch)
+                        .with_reply_to(task.sequence());
+                    sender.send(tx, &ack, None, deadline())?;
+                    let result = echo_dxo(&task, task.task_id())?;
+                    let envelope = Envelope::new(MessageKind::Result)
+                        .with_task(task.task_id(), task.task_name())
+                        .with_epoch(epoch);
+                    sender.send(tx, &envelope, Some(&result), deadline())?;
+                    println!("SENT");
+                    wait_for_stdin_close();
+                }
+                "exchanger-task" => {
+                    let config = ExchangerConfig {
+                        agent_heartbeat_interval: Duration::from_millis(20),
+                        wait: wait(),
+                        task_ring_capacity: 1 << 20,
+                        result_ring_capacity: 1 << 20,
+                        ..ExchangerConfig::default()
+                    };
+                    let exchanger = Exchanger::create(name, config)?;
+                    println!("READY");
+                    let weights = [1.0f32, 2.0, 3.0, 4.0];
+                    let dxo = Dxo::new(DataKind::Weights).with_tensor("w", &[4], &weights)?;
+                    let reply =
+                        exchanger.execute("train", &dxo, &Headers::new("t1"), &AbortSignal::new());
+                    println!("REPLY {}", reply.rc.as_str());
+                    wait_for_stdin_close();
+                }
+                other => return Err(format!("unknown protocol mode {other}").into()),
+            }
+            Ok(())
+        }
     }
 
     pub fn main() -> ExitCode {

@@ -1,0 +1,820 @@
+//! The exchanger: creates the link, hands tasks to the agent and waits for their results
+//! (`docs/protocol.md` §3.1).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{
+    data_and_meta, deadline_after, dxo_has_data, kind_meta, pump_slice, result_data_kind,
+    AbortSignal, ExchangerConfig, Headers, RestartPolicy, Shared, META_CURRENT_ROUND,
+    META_TOTAL_ROUND,
+};
+use crate::control::Liveness;
+use crate::frame::{
+    DataKind, Dxo, Envelope, FrameError, FrameReceiver, FrameSender, Message, MessageKind,
+    OwnedMessage, ReturnCode, SendError,
+};
+use crate::link::{CreateOptions, Link, LinkControl, LinkCreateError, LinkParts};
+use crate::ring::{Consumer, Producer};
+use crate::segment::SegmentName;
+
+/// What [`Exchanger::execute`] returns: FLARE's return code and, for a successful result,
+/// the result's DXO.
+#[derive(Debug)]
+pub struct Reply {
+    /// The return code (`OK`, `TASK_ABORTED`, `BAD_REQUEST_DATA`, ... or the result's own).
+    pub rc: ReturnCode,
+    /// The result DXO's data kind (DESIGN §5 item 8); `None` for a bare reply.
+    pub data_kind: Option<DataKind>,
+    /// The result message (tensors, meta, opaque bytes); `None` for a bare reply.
+    pub result: Option<OwnedMessage>,
+}
+
+impl Reply {
+    /// A reply with only a return code.
+    pub fn bare(rc: ReturnCode) -> Reply {
+        Reply {
+            rc,
+            data_kind: None,
+            result: None,
+        }
+    }
+}
+
+/// The exchanger's view of the agent (`docs/protocol.md` §3.1, agent status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangerStatus {
+    /// No agent incarnation is attached.
+    NoAgent,
+    /// Agent incarnation `epoch` is attached and beating.
+    Connected {
+        /// The incarnation's epoch.
+        epoch: u64,
+    },
+    /// Agent incarnation `epoch` is attached but its heartbeat has been still for
+    /// `agent_connection_timeout` or longer.
+    Disconnected {
+        /// The incarnation's epoch.
+        epoch: u64,
+    },
+    /// The agent was silent for `agent_heartbeat_timeout`, or the link is corrupt: every
+    /// `execute` returns `TASK_ABORTED`.
+    Stopped,
+    /// [`Exchanger::close`] was called.
+    Closed,
+}
+
+/// Why [`Exchanger::create`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangerCreateError {
+    /// The link could not be created.
+    #[error(transparent)]
+    Link(#[from] LinkCreateError),
+    /// The pump thread could not be started.
+    #[error("cannot start the pump thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Why [`Exchanger::close`] could not say `bye`.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    /// Pushing `bye` failed (the agent may not learn that the exchanger closed before it
+    /// notices the side state).
+    #[error("bye not delivered: {0}")]
+    Bye(#[from] SendError),
+}
+
+/// Where a task is (`docs/protocol.md` §3.1, execute).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    WaitAgent,
+    Sending { epoch: u64 },
+    AwaitAck { epoch: u64 },
+    Running { epoch: u64, since: Instant },
+}
+
+impl Phase {
+    /// The agent incarnation the task was (being) pushed to.
+    fn epoch(self) -> Option<u64> {
+        match self {
+            Phase::WaitAgent => None,
+            Phase::Sending { epoch } | Phase::AwaitAck { epoch } | Phase::Running { epoch, .. } => {
+                Some(epoch)
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct InFlight {
+    id: String,
+    app_defined: bool,
+    phase: Phase,
+    outcome: Option<Reply>,
+    /// The result is decided (an abort can no longer win) but its `result_ack` is not yet
+    /// pushed: `execute` waits, so that the next task follows the ack in the ring (the agent
+    /// would otherwise see the next task first and take its own task as superseded).
+    acking: bool,
+}
+
+#[derive(Debug)]
+struct State {
+    status: ExchangerStatus,
+    task: Option<InFlight>,
+    /// The id of the last task whose result completed `execute` (duplicates are acked ok).
+    last_completed: Option<String>,
+    /// Tasks pushed again to a new agent incarnation.
+    redeliveries: u64,
+    /// `abort` messages not yet pushed: (task id, agent epoch).
+    aborts: Vec<(String, u64)>,
+}
+
+struct Outbox {
+    producer: Producer,
+    sender: FrameSender,
+}
+
+struct Inner {
+    shared: Shared<State>,
+    outbox: Mutex<Option<Outbox>>,
+    config: ExchangerConfig,
+    /// The agent epoch tasks are pushed to (0: none); read by a streaming push to stop when
+    /// that incarnation ends.
+    bound: AtomicU64,
+    /// Set by `close` or when the exchanger stops: pushes in progress stop.
+    halted: AtomicBool,
+    /// Tells the pump to exit.
+    stop: AtomicBool,
+}
+
+/// The FL-client side of the task protocol: creates the link, sends one task at a time and
+/// waits for its result (FLARE's `IPCExchanger`). Share it between threads by reference (all
+/// calls take `&self`); [`Exchanger::close`] (or dropping it) says `bye` and removes the
+/// segment.
+pub struct Exchanger {
+    inner: Arc<Inner>,
+    pump: Mutex<Option<JoinHandle<(Consumer, LinkControl)>>>,
+    name: SegmentName,
+}
+
+impl std::fmt::Debug for Exchanger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchanger")
+            .field("name", &self.name)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl Exchanger {
+    /// Creates the link `name` (reclaiming a dead owner's segment) and starts the pump.
+    pub fn create(
+        name: &SegmentName,
+        config: ExchangerConfig,
+    ) -> Result<Exchanger, ExchangerCreateError> {
+        let options = CreateOptions {
+            task_ring_capacity: config.task_ring_capacity,
+            result_ring_capacity: config.result_ring_capacity,
+            heartbeat_interval: config.agent_heartbeat_interval,
+            wait: config.wait,
+            reclaim_stale: config.reclaim_stale,
+            populate: true,
+        };
+        let LinkParts {
+            producer,
+            consumer,
+            control,
+        } = Link::create(name, &options)?.into_parts();
+        let inner = Arc::new(Inner {
+            shared: Shared::new(State {
+                status: ExchangerStatus::NoAgent,
+                task: None,
+                last_completed: None,
+                redeliveries: 0,
+                aborts: Vec::new(),
+            }),
+            outbox: Mutex::new(Some(Outbox {
+                producer,
+                sender: FrameSender::new(),
+            })),
+            bound: AtomicU64::new(0),
+            halted: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            config,
+        });
+        let mut pump = Pump {
+            receiver: FrameReceiver::new(inner.config.limits),
+            consumer,
+            core: PumpCore {
+                inner: Arc::clone(&inner),
+                control,
+                bound: 0,
+                min_epoch: 1,
+                last_alive: Instant::now(),
+            },
+        };
+        let handle = std::thread::Builder::new()
+            .name("shmex-exchanger-pump".into())
+            .spawn(move || {
+                pump.run();
+                (pump.consumer, pump.core.control)
+            })
+            .map_err(ExchangerCreateError::Spawn)?;
+        Ok(Exchanger {
+            inner,
+            pump: Mutex::new(Some(handle)),
+            name: name.clone(),
+        })
+    }
+
+    /// The segment's name.
+    pub fn name(&self) -> &SegmentName {
+        &self.name
+    }
+
+    /// The exchanger's view of the agent.
+    pub fn status(&self) -> ExchangerStatus {
+        self.inner.shared.lock().status
+    }
+
+    /// How many times a task was pushed again to a new agent incarnation.
+    pub fn redeliveries(&self) -> u64 {
+        self.inner.shared.lock().redeliveries
+    }
+
+    /// Sends task `task_name` with data `dxo` to the agent and waits for its result; returns
+    /// FLARE's return code and, on success, the result. Blocks until the result, `abort`
+    /// (set from any thread: the agent is sent `abort`, `TASK_ABORTED`), [`Exchanger::close`]
+    /// (`TASK_ABORTED`), the optional `result_timeout` (`TIMEOUT`), or the loss of the agent
+    /// under [`RestartPolicy::Fail`] (`EXECUTION_EXCEPTION`). While no agent is attached it
+    /// waits for one. A second call while a task is in flight returns `BAD_REQUEST_DATA`; an
+    /// empty task id `BAD_TASK_DATA`; a DXO without tensors or opaque bytes
+    /// `BAD_REQUEST_DATA`.
+    ///
+    /// The task's meta is the DXO's plus `data_kind`, and `current_round`/`total_round`
+    /// from `headers`.
+    pub fn execute(
+        &self,
+        task_name: &str,
+        dxo: &Dxo<'_>,
+        headers: &Headers,
+        abort: &AbortSignal,
+    ) -> Reply {
+        if headers.task_id.is_empty() {
+            return Reply::bare(ReturnCode::BadTaskData);
+        }
+        if !dxo_has_data(dxo) {
+            return Reply::bare(ReturnCode::BadRequestData);
+        }
+        let mut task = kind_meta(dxo);
+        if let Some(round) = headers.current_round {
+            task = task.with_meta(META_CURRENT_ROUND, round);
+        }
+        if let Some(rounds) = headers.num_rounds {
+            task = task.with_meta(META_TOTAL_ROUND, rounds);
+        }
+        let id = headers.task_id.as_str();
+        {
+            let mut st = self.inner.shared.lock();
+            if st.task.is_some() {
+                return Reply::bare(ReturnCode::BadRequestData);
+            }
+            if matches!(
+                st.status,
+                ExchangerStatus::Stopped | ExchangerStatus::Closed
+            ) {
+                return Reply::bare(ReturnCode::TaskAborted);
+            }
+            st.task = Some(InFlight {
+                id: id.to_string(),
+                app_defined: dxo.data_kind() == DataKind::AppDefined,
+                phase: Phase::WaitAgent,
+                outcome: None,
+                acking: false,
+            });
+        }
+        let slice = pump_slice(&self.inner.config.wait);
+        loop {
+            let mut st = self.inner.shared.lock();
+            let status = st.status;
+            let Some(t) = st.task.as_mut() else {
+                // Only this call clears the task while it runs.
+                return Reply::bare(ReturnCode::Error);
+            };
+            if t.outcome.is_some() {
+                if !t.acking {
+                    let reply = st.task.take().and_then(|t| t.outcome);
+                    return reply.unwrap_or_else(|| Reply::bare(ReturnCode::Error));
+                }
+                drop(self.inner.shared.wait(st, slice, None));
+                continue;
+            }
+            let halted = matches!(status, ExchangerStatus::Stopped | ExchangerStatus::Closed);
+            if abort.is_aborted() || halted {
+                return self.end_task(st, ReturnCode::TaskAborted);
+            }
+            match t.phase {
+                Phase::WaitAgent => {
+                    if let ExchangerStatus::Connected { epoch } = status {
+                        t.phase = Phase::Sending { epoch };
+                        drop(st);
+                        let sent = self.push_task(task_name, id, &task, epoch, abort);
+                        let mut st = self.inner.shared.lock();
+                        let Some(t) = st.task.as_mut() else { continue };
+                        match sent {
+                            Ok(()) => {
+                                if t.phase == (Phase::Sending { epoch }) {
+                                    t.phase = Phase::AwaitAck { epoch };
+                                }
+                            }
+                            // Abort, close, or the end of the incarnation: the loop decides.
+                            Err(SendError::Cancelled)
+                            | Err(SendError::PeerLost(_))
+                            | Err(SendError::Timeout) => {}
+                            Err(SendError::Encode(_)) | Err(SendError::TooLargeForLoan { .. }) => {
+                                return self.end_task(st, ReturnCode::BadTaskData)
+                            }
+                            Err(SendError::Corrupt(_)) => {
+                                return self.end_task(st, ReturnCode::CommunicationError)
+                            }
+                        }
+                        continue;
+                    }
+                }
+                Phase::Running { since, .. } => {
+                    if let Some(limit) = self.inner.config.result_timeout {
+                        if since.elapsed() >= limit {
+                            return self.end_task(st, ReturnCode::Timeout);
+                        }
+                    }
+                }
+                // A late ack only makes us keep checking (docs/protocol.md §5).
+                Phase::Sending { .. } | Phase::AwaitAck { .. } => {}
+            }
+            drop(self.inner.shared.wait(st, slice, None));
+        }
+    }
+
+    /// Ends the in-flight task with `rc` (abort, close, stop, timeout), telling the agent
+    /// incarnation it was pushed to.
+    fn end_task(&self, mut st: std::sync::MutexGuard<'_, State>, rc: ReturnCode) -> Reply {
+        let Some(task) = st.task.take() else {
+            return Reply::bare(rc);
+        };
+        if let Some(epoch) = task.phase.epoch() {
+            // Pushed by the pump (or before the next task), so that a stalled agent with a
+            // full ring cannot delay the caller's answer.
+            st.aborts.push((task.id, epoch));
+        }
+        drop(st);
+        self.inner.shared.notify();
+        let slice = pump_slice(&self.inner.config.wait);
+        self.inner
+            .flush_aborts(&mut self.inner.lock_outbox(), slice);
+        Reply::bare(rc)
+    }
+
+    fn push_task(
+        &self,
+        task_name: &str,
+        id: &str,
+        task: &Dxo<'_>,
+        epoch: u64,
+        abort: &AbortSignal,
+    ) -> Result<(), SendError> {
+        let inner = &*self.inner;
+        let envelope = Envelope::new(MessageKind::Task)
+            .with_task(id, task_name)
+            .with_epoch(epoch);
+        let cancelled = || {
+            abort.is_aborted()
+                || inner.halted.load(Ordering::Acquire)
+                || inner.bound.load(Ordering::Acquire) != epoch
+        };
+        let slice = pump_slice(&inner.config.wait);
+        let mut outbox = inner.lock_outbox();
+        inner.flush_aborts(&mut outbox, slice);
+        let Some(outbox) = outbox.as_mut() else {
+            return Err(SendError::Cancelled);
+        };
+        outbox
+            .sender
+            .send_cancellable(
+                &mut outbox.producer,
+                &envelope,
+                Some(task),
+                None,
+                Some((&cancelled, slice)),
+            )
+            .map(|_| ())
+    }
+
+    /// Says `bye` to the agent and closes: a waiting or later `execute` returns
+    /// `TASK_ABORTED`, the pump stops, and the segment's name is removed. Calling it again
+    /// does nothing.
+    pub fn close(&self) -> Result<(), CloseError> {
+        let Some(pump) = self.pump.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return Ok(());
+        };
+        self.inner.halted.store(true, Ordering::Release);
+        {
+            let mut st = self.inner.shared.lock();
+            st.status = ExchangerStatus::Closed;
+        }
+        self.inner.shared.notify();
+        let bound = self.inner.bound.load(Ordering::Acquire);
+        let bye = if bound != 0 {
+            self.inner
+                .send(&Envelope::new(MessageKind::Bye).with_epoch(bound))
+        } else {
+            Ok(())
+        };
+        self.inner.stop.store(true, Ordering::Release);
+        let parts = pump.join();
+        // Ring halves first, then the control (which marks our side closed and unlinks).
+        drop(self.inner.lock_outbox().take());
+        if let Ok((consumer, control)) = parts {
+            drop(consumer);
+            drop(control);
+        }
+        bye.map_err(CloseError::from)
+    }
+}
+
+impl Drop for Exchanger {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+impl Inner {
+    fn lock_outbox(&self) -> std::sync::MutexGuard<'_, Option<Outbox>> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`Inner::flush_aborts`], unless none are queued or a task is being pushed (which
+    /// flushes them itself first).
+    fn flush_aborts_if_idle(&self, slice: Duration) {
+        if self.shared.lock().aborts.is_empty() {
+            return;
+        }
+        if let Ok(mut outbox) = self.outbox.try_lock() {
+            self.flush_aborts(&mut outbox, slice);
+        }
+    }
+
+    /// Pushes the queued `abort` messages, waiting at most `slice` for ring space; what does
+    /// not fit stays queued, what is addressed to an incarnation that ended is dropped.
+    fn flush_aborts(&self, outbox: &mut Option<Outbox>, slice: Duration) {
+        let aborts = std::mem::take(&mut self.shared.lock().aborts);
+        if aborts.is_empty() {
+            return;
+        }
+        let bound = self.bound.load(Ordering::Acquire);
+        let mut left = Vec::new();
+        for (id, epoch) in aborts {
+            let Some(outbox) = outbox.as_mut().filter(|_| epoch == bound) else {
+                continue;
+            };
+            let abort = Envelope::new(MessageKind::Abort)
+                .with_task(&id, "")
+                .with_rc(ReturnCode::TaskAborted)
+                .with_epoch(epoch);
+            let deadline = Some(Instant::now() + slice);
+            if let Err(SendError::Timeout) =
+                outbox
+                    .sender
+                    .send(&mut outbox.producer, &abort, None, deadline)
+            {
+                left.push((id, epoch));
+            }
+        }
+        if !left.is_empty() {
+            let mut st = self.shared.lock();
+            left.append(&mut st.aborts);
+            st.aborts = left;
+        }
+    }
+
+    /// Pushes a message without DXO (ack, abort, bye), waiting at most `agent_ack_timeout`.
+    fn send(&self, envelope: &Envelope<'_>) -> Result<(), SendError> {
+        let mut outbox = self.lock_outbox();
+        let Some(outbox) = outbox.as_mut() else {
+            return Err(SendError::Cancelled);
+        };
+        outbox
+            .sender
+            .send(
+                &mut outbox.producer,
+                envelope,
+                None,
+                deadline_after(self.config.agent_ack_timeout),
+            )
+            .map(|_| ())
+    }
+}
+
+/// The pump thread: the receive half, the control block, and the incarnation bookkeeping.
+struct Pump {
+    receiver: FrameReceiver,
+    consumer: Consumer,
+    core: PumpCore,
+}
+
+struct PumpCore {
+    inner: Arc<Inner>,
+    control: LinkControl,
+    /// The agent epoch adopted (0: none).
+    bound: u64,
+    /// Fragments of older epochs are dropped unparsed.
+    min_epoch: u64,
+    /// When the agent was last seen beating (or the exchanger was created).
+    last_alive: Instant,
+}
+
+impl Pump {
+    fn run(&mut self) {
+        let slice = pump_slice(&self.core.inner.config.wait);
+        let stall = Some(self.core.inner.config.agent_connection_timeout);
+        let mut next_check = Instant::now();
+        while !self.core.inner.stop.load(Ordering::Acquire) {
+            let stopped = self.core.lock_status() == ExchangerStatus::Stopped;
+            let mut peer_lost = false;
+            if stopped {
+                std::thread::sleep(slice);
+            } else {
+                match self.receiver.recv_with_stall(
+                    &mut self.consumer,
+                    Some(Instant::now() + slice),
+                    stall,
+                ) {
+                    Ok(message) => self.core.handle(message),
+                    Err(FrameError::Timeout) => {}
+                    Err(FrameError::PeerLost(_)) => peer_lost = true,
+                    Err(FrameError::Corrupt(_)) => self.core.stop(),
+                    // A malformed message was consumed; its task (if any) is unaffected.
+                    Err(_) => {}
+                }
+            }
+            if peer_lost {
+                // The agent is gone and the ring is empty: the liveness check decides; sleep
+                // rather than spin until something changes.
+                self.check_liveness();
+                std::thread::sleep(slice);
+            }
+            self.receiver.set_min_epoch(self.core.min_epoch);
+            self.core.inner.flush_aborts_if_idle(slice);
+            if Instant::now() >= next_check {
+                self.check_liveness();
+                next_check = Instant::now() + slice;
+            }
+        }
+    }
+
+    /// `docs/protocol.md` §3.1, agent status.
+    fn check_liveness(&mut self) {
+        let inner = Arc::clone(&self.core.inner);
+        let config = &inner.config;
+        let verdict = self
+            .core
+            .control
+            .peer_liveness(config.agent_connection_timeout);
+        let (epoch, _) = self.core.control.peer_epoch_and_pid();
+        let now = Instant::now();
+        match verdict {
+            Liveness::Alive | Liveness::Stale { .. } => {
+                if epoch != self.core.bound {
+                    // The bound incarnation ended and a new one attached.
+                    self.drain_and_end();
+                    self.core.adopt(epoch);
+                }
+                if verdict == Liveness::Alive {
+                    self.core.last_alive = now;
+                    self.core.set_status(ExchangerStatus::Connected { epoch });
+                } else {
+                    self.core
+                        .set_status(ExchangerStatus::Disconnected { epoch });
+                }
+            }
+            Liveness::Dead { .. } | Liveness::Closed | Liveness::Corrupt { .. } => {
+                self.drain_and_end();
+                self.core.set_status(ExchangerStatus::NoAgent);
+            }
+            Liveness::Absent => self.core.set_status(ExchangerStatus::NoAgent),
+        }
+        if let Some(limit) = config.agent_heartbeat_timeout {
+            if now.saturating_duration_since(self.core.last_alive) >= limit {
+                self.core.stop();
+            }
+        }
+        self.receiver.set_min_epoch(self.core.min_epoch);
+    }
+
+    /// Processes what the bound incarnation committed before it ended, then ends it
+    /// (`docs/protocol.md` §2).
+    fn drain_and_end(&mut self) {
+        if self.core.bound == 0 {
+            return;
+        }
+        let stall = Some(self.core.inner.config.agent_connection_timeout);
+        loop {
+            let deadline = Some(Instant::now() + Duration::from_millis(1));
+            match self
+                .receiver
+                .recv_with_stall(&mut self.consumer, deadline, stall)
+            {
+                Ok(message) => self.core.handle(message),
+                Err(FrameError::Timeout | FrameError::PeerLost(_) | FrameError::Corrupt(_)) => {
+                    break
+                }
+                Err(_) => {}
+            }
+            self.receiver.set_min_epoch(self.core.min_epoch);
+        }
+        let bound = self.core.bound;
+        if bound != 0 {
+            self.core.end(bound);
+        }
+    }
+}
+
+impl PumpCore {
+    fn lock_status(&self) -> ExchangerStatus {
+        self.inner.shared.lock().status
+    }
+
+    fn set_status(&self, status: ExchangerStatus) {
+        let mut st = self.inner.shared.lock();
+        if !matches!(
+            st.status,
+            ExchangerStatus::Stopped | ExchangerStatus::Closed
+        ) && st.status != status
+        {
+            st.status = status;
+            drop(st);
+            self.inner.shared.notify();
+        }
+    }
+
+    fn stop(&self) {
+        self.inner.halted.store(true, Ordering::Release);
+        let mut st = self.inner.shared.lock();
+        if st.status != ExchangerStatus::Closed {
+            st.status = ExchangerStatus::Stopped;
+        }
+        drop(st);
+        self.inner.shared.notify();
+    }
+
+    fn adopt(&mut self, epoch: u64) {
+        self.bound = epoch;
+        self.min_epoch = epoch.max(self.min_epoch);
+        self.inner.bound.store(epoch, Ordering::Release);
+        self.set_status(ExchangerStatus::Connected { epoch });
+    }
+
+    /// Incarnation `epoch` ended: its in-flight task is redelivered or failed.
+    fn end(&mut self, epoch: u64) {
+        self.bound = 0;
+        self.min_epoch = self.min_epoch.max(epoch.saturating_add(1));
+        self.inner.bound.store(0, Ordering::Release);
+        let mut st = self.inner.shared.lock();
+        if let Some(t) = st.task.as_mut() {
+            if t.outcome.is_none() && t.phase.epoch() == Some(epoch) {
+                match self.inner.config.on_agent_restart {
+                    RestartPolicy::Redeliver => {
+                        t.phase = Phase::WaitAgent;
+                        st.redeliveries += 1;
+                    }
+                    RestartPolicy::Fail => {
+                        t.outcome = Some(Reply::bare(ReturnCode::ExecutionException));
+                    }
+                }
+            }
+        }
+        if !matches!(
+            st.status,
+            ExchangerStatus::Stopped | ExchangerStatus::Closed
+        ) {
+            st.status = ExchangerStatus::NoAgent;
+        }
+        drop(st);
+        self.inner.shared.notify();
+    }
+
+    fn handle(&mut self, message: Message<'_>) {
+        let epoch = message.epoch();
+        if epoch < self.bound || epoch < self.min_epoch {
+            return;
+        }
+        if epoch > self.bound {
+            // A message from a newer incarnation: the bound one ended before it (ring order).
+            if self.bound != 0 {
+                let bound = self.bound;
+                self.end(bound);
+            }
+            self.adopt(epoch);
+        }
+        match message.kind() {
+            MessageKind::TaskAck => self.on_task_ack(&message),
+            MessageKind::Result => self.on_result(message),
+            // Not ours to receive: consumed and ignored.
+            _ => {}
+        }
+    }
+
+    fn on_task_ack(&self, message: &Message<'_>) {
+        let epoch = message.epoch();
+        let mut st = self.inner.shared.lock();
+        let Some(t) = st.task.as_mut() else { return };
+        let sent_here = matches!(
+            t.phase,
+            Phase::Sending { epoch: e } | Phase::AwaitAck { epoch: e } if e == epoch
+        );
+        if !sent_here || t.id != message.task_id() || t.outcome.is_some() {
+            return;
+        }
+        if message.rc() == ReturnCode::Ok {
+            t.phase = Phase::Running {
+                epoch,
+                since: Instant::now(),
+            };
+        } else {
+            t.outcome = Some(Reply::bare(ReturnCode::BadRequestData));
+        }
+        drop(st);
+        self.inner.shared.notify();
+    }
+
+    /// `docs/protocol.md` §3.1, result handling.
+    fn on_result(&self, message: Message<'_>) {
+        let epoch = message.epoch();
+        let sequence = message.sequence();
+        let id = message.task_id().to_string();
+        let (has_data, has_meta) = data_and_meta(&message);
+        let mut st = self.inner.shared.lock();
+        let in_flight = st
+            .task
+            .as_ref()
+            .filter(|t| t.outcome.is_none() && (id.is_empty() || id == t.id))
+            .map(|t| (t.id.clone(), t.app_defined));
+        let (attributed, ack_rc) = match in_flight {
+            Some((task_id, app_defined)) => {
+                let kind = result_data_kind(app_defined, message.meta());
+                let (outcome, ack_rc) = match kind {
+                    Some(kind) if has_data && has_meta => {
+                        let rc = message.rc();
+                        if rc != ReturnCode::Ok && rc != ReturnCode::EarlyTermination {
+                            (Reply::bare(rc), ReturnCode::Ok)
+                        } else {
+                            match message.into_owned() {
+                                Ok(owned) => (
+                                    Reply {
+                                        rc,
+                                        data_kind: Some(kind),
+                                        result: Some(owned),
+                                    },
+                                    ReturnCode::Ok,
+                                ),
+                                Err(_) => (
+                                    Reply::bare(ReturnCode::ExecutionException),
+                                    ReturnCode::ExecutionResultError,
+                                ),
+                            }
+                        }
+                    }
+                    _ => (
+                        Reply::bare(ReturnCode::ExecutionException),
+                        ReturnCode::ExecutionResultError,
+                    ),
+                };
+                if let Some(t) = st.task.as_mut() {
+                    t.outcome = Some(outcome);
+                    t.acking = true;
+                }
+                st.last_completed = Some(task_id.clone());
+                (task_id, ack_rc)
+            }
+            None if !id.is_empty() && st.last_completed.as_deref() == Some(id.as_str()) => {
+                (id, ReturnCode::Ok)
+            }
+            None if id.is_empty() && st.task.is_none() => (id, ReturnCode::Ok),
+            None => (id, ReturnCode::TaskUnknown),
+        };
+        drop(st);
+        self.inner.shared.notify();
+        let ack = Envelope::new(MessageKind::ResultAck)
+            .with_task(&attributed, "")
+            .with_rc(ack_rc)
+            .with_epoch(epoch)
+            .with_reply_to(sequence);
+        // Best effort: an agent that died meanwhile needs no ack.
+        let _ = self.inner.send(&ack);
+        if let Some(t) = self.inner.shared.lock().task.as_mut() {
+            t.acking = false;
+        }
+        self.inner.shared.notify();
+    }
+}

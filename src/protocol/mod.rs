@@ -1,0 +1,197 @@
+//! FLARE's task protocol (`IPCExchanger`/`IPCAgent`) over one link: [`Exchanger`] (the
+//! FL-client side, owns the link) and [`Agent`] (the trainer side).
+//!
+//! The exchanger hands one task at a time to the agent and blocks in [`Exchanger::execute`]
+//! until the agent's result arrives, the caller aborts, or the agent is lost; the agent
+//! fetches tasks with [`Agent::get_task`] and answers with [`Agent::submit_result`]. The
+//! message kinds, the incarnation (epoch) rules and both state machines are specified in
+//! `docs/protocol.md`; the behaviour list is DESIGN §5 (FLARE's semantics).
+//!
+//! Each side runs one *pump* thread that owns the receive half of the link: it answers
+//! `task`/`result` messages with acks, applies `abort`/`bye`, and watches the peer's liveness
+//! (heartbeat counter and OS-backed role lock) every [`WaitStrategy::poll_interval`]. User
+//! calls coordinate with the pump through a mutex and a condition variable and send on the
+//! shared producer half. Received tasks and results are taken out of the ring
+//! ([`crate::frame::Message::into_owned`]: a reassembled large message keeps its buffer without
+//! a copy), so a message held by user code never blocks the `abort` or `bye` behind it.
+//!
+//! ```no_run
+//! use shmex::frame::{DataKind, Dxo, ReturnCode};
+//! use shmex::protocol::{AbortSignal, Agent, AgentConfig, Exchanger, ExchangerConfig, Headers};
+//! use shmex::segment::SegmentName;
+//! use std::time::Duration;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let name = SegmentName::for_agent("site-1", "trainer-0")?;
+//! // FL-client process:
+//! let exchanger = Exchanger::create(&name, ExchangerConfig::default())?;
+//! let weights = vec![0.5f32; 1024];
+//! let task = Dxo::new(DataKind::Weights).with_tensor("w", &[1024], &weights)?;
+//! let reply = exchanger.execute("train", &task, &Headers::new("task-1"), &AbortSignal::new());
+//! assert_eq!(reply.rc, ReturnCode::Ok);
+//!
+//! // Trainer process:
+//! let agent = Agent::attach(&name, AgentConfig::default())?;
+//! if let Some(task) = agent.get_task(Some(Duration::from_secs(60)))? {
+//!     let w = task.message.tensor_by_name("w").unwrap().to_vec::<f32>()?;
+//!     let result = Dxo::new(DataKind::WeightDiff).with_tensor("w", &[1024], &w)?;
+//!     let accepted = agent.submit_result(&result, ReturnCode::Ok)?;
+//!     assert!(accepted);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod agent;
+mod config;
+mod exchanger;
+
+pub use agent::{Agent, AgentAttachError, AgentStatus, GetTaskError, SubmitError, Task};
+pub use config::{AgentConfig, ExchangerConfig, RestartPolicy};
+pub use exchanger::{CloseError, Exchanger, ExchangerCreateError, ExchangerStatus, Reply};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::frame::{DataKind, Dxo, Message};
+use crate::signal::WaitStrategy;
+use serde_json::{Map, Value};
+
+/// FLARE's meta key for the DXO's data kind.
+pub const META_DATA_KIND: &str = "data_kind";
+/// FLARE's meta key for the current round.
+pub const META_CURRENT_ROUND: &str = "current_round";
+/// FLARE's meta key for the total number of rounds (`MetaKey.TOTAL_ROUND`).
+pub const META_TOTAL_ROUND: &str = "total_round";
+
+/// The FLARE task headers [`Exchanger::execute`] carries: the task id (FLARE's `task_id`
+/// header), and the round headers copied into the task's meta.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    /// The task id; must not be empty.
+    pub task_id: String,
+    /// FLARE's `current_round` header: becomes meta `current_round`.
+    pub current_round: Option<i64>,
+    /// FLARE's `num_rounds` header: becomes meta `total_round`.
+    pub num_rounds: Option<i64>,
+}
+
+impl Headers {
+    /// Headers naming task `task_id`, without round information.
+    pub fn new(task_id: impl Into<String>) -> Headers {
+        Headers {
+            task_id: task_id.into(),
+            ..Headers::default()
+        }
+    }
+
+    /// The same headers for round `current_round` of `num_rounds`.
+    pub fn with_rounds(mut self, current_round: i64, num_rounds: i64) -> Headers {
+        self.current_round = Some(current_round);
+        self.num_rounds = Some(num_rounds);
+        self
+    }
+}
+
+/// A flag the caller of [`Exchanger::execute`] sets, from any thread, to abort the task.
+/// Clones share the flag; setting it is one atomic store.
+#[derive(Clone, Debug, Default)]
+pub struct AbortSignal(Arc<AtomicBool>);
+
+impl AbortSignal {
+    /// A signal not yet triggered.
+    pub fn new() -> AbortSignal {
+        AbortSignal::default()
+    }
+
+    /// Triggers the signal: a running or later `execute` given it returns `TASK_ABORTED`.
+    pub fn abort(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether the signal was triggered.
+    pub fn is_aborted(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Whether a DXO carries any data (tensors or opaque bytes): FLARE's agent rejects a task
+/// whose data is empty.
+fn dxo_has_data(dxo: &Dxo<'_>) -> bool {
+    !dxo.tensors().is_empty() || dxo.opaque().is_some_and(|o| !o.is_empty())
+}
+
+/// Whether a received message carries a DXO with data, and meta (`docs/protocol.md` §1.2,
+/// "missing").
+fn data_and_meta(message: &Message<'_>) -> (bool, bool) {
+    let data = message.has_dxo() && (message.tensor_count() > 0 || !message.opaque().is_empty());
+    (data, !message.meta().is_empty())
+}
+
+/// The DXO's kind name as FLARE writes it into meta `data_kind`.
+fn kind_meta<'a>(dxo: &Dxo<'a>) -> Dxo<'a> {
+    dxo.clone()
+        .with_meta(META_DATA_KIND, dxo.data_kind().as_str())
+}
+
+/// The state both sides share between user calls and the pump: a mutex-guarded value and a
+/// condition variable signalled on every change.
+#[derive(Debug)]
+struct Shared<S> {
+    state: Mutex<S>,
+    changed: Condvar,
+}
+
+impl<S> Shared<S> {
+    fn new(state: S) -> Shared<S> {
+        Shared {
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, S> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for a change, at most `slice` and not past `deadline`.
+    fn wait<'g>(
+        &self,
+        guard: MutexGuard<'g, S>,
+        slice: Duration,
+        deadline: Option<Instant>,
+    ) -> MutexGuard<'g, S> {
+        let now = Instant::now();
+        let timeout = deadline.map_or(slice, |d| d.saturating_duration_since(now).min(slice));
+        self.changed
+            .wait_timeout(guard, timeout)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+
+    fn notify(&self) {
+        self.changed.notify_all();
+    }
+}
+
+/// The pump's receive slice: its liveness checks run at least this often.
+fn pump_slice(wait: &WaitStrategy) -> Duration {
+    wait.poll_interval
+        .clamp(Duration::from_millis(1), Duration::from_millis(100))
+}
+
+/// `now + d`, or `None` (forever) when it overflows.
+fn deadline_after(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
+}
+
+/// The data kind of a result's DXO per DESIGN §5 item 8: `APP_DEFINED` if the task was, else
+/// the result's meta `data_kind`, default `WEIGHTS`; `None` if meta names an unknown kind.
+fn result_data_kind(task_app_defined: bool, meta: &Map<String, Value>) -> Option<DataKind> {
+    if task_app_defined {
+        return Some(DataKind::AppDefined);
+    }
+    match meta.get(META_DATA_KIND) {
+        None => Some(DataKind::Weights),
+        Some(v) => v.as_str().and_then(|s| s.parse().ok()),
+    }
+}

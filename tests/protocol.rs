@@ -1,0 +1,920 @@
+//! In-process behaviour tests of `protocol::Exchanger` and `protocol::Agent`: one test per
+//! item of DESIGN §5, named as in `docs/protocol.md` §4. Protocol violations are driven with a
+//! raw `Link` + `FrameSender` as the peer. Tests that need a second process (SIGKILL) are in
+//! `tests/protocol_faults.rs`. Every blocking call has a deadline or a watchdog abort.
+#![cfg(not(loom))]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shmex::frame::{
+    DataKind, Dxo, Envelope, FrameReceiver, FrameSender, MessageKind, OwnedMessage, ReturnCode,
+};
+use shmex::link::{AttachOptions, CreateOptions, Link};
+use shmex::protocol::{
+    AbortSignal, Agent, AgentConfig, AgentStatus, Exchanger, ExchangerConfig, ExchangerStatus,
+    GetTaskError, Headers, Reply, RestartPolicy, SubmitError,
+};
+use shmex::segment::SegmentName;
+
+mod common;
+
+use common::{eventually, quick_exchanger_config as exchanger_config, quick_wait, unique_name};
+
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+fn deadline() -> Option<Instant> {
+    Some(Instant::now() + WATCHDOG)
+}
+
+fn unique(tag: &str) -> SegmentName {
+    unique_name("proto", tag)
+}
+
+fn agent_config() -> AgentConfig {
+    AgentConfig {
+        attach_timeout: Duration::from_secs(10),
+        heartbeat_interval: Duration::from_millis(20),
+        wait: quick_wait(),
+        ..AgentConfig::default()
+    }
+}
+
+fn create(tag: &str) -> Exchanger {
+    create_with(tag, exchanger_config())
+}
+
+fn create_with(tag: &str, config: ExchangerConfig) -> Exchanger {
+    Exchanger::create(&unique(tag), config).unwrap()
+}
+
+fn attach(exchanger: &Exchanger) -> Agent {
+    Agent::attach(exchanger.name(), agent_config()).unwrap()
+}
+
+/// An abort signal that fires after the watchdog period.
+fn watchdog() -> AbortSignal {
+    common::watchdog_abort(WATCHDOG)
+}
+
+const WEIGHTS: [f32; 4] = [1.0, 2.0, 3.0, 4.0];
+
+fn model() -> Dxo<'static> {
+    Dxo::new(DataKind::Weights)
+        .with_tensor("w", &[4], &WEIGHTS)
+        .unwrap()
+}
+
+/// Runs `execute` on a thread (with a watchdog abort); the reply arrives on the handle.
+fn spawn_execute(
+    exchanger: &Arc<Exchanger>,
+    id: &str,
+    abort: AbortSignal,
+) -> std::thread::JoinHandle<Reply> {
+    let exchanger = Arc::clone(exchanger);
+    let id = id.to_string();
+    std::thread::spawn(move || exchanger.execute("train", &model(), &Headers::new(id), &abort))
+}
+
+fn join(handle: std::thread::JoinHandle<Reply>) -> Reply {
+    handle.join().expect("execute thread panicked")
+}
+
+/// Asserts that no task arrives within `ms` milliseconds.
+fn assert_no_task(agent: &Agent, ms: u64) {
+    let got = agent.get_task(Some(Duration::from_millis(ms))).unwrap();
+    assert!(got.is_none(), "unexpected task {got:?}");
+}
+
+fn get(agent: &Agent) -> shmex::protocol::Task {
+    agent
+        .get_task(Some(WATCHDOG))
+        .unwrap()
+        .expect("a task before the watchdog")
+}
+
+fn diff() -> Dxo<'static> {
+    Dxo::new(DataKind::WeightDiff)
+        .with_tensor("w", &[4], &WEIGHTS)
+        .unwrap()
+}
+
+/// A hand-driven agent: a raw link and frame codec, to send what a real agent would not.
+struct RawAgent {
+    link: Link,
+    sender: FrameSender,
+    receiver: FrameReceiver,
+}
+
+impl RawAgent {
+    fn attach(exchanger: &Exchanger) -> RawAgent {
+        let options = AttachOptions {
+            heartbeat_interval: Duration::from_millis(20),
+            ..AttachOptions::default()
+        };
+        let link = Link::attach(exchanger.name(), &options).unwrap();
+        let mut receiver = FrameReceiver::default();
+        receiver.set_min_epoch(link.epoch());
+        RawAgent {
+            link,
+            sender: FrameSender::new(),
+            receiver,
+        }
+    }
+
+    fn recv(&mut self) -> OwnedMessage {
+        self.receiver
+            .recv(self.link.receiver(), deadline())
+            .unwrap()
+            .into_owned()
+            .unwrap()
+    }
+
+    fn send(&mut self, envelope: Envelope<'_>, dxo: Option<&Dxo<'_>>) -> u64 {
+        let envelope = envelope.with_epoch(self.link.epoch());
+        self.sender
+            .send(self.link.sender(), &envelope, dxo, deadline())
+            .unwrap()
+    }
+
+    /// Receives a task and acks it with `rc`.
+    fn take_task(&mut self, rc: ReturnCode) -> OwnedMessage {
+        let task = self.recv();
+        assert_eq!(task.kind(), MessageKind::Task);
+        let ack = Envelope::new(MessageKind::TaskAck)
+            .with_task(task.task_id(), "")
+            .with_rc(rc)
+            .with_reply_to(task.sequence());
+        self.send(ack, None);
+        task
+    }
+
+    /// Sends a result and returns the exchanger's `result_ack`.
+    fn result(&mut self, id: &str, rc: ReturnCode, dxo: Option<&Dxo<'_>>) -> OwnedMessage {
+        let envelope = Envelope::new(MessageKind::Result)
+            .with_task(id, "train")
+            .with_rc(rc);
+        let sequence = self.send(envelope, dxo);
+        let ack = self.recv();
+        assert_eq!(ack.kind(), MessageKind::ResultAck);
+        assert_eq!(ack.reply_to(), sequence);
+        ack
+    }
+}
+
+/// An exchanger executing task `t1` (on a thread) and a raw agent that took and accepted it.
+fn task_taken(tag: &str) -> (Arc<Exchanger>, std::thread::JoinHandle<Reply>, RawAgent) {
+    let exchanger = Arc::new(create(tag));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    let mut raw = RawAgent::attach(&exchanger);
+    raw.take_task(ReturnCode::Ok);
+    (exchanger, pending, raw)
+}
+
+/// A hand-driven exchanger for the agent tests.
+struct RawExchanger {
+    link: Link,
+    sender: FrameSender,
+    receiver: FrameReceiver,
+}
+
+impl RawExchanger {
+    fn create(tag: &str, heartbeat_interval: Duration) -> RawExchanger {
+        let options = CreateOptions {
+            heartbeat_interval,
+            ..CreateOptions::default().ring_capacity(1 << 20)
+        };
+        RawExchanger {
+            link: Link::create(&unique(tag), &options).unwrap(),
+            sender: FrameSender::new(),
+            receiver: FrameReceiver::default(),
+        }
+    }
+
+    fn name(&self) -> SegmentName {
+        self.link.name().unwrap().clone()
+    }
+
+    fn attach(&self) -> Agent {
+        Agent::attach(&self.name(), agent_config()).unwrap()
+    }
+
+    fn send(&mut self, envelope: Envelope<'_>, dxo: Option<&Dxo<'_>>) -> u64 {
+        let (epoch, _) = self.link.peer_epoch_and_pid();
+        self.sender
+            .send(
+                self.link.sender(),
+                &envelope.with_epoch(epoch),
+                dxo,
+                deadline(),
+            )
+            .unwrap()
+    }
+
+    fn recv(&mut self) -> OwnedMessage {
+        self.receiver
+            .recv(self.link.receiver(), deadline())
+            .unwrap()
+            .into_owned()
+            .unwrap()
+    }
+
+    /// Sends task `id` (with meta) and returns the agent's `task_ack`.
+    fn task(&mut self, id: &str) -> OwnedMessage {
+        let dxo = model().with_meta("current_round", 1);
+        let envelope = Envelope::new(MessageKind::Task).with_task(id, "train");
+        let sequence = self.send(envelope, Some(&dxo));
+        let ack = self.recv();
+        assert_eq!(ack.kind(), MessageKind::TaskAck);
+        assert_eq!(ack.reply_to(), sequence);
+        ack
+    }
+
+    fn abort(&mut self, id: &str) {
+        let envelope = Envelope::new(MessageKind::Abort)
+            .with_task(id, "")
+            .with_rc(ReturnCode::TaskAborted);
+        self.send(envelope, None);
+    }
+
+    /// Receives a result and acks it with `rc`, attributed to `attributed`.
+    fn answer_result(&mut self, rc: ReturnCode, attributed: &str) -> OwnedMessage {
+        let result = self.recv();
+        assert_eq!(result.kind(), MessageKind::Result);
+        let ack = Envelope::new(MessageKind::ResultAck)
+            .with_task(attributed, "")
+            .with_rc(rc)
+            .with_reply_to(result.sequence());
+        self.send(ack, None);
+        result
+    }
+}
+
+/// A raw exchanger, an agent attached to it, and task `t1` sent and fetched.
+fn fetched(tag: &str) -> (RawExchanger, Agent) {
+    let (mut raw, agent) = raw_pair(tag);
+    raw.task("t1");
+    get(&agent);
+    (raw, agent)
+}
+
+/// A raw exchanger (20 ms heartbeat) and an agent attached to it.
+fn raw_pair(tag: &str) -> (RawExchanger, Agent) {
+    let raw = RawExchanger::create(tag, Duration::from_millis(20));
+    let agent = raw.attach();
+    (raw, agent)
+}
+
+/// Submits on a thread while the raw exchanger answers; returns (verdict, result sent).
+fn submit_answered(
+    agent: &Agent,
+    exchanger: &mut RawExchanger,
+    ack_rc: ReturnCode,
+    attributed: &str,
+) -> (bool, OwnedMessage) {
+    std::thread::scope(|s| {
+        let submit = s.spawn(|| agent.submit_result(&diff(), ReturnCode::Ok));
+        let result = exchanger.answer_result(ack_rc, attributed);
+        (submit.join().unwrap().unwrap(), result)
+    })
+}
+
+// ---------------------------------------------------------------- E1
+
+#[test]
+fn second_execute_while_busy_is_bad_request_data() {
+    let exchanger = Arc::new(create("e1"));
+    let first = spawn_execute(&exchanger, "t1", watchdog());
+    let mut raw = RawAgent::attach(&exchanger);
+    let task = raw.take_task(ReturnCode::Ok);
+    assert_eq!(task.task_id(), "t1");
+    let second = exchanger.execute("train", &model(), &Headers::new("t2"), &watchdog());
+    assert_eq!(second.rc, ReturnCode::BadRequestData);
+    // The first task is unaffected.
+    raw.result("t1", ReturnCode::Ok, Some(&diff().with_meta("k", 1)));
+    assert_eq!(join(first).rc, ReturnCode::Ok);
+}
+
+// ---------------------------------------------------------------- E2
+
+#[test]
+fn execute_waits_for_agent_then_delivers() {
+    let exchanger = Arc::new(create("e2-wait"));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!pending.is_finished(), "execute returned without an agent");
+    let agent = attach(&exchanger);
+    let task = get(&agent);
+    assert_eq!(task.id, "t1");
+    assert_eq!(
+        task.message
+            .tensor_by_name("w")
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap(),
+        WEIGHTS
+    );
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    let reply = join(pending);
+    assert_eq!(reply.rc, ReturnCode::Ok);
+    assert_eq!(reply.data_kind, Some(DataKind::WeightDiff));
+}
+
+#[test]
+fn abort_while_waiting_for_agent_is_task_aborted() {
+    let exchanger = Arc::new(create("e2-abort"));
+    let abort = AbortSignal::new();
+    let pending = spawn_execute(&exchanger, "t1", abort.clone());
+    std::thread::sleep(Duration::from_millis(30));
+    abort.abort();
+    assert_eq!(join(pending).rc, ReturnCode::TaskAborted);
+    // Nothing was sent: a late agent finds no task.
+    let agent = attach(&exchanger);
+    assert_no_task(&agent, 100);
+}
+
+#[test]
+fn close_while_waiting_for_agent_is_task_aborted() {
+    let exchanger = Arc::new(create("e2-close"));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    std::thread::sleep(Duration::from_millis(30));
+    exchanger.close().unwrap();
+    assert_eq!(join(pending).rc, ReturnCode::TaskAborted);
+    assert_eq!(exchanger.status(), ExchangerStatus::Closed);
+}
+
+// ---------------------------------------------------------------- E3
+
+#[test]
+fn task_without_data_is_bad_request_data() {
+    let exchanger = create("e3-nodata");
+    let empty = Dxo::new(DataKind::Weights).with_meta("current_round", 1);
+    let reply = exchanger.execute("train", &empty, &Headers::new("t1"), &watchdog());
+    assert_eq!(reply.rc, ReturnCode::BadRequestData);
+    assert!(reply.result.is_none());
+}
+
+#[test]
+fn task_rejected_by_agent_is_bad_request_data() {
+    let exchanger = Arc::new(create("e3-rejected"));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    let mut raw = RawAgent::attach(&exchanger);
+    raw.take_task(ReturnCode::BadRequestData);
+    assert_eq!(join(pending).rc, ReturnCode::BadRequestData);
+}
+
+#[test]
+fn task_with_empty_id_is_bad_task_data() {
+    let exchanger = create("e3-emptyid");
+    let reply = exchanger.execute("train", &model(), &Headers::new(""), &watchdog());
+    assert_eq!(reply.rc, ReturnCode::BadTaskData);
+}
+
+// ---------------------------------------------------------------- E4
+
+#[test]
+fn abort_while_sending_sends_abort_and_returns_task_aborted() {
+    let exchanger = Arc::new(create("e4-sending"));
+    let mut raw = RawAgent::attach(&exchanger);
+    let abort = AbortSignal::new();
+    let pending = spawn_execute(&exchanger, "t1", abort.clone());
+    // The task is pushed but never acked: the exchanger is still sending.
+    let task = raw.recv();
+    assert_eq!(task.kind(), MessageKind::Task);
+    abort.abort();
+    assert_eq!(join(pending).rc, ReturnCode::TaskAborted);
+    let told = raw.recv();
+    assert_eq!(told.kind(), MessageKind::Abort);
+    assert_eq!(told.task_id(), "t1");
+    assert_eq!(told.epoch(), raw.link.epoch());
+}
+
+#[test]
+fn abort_while_waiting_for_result_sends_abort_and_returns_task_aborted() {
+    let exchanger = Arc::new(create("e4-waiting"));
+    let agent = attach(&exchanger);
+    let abort = AbortSignal::new();
+    let pending = spawn_execute(&exchanger, "t1", abort.clone());
+    let task = get(&agent);
+    assert_eq!(task.id, "t1");
+    abort.abort();
+    assert_eq!(join(pending).rc, ReturnCode::TaskAborted);
+    eventually("the agent learns of the abort", || agent.is_aborted());
+    assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+}
+
+#[test]
+fn abort_while_streaming_large_task_returns_promptly() {
+    let exchanger = Arc::new(create("e4-streaming"));
+    // An agent that attaches but never reads: a 64 MiB task through a 1 MiB ring stalls.
+    let raw = RawAgent::attach(&exchanger);
+    let big = vec![0.5f32; 16 << 20];
+    let abort = AbortSignal::new();
+    let reply = std::thread::scope(|s| {
+        let running = s.spawn(|| {
+            let dxo = Dxo::new(DataKind::Weights)
+                .with_tensor("big", &[16 << 20], &big)
+                .unwrap();
+            exchanger.execute("train", &dxo, &Headers::new("t1"), &abort)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!running.is_finished());
+        abort.abort();
+        running.join().unwrap()
+    });
+    assert_eq!(reply.rc, ReturnCode::TaskAborted);
+    drop(raw);
+}
+
+// ---------------------------------------------------------------- E5
+
+#[test]
+fn result_for_in_flight_task_completes_execute() {
+    let (_exchanger, pending, mut raw) = task_taken("e5-inflight");
+    let ack = raw.result("t1", ReturnCode::Ok, Some(&diff().with_meta("n", 3)));
+    assert_eq!((ack.rc(), ack.task_id()), (ReturnCode::Ok, "t1"));
+    let reply = join(pending);
+    assert_eq!(reply.rc, ReturnCode::Ok);
+    let result = reply.result.unwrap();
+    assert_eq!(result.meta()["n"], 3);
+    assert_eq!(
+        result.tensor_by_name("w").unwrap().to_vec::<f32>().unwrap(),
+        WEIGHTS
+    );
+}
+
+#[test]
+fn duplicate_result_is_acked_ok_and_ignored() {
+    let (exchanger, pending, mut raw) = task_taken("e5-dup");
+    let result = diff().with_meta("n", 1);
+    raw.result("t1", ReturnCode::Ok, Some(&result));
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+    let again = raw.result("t1", ReturnCode::Ok, Some(&result));
+    assert_eq!((again.rc(), again.task_id()), (ReturnCode::Ok, "t1"));
+    // And the exchanger still works: the duplicate did not complete anything else.
+    let next = spawn_execute(&exchanger, "t2", watchdog());
+    raw.take_task(ReturnCode::Ok);
+    raw.result("t2", ReturnCode::Ok, Some(&result));
+    assert_eq!(join(next).rc, ReturnCode::Ok);
+}
+
+#[test]
+fn result_for_other_task_is_invalid() {
+    let (_exchanger, pending, mut raw) = task_taken("e5-other");
+    let result = diff().with_meta("n", 1);
+    let ack = raw.result("t9", ReturnCode::Ok, Some(&result));
+    assert_eq!(ack.rc(), ReturnCode::TaskUnknown);
+    assert!(!pending.is_finished());
+    raw.result("t1", ReturnCode::Ok, Some(&result));
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+}
+
+#[test]
+fn result_while_idle_is_invalid() {
+    let exchanger = create("e5-idle");
+    let mut raw = RawAgent::attach(&exchanger);
+    let ack = raw.result("t1", ReturnCode::Ok, Some(&diff().with_meta("n", 1)));
+    assert_eq!(ack.rc(), ReturnCode::TaskUnknown);
+}
+
+#[test]
+fn empty_id_result_while_idle_is_acked_and_ignored() {
+    let exchanger = create("e5-emptyidle");
+    let mut raw = RawAgent::attach(&exchanger);
+    let ack = raw.result("", ReturnCode::Ok, Some(&diff().with_meta("n", 1)));
+    assert_eq!((ack.rc(), ack.task_id()), (ReturnCode::Ok, ""));
+}
+
+#[test]
+fn empty_id_result_completes_in_flight_task() {
+    let (_exchanger, pending, mut raw) = task_taken("e5-emptyinflight");
+    let ack = raw.result("", ReturnCode::Ok, Some(&diff().with_meta("n", 1)));
+    assert_eq!((ack.rc(), ack.task_id()), (ReturnCode::Ok, "t1"));
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+}
+
+// ---------------------------------------------------------------- E6
+
+#[test]
+fn result_missing_data_is_invalid_and_execution_exception() {
+    let (_exchanger, pending, mut raw) = task_taken("e6-data");
+    let ack = raw.result("t1", ReturnCode::Ok, None);
+    assert_eq!(ack.rc(), ReturnCode::ExecutionResultError);
+    assert_eq!(join(pending).rc, ReturnCode::ExecutionException);
+}
+
+#[test]
+fn result_missing_meta_is_invalid_and_execution_exception() {
+    let (_exchanger, pending, mut raw) = task_taken("e6-meta");
+    let ack = raw.result("t1", ReturnCode::Ok, Some(&diff()));
+    assert_eq!(ack.rc(), ReturnCode::ExecutionResultError);
+    assert_eq!(join(pending).rc, ReturnCode::ExecutionException);
+}
+
+// ---------------------------------------------------------------- E7
+
+#[test]
+fn result_rc_other_than_ok_is_bare_reply() {
+    let (_exchanger, pending, mut raw) = task_taken("e7-bare");
+    let ack = raw.result(
+        "t1",
+        ReturnCode::ExecutionException,
+        Some(&diff().with_meta("n", 1)),
+    );
+    assert_eq!(ack.rc(), ReturnCode::Ok);
+    let reply = join(pending);
+    assert_eq!(reply.rc, ReturnCode::ExecutionException);
+    assert!(reply.result.is_none() && reply.data_kind.is_none());
+}
+
+#[test]
+fn early_termination_result_keeps_its_dxo() {
+    let exchanger = Arc::new(create("e7-early"));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    let agent = attach(&exchanger);
+    get(&agent);
+    assert!(agent
+        .submit_result(&diff(), ReturnCode::EarlyTermination)
+        .unwrap());
+    let reply = join(pending);
+    assert_eq!(reply.rc, ReturnCode::EarlyTermination);
+    assert!(reply.result.unwrap().tensor_by_name("w").is_some());
+}
+
+// ---------------------------------------------------------------- E8
+
+fn kind_of_reply(tag: &str, task: Dxo<'static>, result: Dxo<'static>) -> Option<DataKind> {
+    let exchanger = Arc::new(create(tag));
+    let pending = {
+        let exchanger = Arc::clone(&exchanger);
+        let abort = watchdog();
+        std::thread::spawn(move || exchanger.execute("train", &task, &Headers::new("t1"), &abort))
+    };
+    let mut raw = RawAgent::attach(&exchanger);
+    raw.take_task(ReturnCode::Ok);
+    raw.result("t1", ReturnCode::Ok, Some(&result));
+    let reply = join(pending);
+    assert_eq!(reply.rc, ReturnCode::Ok);
+    reply.data_kind
+}
+
+#[test]
+fn result_data_kind_is_app_defined_when_task_was() {
+    let task = Dxo::new(DataKind::AppDefined)
+        .with_opaque(b"app bytes")
+        .unwrap();
+    let result = diff().with_meta("data_kind", "METRICS");
+    assert_eq!(
+        kind_of_reply("e8-app", task, result),
+        Some(DataKind::AppDefined)
+    );
+}
+
+#[test]
+fn result_data_kind_comes_from_meta() {
+    let result = diff().with_meta("data_kind", "METRICS");
+    assert_eq!(
+        kind_of_reply("e8-meta", model(), result),
+        Some(DataKind::Metrics)
+    );
+}
+
+#[test]
+fn result_data_kind_defaults_to_weights() {
+    let result = diff().with_meta("n", 1);
+    assert_eq!(
+        kind_of_reply("e8-default", model(), result),
+        Some(DataKind::Weights)
+    );
+}
+
+// ---------------------------------------------------------------- E9
+
+/// An agent whose heartbeat never moves after attaching (its beater sleeps for an hour).
+fn stalled_agent(exchanger: &Exchanger) -> Link {
+    let options = AttachOptions {
+        heartbeat_interval: Duration::from_secs(3600),
+        ..AttachOptions::default()
+    };
+    Link::attach(exchanger.name(), &options).unwrap()
+}
+
+#[test]
+fn stalled_agent_is_disconnected_after_connection_timeout() {
+    let exchanger = create_with(
+        "e9-stalled",
+        ExchangerConfig {
+            agent_connection_timeout: Duration::from_millis(200),
+            ..exchanger_config()
+        },
+    );
+    let stalled = stalled_agent(&exchanger);
+    let epoch = stalled.epoch();
+    eventually("connected", || {
+        exchanger.status() == ExchangerStatus::Connected { epoch }
+    });
+    let since = Instant::now();
+    eventually("disconnected", || {
+        exchanger.status() == ExchangerStatus::Disconnected { epoch }
+    });
+    assert!(since.elapsed() >= Duration::from_millis(100));
+}
+
+#[test]
+fn stalled_agent_is_dead_after_heartbeat_timeout() {
+    let exchanger = Arc::new(create_with(
+        "e9-dead",
+        ExchangerConfig {
+            agent_connection_timeout: Duration::from_millis(100),
+            agent_heartbeat_timeout: Some(Duration::from_millis(300)),
+            ..exchanger_config()
+        },
+    ));
+    let stalled = stalled_agent(&exchanger);
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    assert_eq!(join(pending).rc, ReturnCode::TaskAborted);
+    assert_eq!(exchanger.status(), ExchangerStatus::Stopped);
+    let later = exchanger.execute("train", &model(), &Headers::new("t2"), &watchdog());
+    assert_eq!(later.rc, ReturnCode::TaskAborted);
+    drop(stalled);
+}
+
+/// An exchanger executing `t1`, whose first agent fetched it and went away (it detaches;
+/// tests/protocol_faults.rs SIGKILLs one), and the agent attached after it.
+fn restarted_mid_task(tag: &str) -> (Arc<Exchanger>, std::thread::JoinHandle<Reply>, Agent) {
+    let exchanger = Arc::new(create(tag));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    let first = attach(&exchanger);
+    assert_eq!(get(&first).id, "t1");
+    first.close();
+    drop(first);
+    let second = attach(&exchanger);
+    (exchanger, pending, second)
+}
+
+#[test]
+fn in_flight_task_is_redelivered_to_restarted_agent() {
+    let (exchanger, pending, second) = restarted_mid_task("e9-redeliver");
+    let task = get(&second);
+    assert_eq!(task.id, "t1");
+    assert!(second.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+    assert_eq!(exchanger.redeliveries(), 1);
+}
+
+#[test]
+fn result_timeout_returns_timeout_and_aborts_agent() {
+    let exchanger = Arc::new(create_with(
+        "e9-timeout",
+        ExchangerConfig {
+            result_timeout: Some(Duration::from_millis(100)),
+            ..exchanger_config()
+        },
+    ));
+    let agent = attach(&exchanger);
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    get(&agent);
+    assert_eq!(join(pending).rc, ReturnCode::Timeout);
+    eventually("the agent learns of the abort", || agent.is_aborted());
+    assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+}
+
+// ---------------------------------------------------------------- E10
+
+#[test]
+fn close_sends_bye_and_agent_calls_return_closed() {
+    let exchanger = create("e10");
+    let agent = attach(&exchanger);
+    let name = exchanger.name().clone();
+    std::thread::scope(|s| {
+        let blocked = s.spawn(|| agent.get_task(Some(WATCHDOG)));
+        std::thread::sleep(Duration::from_millis(30));
+        exchanger.close().unwrap();
+        assert_eq!(blocked.join().unwrap().unwrap_err(), GetTaskError::Closed);
+    });
+    assert_eq!(agent.status(), AgentStatus::Closed);
+    assert!(matches!(
+        agent.submit_result(&diff(), ReturnCode::Ok),
+        Err(SubmitError::Closed)
+    ));
+    assert!(!std::path::Path::new("/dev/shm")
+        .join(name.as_str())
+        .exists());
+}
+
+// ---------------------------------------------------------------- A1
+
+#[test]
+fn get_task_times_out_with_none() {
+    let exchanger = create("a1-timeout");
+    let agent = attach(&exchanger);
+    let start = Instant::now();
+    let got = agent.get_task(Some(Duration::from_millis(50))).unwrap();
+    assert!(got.is_none());
+    assert!(start.elapsed() >= Duration::from_millis(50));
+}
+
+#[test]
+fn get_task_after_bye_is_closed() {
+    let (mut raw, agent) = raw_pair("a1-bye");
+    raw.send(Envelope::new(MessageKind::Bye), None);
+    eventually("closed", || agent.status() == AgentStatus::Closed);
+    assert_eq!(
+        agent.get_task(Some(WATCHDOG)).unwrap_err(),
+        GetTaskError::Closed
+    );
+}
+
+#[test]
+fn get_task_never_returns_aborted_task() {
+    let (mut raw, agent) = raw_pair("a1-aborted");
+    assert_eq!(raw.task("t1").rc(), ReturnCode::Ok);
+    raw.abort("t1");
+    assert_eq!(raw.task("t2").rc(), ReturnCode::Ok);
+    assert_eq!(get(&agent).id, "t2");
+}
+
+#[test]
+fn get_task_twice_without_submit_is_call_state_error() {
+    let (_raw, agent) = fetched("a1-twice");
+    assert_eq!(
+        agent.get_task(Some(Duration::from_millis(10))).unwrap_err(),
+        GetTaskError::CallState
+    );
+}
+
+// ---------------------------------------------------------------- A2
+
+#[test]
+fn submit_result_returns_exchanger_verdict() {
+    let (mut raw, agent) = fetched("a2-verdict");
+    let (accepted, result) = submit_answered(&agent, &mut raw, ReturnCode::Ok, "t1");
+    assert!(accepted);
+    assert_eq!(result.task_id(), "t1");
+    raw.task("t2");
+    get(&agent);
+    let (accepted, _) = submit_answered(&agent, &mut raw, ReturnCode::TaskUnknown, "t2");
+    assert!(!accepted);
+}
+
+#[test]
+fn submit_after_abort_is_false() {
+    let (mut raw, agent) = fetched("a2-abort");
+    raw.abort("t1");
+    eventually("aborted", || agent.is_aborted());
+    assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+}
+
+#[test]
+fn submit_without_task_is_false() {
+    let (mut raw, agent) = raw_pair("a2-notask");
+    // The first submission goes out with an empty id (see below); after it, a submission
+    // without a fetched task is refused locally.
+    submit_answered(&agent, &mut raw, ReturnCode::Ok, "");
+    raw.task("t1"); // delivered but never fetched
+    assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+}
+
+#[test]
+fn submit_twice_is_false() {
+    let (mut raw, agent) = fetched("a2-twice");
+    assert!(submit_answered(&agent, &mut raw, ReturnCode::Ok, "t1").0);
+    assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+}
+
+#[test]
+fn first_submit_after_start_has_empty_task_id() {
+    let (mut raw, agent) = raw_pair("a2-first");
+    let (accepted, result) = submit_answered(&agent, &mut raw, ReturnCode::Ok, "");
+    assert!(accepted);
+    assert_eq!(result.task_id(), "");
+    assert_eq!(result.meta()["data_kind"], "WEIGHT_DIFF");
+}
+
+#[test]
+fn restarted_agent_checkpoint_result_completes_redelivered_task() {
+    let (_exchanger, pending, second) = restarted_mid_task("a2-checkpoint");
+    // The restarted trainer resumes from its checkpoint and submits without fetching.
+    assert!(second.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+    // The redelivered copy of t1 was answered by that result: no task is left.
+    assert_no_task(&second, 100);
+}
+
+// ---------------------------------------------------------------- A3
+
+#[test]
+fn second_task_becomes_pending_and_aborts_current() {
+    let (mut raw, agent) = fetched("a3-pending");
+    assert_eq!(raw.task("t2").rc(), ReturnCode::Ok);
+    assert!(agent.is_aborted());
+    assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(get(&agent).id, "t2");
+}
+
+#[test]
+fn same_task_twice_is_duplicate() {
+    let (mut raw, agent) = raw_pair("a3-dup");
+    raw.task("t1");
+    assert_eq!(raw.task("t1").rc(), ReturnCode::Ok);
+    assert_eq!(get(&agent).id, "t1");
+    assert!(!agent.is_aborted());
+    let (accepted, _) = submit_answered(&agent, &mut raw, ReturnCode::Ok, "t1");
+    assert!(accepted);
+    assert_no_task(&agent, 50);
+}
+
+#[test]
+fn new_task_replaces_pending_task() {
+    let (mut raw, agent) = fetched("a3-replace");
+    raw.task("t2");
+    raw.task("t3");
+    assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(get(&agent).id, "t3");
+}
+
+// ---------------------------------------------------------------- A4
+
+#[test]
+fn abort_marks_current_task_aborted() {
+    let (mut raw, agent) = fetched("a4-current");
+    assert!(!agent.is_aborted());
+    raw.abort("t1");
+    eventually("aborted", || agent.is_aborted());
+}
+
+#[test]
+fn abort_drops_pending_task() {
+    let (mut raw, agent) = fetched("a4-pending");
+    raw.task("t2");
+    raw.abort("t2");
+    // A marker task after the abort: once it is pending, the abort was applied.
+    raw.task("t3");
+    assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(get(&agent).id, "t3");
+    assert!(agent
+        .get_task(Some(Duration::from_millis(10)))
+        .is_err_and(|e| e == GetTaskError::CallState));
+}
+
+// ---------------------------------------------------------------- A5
+
+#[test]
+fn stalled_exchanger_makes_agent_disconnected() {
+    let raw = RawExchanger::create("a5-stalled", Duration::from_secs(3600));
+    let agent = Agent::attach(
+        &raw.name(),
+        AgentConfig {
+            flare_site_connection_timeout: Duration::from_millis(150),
+            ..agent_config()
+        },
+    )
+    .unwrap();
+    eventually("disconnected", || {
+        agent.status() == AgentStatus::Disconnected
+    });
+}
+
+#[test]
+fn exchanger_silence_past_heartbeat_timeout_closes_agent() {
+    let raw = RawExchanger::create("a5-silence", Duration::from_secs(3600));
+    let agent = Agent::attach(
+        &raw.name(),
+        AgentConfig {
+            flare_site_connection_timeout: Duration::from_millis(100),
+            flare_site_heartbeat_timeout: Some(Duration::from_millis(250)),
+            ..agent_config()
+        },
+    )
+    .unwrap();
+    eventually("closed", || agent.status() == AgentStatus::Closed);
+    assert_eq!(
+        agent.get_task(Some(WATCHDOG)).unwrap_err(),
+        GetTaskError::Closed
+    );
+}
+
+#[test]
+fn restart_policy_default_is_redeliver_and_config_defaults_are_flares() {
+    let e = ExchangerConfig::default();
+    assert_eq!(e.send_task_timeout, Duration::from_secs(5));
+    assert_eq!(e.resend_task_interval, Duration::from_secs(2));
+    assert_eq!(e.agent_connection_timeout, Duration::from_secs(60));
+    assert_eq!(e.agent_heartbeat_timeout, None);
+    assert_eq!(e.agent_heartbeat_interval, Duration::from_secs(5));
+    assert_eq!(e.agent_ack_timeout, Duration::from_secs(5));
+    assert_eq!(e.result_timeout, None);
+    assert_eq!(e.on_agent_restart, RestartPolicy::Redeliver);
+    let a = AgentConfig::default();
+    assert_eq!(a.submit_result_timeout, Duration::from_secs(30));
+    assert_eq!(a.flare_site_connection_timeout, Duration::from_secs(60));
+    assert_eq!(a.flare_site_heartbeat_timeout, None);
+    assert_eq!(a.resend_result_interval, Duration::from_secs(2));
+    for rc in [
+        ReturnCode::Ok,
+        ReturnCode::BadRequestData,
+        ReturnCode::TaskAborted,
+    ] {
+        assert_eq!(rc.as_str().parse::<ReturnCode>().unwrap(), rc);
+    }
+}
