@@ -1,24 +1,20 @@
-//! The demo's model and its exchange, shared by `shmex demo` and `examples/demo.rs`
-//! (feature `bench`): an exchanger sends a task carrying a WEIGHTS DXO of many named f32
-//! tensors, the agent answers with a WEIGHT_DIFF result of the same tensors (sent from where
-//! it received them, no copy first), and both sides verify every byte.
+//! The demo's model and its exchange, behind `shmex demo` (feature `bench`): an
+//! [`Exchanger`] executes a task carrying a WEIGHTS DXO of many named f32 tensors, an
+//! [`Agent`] in another process answers with a WEIGHT_DIFF result of the same tensors (sent
+//! from where it received them, no copy first), and both sides verify every byte.
 //!
-//! One round is one call, [`exchange_round`] on the exchanger and [`answer_task`] on the
-//! agent, so the demo can move to the exchanger/agent protocol by swapping these two.
+//! One round is one call on each side: [`exchange_round`] and [`answer_task`].
 
 use std::time::{Duration, Instant};
 
 use crate::bench::Res;
-use crate::frame::{DataKind, Dxo, Envelope, FrameError, FrameReceiver, FrameSender, MessageKind};
-use crate::link::Link;
+use crate::frame::{DataKind, Dxo, ReturnCode};
 use crate::pattern::{checksum, fill};
+use crate::protocol::{AbortSignal, Agent, AgentConfig, Exchanger, GetTaskError, Headers};
+use crate::segment::SegmentName;
 
 /// How long one step of a round may take before the demo gives up.
 pub const ROUND_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn deadline() -> Option<Instant> {
-    Some(Instant::now() + ROUND_TIMEOUT)
-}
 
 /// One tensor of the model.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,11 +94,10 @@ impl Model {
         )
     }
 
-    /// The model as a WEIGHTS DXO borrowing the tensors, with FLARE's round meta.
-    pub fn dxo(&self, round: u32, total_rounds: u32) -> Res<Dxo<'_>> {
-        let mut dxo = Dxo::new(DataKind::Weights)
-            .with_meta("current_round", round)
-            .with_meta("total_round", total_rounds);
+    /// The model as a WEIGHTS DXO borrowing the tensors (the exchanger adds the round meta
+    /// from the task's headers).
+    pub fn dxo(&self) -> Res<Dxo<'_>> {
+        let mut dxo = Dxo::new(DataKind::Weights);
         for tensor in &self.tensors {
             dxo = dxo.with_tensor(tensor.name.as_str(), &tensor.shape, &tensor.data)?;
         }
@@ -118,40 +113,37 @@ pub fn model_checksum<'a>(tensors: impl Iterator<Item = &'a [u8]>) -> u64 {
 /// What one round of the exchange showed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Round {
-    /// From the start of sending the task to the whole result received.
+    /// From the call to [`Exchanger::execute`] to its return with the result.
     pub elapsed: Duration,
     /// Tensors in the result.
     pub tensors: usize,
-    /// Whether the result is the task's (id, data kind, tensor count) and carries exactly the
-    /// model's bytes.
+    /// Whether the result is the task's (return code, data kind, tensor count) and carries
+    /// exactly the model's bytes.
     pub result_verified: bool,
 }
 
-/// The exchanger's side of one round: sends `model` as task `task-<round>` on `link` and
-/// waits for the agent's result, which it checks against `expected` (the model's checksum).
+/// The exchanger's side of one round: executes task `task-<round>` carrying `model` and
+/// checks the agent's result against `expected` (the model's checksum).
 pub fn exchange_round(
-    link: &mut Link,
-    sender: &mut FrameSender,
-    receiver: &mut FrameReceiver,
+    exchanger: &Exchanger,
     model: &Model,
     expected: u64,
     round: u32,
     total_rounds: u32,
 ) -> Res<Round> {
-    let dxo = model.dxo(round, total_rounds)?;
-    let task_id = format!("task-{round}");
+    let dxo = model.dxo()?;
+    let headers = Headers::new(format!("task-{round}"))
+        .with_rounds(i64::from(round), i64::from(total_rounds));
     let start = Instant::now();
-    let (tx, rx) = link.split();
-    sender.send(
-        tx,
-        &Envelope::new(MessageKind::Task).with_task(&task_id, "train"),
-        Some(&dxo),
-        deadline(),
-    )?;
-    let result = receiver.recv(rx, deadline())?;
+    let reply = exchanger.execute("train", &dxo, &headers, &AbortSignal::new());
     let elapsed = start.elapsed();
-    let result_verified = result.task_id() == task_id
-        && result.data_kind() == Some(DataKind::WeightDiff)
+    if reply.rc != ReturnCode::Ok {
+        return Err(format!("round {round}: the agent answered {}", reply.rc).into());
+    }
+    let result = reply
+        .result
+        .ok_or_else(|| format!("round {round}: an OK reply without a result"))?;
+    let result_verified = reply.data_kind == Some(DataKind::WeightDiff)
         && result.tensor_count() == model.tensors.len()
         && model_checksum(result.tensors().map(|t| t.bytes())) == expected;
     Ok(Round {
@@ -161,47 +153,45 @@ pub fn exchange_round(
     })
 }
 
-/// The agent's side of one round: receives a task on `link`, answers with a WEIGHT_DIFF
-/// result of the same tensors (sent from where they were received), and returns the task's
-/// [`model_checksum`], computed after replying so the exchanger times the transfer alone.
-/// `None` once the exchanger has closed the link.
-pub fn answer_task(
-    link: &mut Link,
-    sender: &mut FrameSender,
-    receiver: &mut FrameReceiver,
-) -> Res<Option<u64>> {
-    let (tx, rx) = link.split();
-    let task = match receiver.recv(rx, None) {
-        Ok(task) => task,
-        Err(FrameError::PeerLost(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
+/// The agent's side of one round: takes the next task, answers with a WEIGHT_DIFF result of
+/// the same tensors (sent from where they were received), and returns the task's
+/// [`model_checksum`], computed after answering so the exchanger times the exchange alone.
+/// `None` once the exchanger has said bye.
+pub fn answer_task(agent: &Agent) -> Res<Option<u64>> {
+    let task = loop {
+        match agent.get_task(Some(ROUND_TIMEOUT)) {
+            Ok(Some(task)) => break task,
+            Ok(None) => continue,
+            Err(GetTaskError::Closed) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
     };
-    let result = task.tensors_dxo(DataKind::WeightDiff)?.with_meta(
-        "current_round",
-        task.meta()
-            .get("current_round")
-            .cloned()
-            .unwrap_or_default(),
-    );
-    let reply = Envelope::new(MessageKind::Result).with_task(task.task_id(), task.task_name());
-    sender.send(tx, &reply, Some(&result), deadline())?;
-    Ok(Some(model_checksum(task.tensors().map(|t| t.bytes()))))
+    let result = task.message.tensors_dxo(DataKind::WeightDiff)?;
+    if !agent.submit_result(&result, ReturnCode::Ok)? {
+        return Err(format!("the exchanger refused the result of {}", task.id).into());
+    }
+    Ok(Some(model_checksum(
+        task.message.tensors().map(|t| t.bytes()),
+    )))
 }
 
-/// The demo's agent process: attaches to segment `name`, prints `ready`, then answers tasks
-/// until the exchanger closes the link, printing `CHECKSUM <hex>` of each task after replying.
+/// The demo's agent process: attaches to the exchanger on segment `name`, prints `ready`,
+/// then answers tasks until the exchanger says bye, printing `CHECKSUM <hex>` of each task
+/// after answering it.
 pub fn agent_child(name: &str) -> Res<()> {
-    let mut link = crate::bench::child_attach(name, crate::signal::WaitStrategy::default())?;
-    let (mut sender, mut receiver) = (FrameSender::new(), FrameReceiver::default());
-    while let Some(sum) = answer_task(&mut link, &mut sender, &mut receiver)? {
+    let agent = Agent::attach(&SegmentName::new(name)?, AgentConfig::default())?;
+    println!("ready");
+    while let Some(sum) = answer_task(&agent)? {
         println!("CHECKSUM {sum:016x}");
     }
+    agent.close();
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ExchangerConfig;
 
     #[test]
     fn a_model_has_the_size_and_count_asked_for_and_varied_tensors() {
@@ -214,31 +204,22 @@ mod tests {
     }
 
     #[test]
-    fn a_round_through_an_in_process_link_is_verified() {
-        let options = crate::link::CreateOptions::default().ring_capacity(64 * 1024);
-        let (mut exchanger, mut agent) = Link::in_process(&options).unwrap();
+    fn a_round_through_the_protocol_is_verified() {
+        let name = SegmentName::new(format!("shmex.test.demo.{}", std::process::id())).unwrap();
+        let config = ExchangerConfig {
+            task_ring_capacity: 64 * 1024,
+            result_ring_capacity: 64 * 1024,
+            ..ExchangerConfig::default()
+        };
+        let exchanger = Exchanger::create(&name, config).unwrap();
+        let agent = Agent::attach(&name, AgentConfig::default()).unwrap();
         let model = Model::new(256 * 1024, 7);
         let expected = model.checksum();
-        let answer = std::thread::spawn(move || {
-            answer_task(
-                &mut agent,
-                &mut FrameSender::new(),
-                &mut FrameReceiver::default(),
-            )
-            .unwrap()
-        });
-        let round = exchange_round(
-            &mut exchanger,
-            &mut FrameSender::new(),
-            &mut FrameReceiver::default(),
-            &model,
-            expected,
-            1,
-            1,
-        )
-        .unwrap();
+        let answer = std::thread::spawn(move || answer_task(&agent).unwrap());
+        let round = exchange_round(&exchanger, &model, expected, 1, 1).unwrap();
         assert!(round.result_verified);
         assert_eq!(round.tensors, 7);
         assert_eq!(answer.join().unwrap(), Some(expected));
+        exchanger.close().unwrap();
     }
 }

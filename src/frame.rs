@@ -2305,9 +2305,7 @@ impl<'c> Message<'c> {
     /// A new DXO of `data_kind` (no meta) whose tensors are this message's tensors, viewed
     /// where they lie: send it on to answer or forward them without copying them first.
     pub fn tensors_dxo(&self, data_kind: DataKind) -> Result<Dxo<'_>, DxoError> {
-        self.tensors().try_fold(Dxo::new(data_kind), |dxo, t| {
-            dxo.with_tensor_bytes(t.name(), t.dtype(), t.shape(), t.bytes())
-        })
+        views_dxo(self.tensors(), data_kind)
     }
 
     /// Copies the whole message out into an owned value (for keeping it past the ring).
@@ -2386,7 +2384,22 @@ impl Drop for OwnedMessage {
     }
 }
 
+/// A DXO of `data_kind` borrowing the viewed tensors where they lie.
+fn views_dxo<'a>(
+    mut views: impl Iterator<Item = TensorView<'a>>,
+    data_kind: DataKind,
+) -> Result<Dxo<'a>, DxoError> {
+    views.try_fold(Dxo::new(data_kind), |dxo, t| {
+        dxo.with_tensor_bytes(t.name(), t.dtype(), t.shape(), t.bytes())
+    })
+}
+
 impl OwnedMessage {
+    /// A new DXO of `data_kind` (no meta) whose tensors are this message's, borrowed where
+    /// they lie: send it on to answer or forward them without copying them first.
+    pub fn tensors_dxo(&self, data_kind: DataKind) -> Result<Dxo<'_>, DxoError> {
+        views_dxo(self.tensors(), data_kind)
+    }
     /// The message kind.
     pub fn kind(&self) -> MessageKind {
         self.kind

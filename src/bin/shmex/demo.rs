@@ -1,6 +1,7 @@
-//! `shmex demo`: an exchanger (this process) and an agent (this executable re-run) exchange
-//! a model of many named tensors through a shmex link, task and result, a few rounds, each
-//! verified and timed.
+//! `shmex demo`: an exchanger (this process) and an agent (this executable re-run) run a few
+//! rounds of the task protocol (`Exchanger::execute` → `Agent::get_task` /
+//! `submit_result`) with a model of many named tensors, task and result, each round verified
+//! and timed.
 
 use std::time::Duration;
 
@@ -8,8 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use shmex::bench::{self, parse_size, size_label, Launcher, Peer};
 use shmex::demo::{exchange_round, Model};
-use shmex::frame::{FrameReceiver, FrameSender};
-use shmex::link::{CreateOptions, Link};
+use shmex::protocol::{Exchanger, ExchangerConfig};
 use shmex::segment::SegmentName;
 
 use crate::bench::CHILD_COMMAND;
@@ -93,7 +93,12 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
     }
 
     let name = SegmentName::new(format!("shmex.demo.{}", std::process::id()))?;
-    let mut link = Link::create(&name, &CreateOptions::default().ring_capacity(ring as u64))?;
+    let config = ExchangerConfig {
+        task_ring_capacity: ring as u64,
+        result_ring_capacity: ring as u64,
+        ..ExchangerConfig::default()
+    };
+    let exchanger = Exchanger::create(&name, config)?;
     let (_, cpus) = bench::pick_cpus().map_err(|e| Failure::new(e.to_string()))?;
     let launcher = Launcher::current_exe(&[CHILD_COMMAND], None).map_err(child_error)?;
     let mut agent =
@@ -120,20 +125,11 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
             .progress_chars("=> "),
     );
     progress.enable_steady_tick(Duration::from_millis(200));
-    let (mut sender, mut receiver) = (FrameSender::new(), FrameReceiver::default());
     let gigabytes = model.bytes() as f64 / 1e9;
     for round in 1..=args.rounds {
         progress.set_message("task out, result back...");
-        let outcome = exchange_round(
-            &mut link,
-            &mut sender,
-            &mut receiver,
-            &model,
-            expected,
-            round,
-            args.rounds,
-        )
-        .map_err(|e| Failure::new(format!("round {round}: {e}")))?;
+        let outcome = exchange_round(&exchanger, &model, expected, round, args.rounds)
+            .map_err(|e| Failure::new(format!("round {round}: {e}")))?;
         let agent_line = agent
             .next_line(shmex::demo::ROUND_TIMEOUT)
             .map_err(child_error)?;
@@ -165,8 +161,9 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
              reuse them)"
         );
     }
-    drop(link);
+    exchanger.close()?;
     agent.finish().map_err(child_error)?;
+    drop(exchanger);
     println!(
         "done: segment {} removed, agent exited cleanly",
         name.as_str()
