@@ -223,41 +223,29 @@ fn one_tensor(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
 
     let spec = LoanSpec::new(DataKind::Weights).tensor("weights", DType::F32, &[(1 << 20) / 4]);
-    let mut token = 0f32;
-    group.bench_function("loan_recv_1MiB", |b| {
-        b.iter(|| {
-            token += 1.0;
-            let mut loan = sender
-                .loan(&mut producer, &envelope, black_box(&spec), None)
-                .expect("message fits the ring");
-            loan.tensor_mut::<f32>(0).expect("f32 tensor")[0] = token;
-            loan.commit();
-            let message = receiver
-                .recv(&mut consumer, None)
-                .expect("the loaned message decodes");
-            let tensor = message.tensor(0).expect("one tensor");
-            assert_eq!(tensor.as_slice::<f32>().expect("f32 tensor")[0], token);
-            message.release();
-        });
-    });
-
     let prepared = FrameSender::prepare(&envelope, &spec).expect("valid spec");
-    group.bench_function("loan_prepared_recv_1MiB", |b| {
-        b.iter(|| {
-            token += 1.0;
-            let mut loan = sender
-                .loan_prepared(&mut producer, black_box(&prepared), None)
+    let mut token = 0f32;
+    for (label, use_prepared) in [("loan_recv_1MiB", false), ("loan_prepared_recv_1MiB", true)] {
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                token += 1.0;
+                let mut loan = if use_prepared {
+                    sender.loan_prepared(&mut producer, black_box(&prepared), None)
+                } else {
+                    sender.loan(&mut producer, &envelope, black_box(&spec), None)
+                }
                 .expect("message fits the ring");
-            loan.tensor_mut::<f32>(0).expect("f32 tensor")[0] = token;
-            loan.commit();
-            let message = receiver
-                .recv(&mut consumer, None)
-                .expect("the loaned message decodes");
-            let tensor = message.tensor(0).expect("one tensor");
-            assert_eq!(tensor.as_slice::<f32>().expect("f32 tensor")[0], token);
-            message.release();
+                loan.tensor_mut::<f32>(0).expect("f32 tensor")[0] = token;
+                loan.commit();
+                let message = receiver
+                    .recv(&mut consumer, None)
+                    .expect("the loaned message decodes");
+                let tensor = message.tensor(0).expect("one tensor");
+                assert_eq!(tensor.as_slice::<f32>().expect("f32 tensor")[0], token);
+                message.release();
+            });
         });
-    });
+    }
 
     let payload = vec![0.5f32; 1024];
     group.bench_function("send_recv_4KiB", |b| {

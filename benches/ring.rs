@@ -16,7 +16,6 @@
 //! `cargo bench --bench ring -- --test` runs every benchmark once (a smoke test for CI).
 
 use std::hint::black_box;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -401,15 +400,7 @@ impl Peer {
             .stderr(Stdio::inherit())
             .spawn()?;
         let stdout = child.stdout.take().ok_or("peer has no stdout")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = shmex::bench::line_channel(stdout);
         Ok(Peer {
             child,
             lines,

@@ -57,6 +57,21 @@ pub fn deadline() -> Instant {
 // Child processes
 // ---------------------------------------------------------------------------------------
 
+/// A child's stdout as a channel of lines, read by a thread of its own (which ends with the
+/// stream or when the receiver is dropped), so that a parent can wait for a line with a
+/// timeout.
+pub fn line_channel(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 /// How to start a child: this executable with a fixed argument prefix, then the mode, the CPU
 /// to pin to (`-` for none) and the mode's arguments.
 #[derive(Clone, Debug)]
@@ -106,14 +121,7 @@ impl Peer {
             .stderr(Stdio::inherit())
             .spawn()?;
         let stdout = child.stdout.take().ok_or("child has no stdout")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = line_channel(stdout);
         Ok(Peer {
             child,
             lines,

@@ -1,9 +1,9 @@
 //! Helpers shared by the multi-process test files: a `shmex-testpeer` child process.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use shmex::protocol::{AbortSignal, ExchangerConfig};
@@ -76,15 +76,7 @@ impl Peer {
             .expect("spawn shmex-testpeer");
         let stdout = child.stdout.take().unwrap();
         let stdin = child.stdin.take();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = shmex::bench::line_channel(stdout);
         Peer {
             child,
             stdin,
