@@ -513,7 +513,11 @@ impl Pump {
         drop(self.inner.lock_outbox().take());
         self.link = None;
         let options = attach_options(&self.inner.config, slice);
+        let started = Instant::now();
         let Ok(link) = Link::attach(&self.inner.name, &options) else {
+            // An attach can fail at once (a segment of another version, the role taken):
+            // wait out the slice rather than retry in a busy loop.
+            std::thread::sleep(slice.saturating_sub(started.elapsed()));
             return;
         };
         self.generation += 1;
@@ -595,7 +599,11 @@ fn on_task(inner: &Inner, epoch: u64, message: Message<'_>) {
     if accepted {
         let mut st = inner.shared.lock();
         let duplicate = st.pending.as_ref().is_some_and(|p| p.id == id)
-            || (st.pending.is_none() && st.current.as_ref().is_some_and(|c| c.id == id));
+            || (st.pending.is_none()
+                && st
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.id == id && !c.aborted));
         if !duplicate {
             match message.into_owned() {
                 Ok(owned) => {

@@ -41,8 +41,10 @@ pub struct ExchangerConfig {
     /// Deadline for pushing `abort` and `bye` into the task ring (FLARE: `agent_ack_timeout`,
     /// 5 s, the wait for heartbeat and bye acks).
     pub agent_ack_timeout: Duration,
-    /// Longest time a task may run after the agent accepted it; then the agent is sent
-    /// `abort` and `execute` returns `TIMEOUT`. `None` (default): wait forever, as FLARE.
+    /// Longest time `execute` waits for the result after first pushing the task (the wait
+    /// for the agent's ack included, so a task that is never acked ends too); then the agent
+    /// is sent `abort` and `execute` returns `TIMEOUT`. `None` (default): wait forever, as
+    /// FLARE.
     pub result_timeout: Option<Duration>,
     /// What happens to the in-flight task when its agent incarnation ends (default
     /// [`RestartPolicy::Redeliver`]).

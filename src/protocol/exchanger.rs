@@ -296,6 +296,9 @@ impl Exchanger {
             });
         }
         let slice = pump_slice(&self.inner.config.wait);
+        // `result_timeout` counts from the first push, so a task whose ack never comes (a
+        // stalled agent, a lost ack) ends too.
+        let mut first_push: Option<Instant> = None;
         loop {
             let mut st = self.inner.shared.lock();
             let status = st.status;
@@ -315,10 +318,16 @@ impl Exchanger {
             if abort.is_aborted() || halted {
                 return self.end_task(st, ReturnCode::TaskAborted);
             }
+            if let (Some(limit), Some(pushed)) = (self.inner.config.result_timeout, first_push) {
+                if pushed.elapsed() >= limit {
+                    return self.end_task(st, ReturnCode::Timeout);
+                }
+            }
             match t.phase {
                 Phase::WaitAgent => {
                     if let ExchangerStatus::Connected { epoch } = status {
                         t.phase = Phase::Sending { epoch };
+                        first_push.get_or_insert_with(Instant::now);
                         drop(st);
                         let sent = self.push_task(task_name, id, &task, epoch, abort);
                         let mut st = self.inner.shared.lock();
@@ -343,15 +352,8 @@ impl Exchanger {
                         continue;
                     }
                 }
-                Phase::Running { since, .. } => {
-                    if let Some(limit) = self.inner.config.result_timeout {
-                        if since.elapsed() >= limit {
-                            return self.end_task(st, ReturnCode::Timeout);
-                        }
-                    }
-                }
                 // A late ack only makes us keep checking (docs/protocol.md §5).
-                Phase::Sending { .. } | Phase::AwaitAck { .. } => {}
+                Phase::Running { .. } | Phase::Sending { .. } | Phase::AwaitAck { .. } => {}
             }
             drop(self.inner.shared.wait(st, slice, None));
         }
@@ -615,7 +617,8 @@ impl Pump {
     /// Processes what the bound incarnation committed before it ended, then ends it
     /// (`docs/protocol.md` §2).
     fn drain_and_end(&mut self) {
-        if self.core.bound == 0 {
+        let ended = self.core.bound;
+        if ended == 0 {
             return;
         }
         let stall = Some(self.core.inner.config.agent_connection_timeout);
@@ -633,9 +636,10 @@ impl Pump {
             }
             self.receiver.set_min_epoch(self.core.min_epoch);
         }
-        let bound = self.core.bound;
-        if bound != 0 {
-            self.core.end(bound);
+        // A message of a newer incarnation read above already ended `ended` and adopted its
+        // successor: that one is live and must not be ended.
+        if self.core.bound == ended {
+            self.core.end(ended);
         }
     }
 }
@@ -753,7 +757,9 @@ impl PumpCore {
         let epoch = message.epoch();
         let sequence = message.sequence();
         let id = message.task_id().to_string();
-        let (has_data, has_meta) = data_and_meta(&message);
+        // A result's DXO may hold no tensors (docs/protocol.md §1.2): only its absence is
+        // "missing data".
+        let (has_data, has_meta) = (message.has_dxo(), data_and_meta(&message).1);
         let mut st = self.inner.shared.lock();
         let in_flight = st
             .task
@@ -763,28 +769,26 @@ impl PumpCore {
         let (attributed, ack_rc) = match in_flight {
             Some((task_id, app_defined)) => {
                 let kind = result_data_kind(app_defined, message.meta());
+                let rc = message.rc();
                 let (outcome, ack_rc) = match kind {
-                    Some(kind) if has_data && has_meta => {
-                        let rc = message.rc();
-                        if rc != ReturnCode::Ok && rc != ReturnCode::EarlyTermination {
-                            (Reply::bare(rc), ReturnCode::Ok)
-                        } else {
-                            match message.into_owned() {
-                                Ok(owned) => (
-                                    Reply {
-                                        rc,
-                                        data_kind: Some(kind),
-                                        result: Some(owned),
-                                    },
-                                    ReturnCode::Ok,
-                                ),
-                                Err(_) => (
-                                    Reply::bare(ReturnCode::ExecutionException),
-                                    ReturnCode::ExecutionResultError,
-                                ),
-                            }
-                        }
+                    // DESIGN §5 E7: an error rc is the reply, whatever the DXO holds.
+                    _ if rc != ReturnCode::Ok && rc != ReturnCode::EarlyTermination => {
+                        (Reply::bare(rc), ReturnCode::Ok)
                     }
+                    Some(kind) if has_data && has_meta => match message.into_owned() {
+                        Ok(owned) => (
+                            Reply {
+                                rc,
+                                data_kind: Some(kind),
+                                result: Some(owned),
+                            },
+                            ReturnCode::Ok,
+                        ),
+                        Err(_) => (
+                            Reply::bare(ReturnCode::ExecutionException),
+                            ReturnCode::ExecutionResultError,
+                        ),
+                    },
                     _ => (
                         Reply::bare(ReturnCode::ExecutionException),
                         ReturnCode::ExecutionResultError,
