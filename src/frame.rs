@@ -2200,6 +2200,105 @@ fn copy_fragment(grant: ReadGrant<'_>, out: &mut [u8], at: usize) -> Result<usiz
     Ok(end)
 }
 
+/// The accessors [`Message`] and [`OwnedMessage`] share, written once: both hold `kind`,
+/// `sequence` and the parse (`parsed`) and have a private `body()`.
+macro_rules! received_accessors {
+    () => {
+        /// The message kind.
+        pub fn kind(&self) -> MessageKind {
+            self.kind
+        }
+
+        /// The sender's sequence number.
+        pub fn sequence(&self) -> u64 {
+            self.sequence
+        }
+
+        /// The agent incarnation the message comes from or is addressed to (0: none).
+        pub fn epoch(&self) -> u64 {
+            self.parsed.epoch
+        }
+
+        /// The sequence number of the message this one answers (0: none).
+        pub fn reply_to(&self) -> u64 {
+            self.parsed.reply_to
+        }
+
+        /// The return code.
+        pub fn rc(&self) -> ReturnCode {
+            self.parsed.rc
+        }
+
+        /// The task id ("" for none).
+        pub fn task_id(&self) -> &str {
+            &self.parsed.strings[self.parsed.task_id.clone()]
+        }
+
+        /// The task name ("" for none).
+        pub fn task_name(&self) -> &str {
+            &self.parsed.strings[self.parsed.task_name.clone()]
+        }
+
+        /// Whether the message carries a DXO.
+        pub fn has_dxo(&self) -> bool {
+            self.parsed.data_kind.is_some()
+        }
+
+        /// The DXO's data kind (`None` if the message carries no DXO).
+        pub fn data_kind(&self) -> Option<DataKind> {
+            self.parsed.data_kind
+        }
+
+        /// The DXO's meta dictionary (empty if none).
+        pub fn meta(&self) -> &Map<String, Value> {
+            &self.parsed.meta
+        }
+
+        /// The opaque bytes (empty if none).
+        pub fn opaque(&self) -> &[u8] {
+            &self.body()[self.parsed.opaque.clone()]
+        }
+
+        /// Number of tensors.
+        pub fn tensor_count(&self) -> usize {
+            self.parsed.tensors.len()
+        }
+
+        /// The tensors, in order.
+        pub fn tensors(&self) -> impl ExactSizeIterator<Item = TensorView<'_>> + '_ {
+            (0..self.parsed.tensors.len()).map(move |i| self.view(i))
+        }
+
+        /// Tensor `index`.
+        pub fn tensor(&self, index: usize) -> Option<TensorView<'_>> {
+            (index < self.parsed.tensors.len()).then(|| self.view(index))
+        }
+
+        /// The tensor named `name`.
+        pub fn tensor_by_name(&self, name: &str) -> Option<TensorView<'_>> {
+            self.tensors().find(|t| t.name() == name)
+        }
+
+        fn view(&self, index: usize) -> TensorView<'_> {
+            let t = &self.parsed.tensors[index];
+            TensorView {
+                name: &self.parsed.strings[t.name.clone()],
+                dtype: t.dtype,
+                shape: &t.shape[..t.ndim],
+                bytes: &self.body()[t.data.clone()],
+            }
+        }
+
+        /// A new DXO of `data_kind` (no meta) whose tensors are this message's, viewed where
+        /// they lie: send it on to answer or forward them without copying them first.
+        pub fn tensors_dxo(&self, data_kind: DataKind) -> Result<Dxo<'_>, DxoError> {
+            self.tensors().try_fold(Dxo::new(data_kind), |dxo, t| {
+                dxo.with_tensor_bytes(t.name(), t.dtype(), t.shape(), t.bytes())
+            })
+        }
+    };
+}
+
 impl<'c> Message<'c> {
     fn body(&self) -> &[u8] {
         match &self.storage {
@@ -2210,102 +2309,12 @@ impl<'c> Message<'c> {
         }
     }
 
-    /// The message kind.
-    pub fn kind(&self) -> MessageKind {
-        self.kind
-    }
-
-    /// The sender's sequence number.
-    pub fn sequence(&self) -> u64 {
-        self.sequence
-    }
-
-    /// The agent incarnation the message comes from or is addressed to (0: none).
-    pub fn epoch(&self) -> u64 {
-        self.parsed.epoch
-    }
-
-    /// The sequence number of the message this one answers (0: none).
-    pub fn reply_to(&self) -> u64 {
-        self.parsed.reply_to
-    }
-
-    /// The return code.
-    pub fn rc(&self) -> ReturnCode {
-        self.parsed.rc
-    }
-
-    /// The task id ("" for none).
-    pub fn task_id(&self) -> &str {
-        &self.parsed.strings[self.parsed.task_id.clone()]
-    }
-
-    /// The task name ("" for none).
-    pub fn task_name(&self) -> &str {
-        &self.parsed.strings[self.parsed.task_name.clone()]
-    }
-
-    /// Whether the message carries a DXO.
-    pub fn has_dxo(&self) -> bool {
-        self.parsed.data_kind.is_some()
-    }
-
-    /// The DXO's data kind (`None` if the message carries no DXO).
-    pub fn data_kind(&self) -> Option<DataKind> {
-        self.parsed.data_kind
-    }
-
-    /// The DXO's meta dictionary (empty if none).
-    pub fn meta(&self) -> &Map<String, Value> {
-        &self.parsed.meta
-    }
-
-    /// The opaque bytes (empty if none).
-    pub fn opaque(&self) -> &[u8] {
-        &self.body()[self.parsed.opaque.clone()]
-    }
+    received_accessors!();
 
     /// Whether the message is viewed in place in the ring (it arrived whole) rather than
     /// reassembled from fragments.
     pub fn is_in_ring(&self) -> bool {
         matches!(self.storage, Storage::Ring(_))
-    }
-
-    /// Number of tensors.
-    pub fn tensor_count(&self) -> usize {
-        self.parsed.tensors.len()
-    }
-
-    /// The tensors, in order.
-    pub fn tensors(&self) -> impl ExactSizeIterator<Item = TensorView<'_>> + '_ {
-        (0..self.parsed.tensors.len()).map(move |i| self.view(i))
-    }
-
-    /// Tensor `index`.
-    pub fn tensor(&self, index: usize) -> Option<TensorView<'_>> {
-        (index < self.parsed.tensors.len()).then(|| self.view(index))
-    }
-
-    /// The tensor named `name`.
-    pub fn tensor_by_name(&self, name: &str) -> Option<TensorView<'_>> {
-        self.tensors().find(|t| t.name() == name)
-    }
-
-    fn view(&self, index: usize) -> TensorView<'_> {
-        let body = self.body();
-        let t = &self.parsed.tensors[index];
-        TensorView {
-            name: &self.parsed.strings[t.name.clone()],
-            dtype: t.dtype,
-            shape: &t.shape[..t.ndim],
-            bytes: &body[t.data.clone()],
-        }
-    }
-
-    /// A new DXO of `data_kind` (no meta) whose tensors are this message's tensors, viewed
-    /// where they lie: send it on to answer or forward them without copying them first.
-    pub fn tensors_dxo(&self, data_kind: DataKind) -> Result<Dxo<'_>, DxoError> {
-        views_dxo(self.tensors(), data_kind)
     }
 
     /// Copies the whole message out into an owned value (for keeping it past the ring).
@@ -2384,84 +2393,12 @@ impl Drop for OwnedMessage {
     }
 }
 
-/// A DXO of `data_kind` borrowing the viewed tensors where they lie.
-fn views_dxo<'a>(
-    mut views: impl Iterator<Item = TensorView<'a>>,
-    data_kind: DataKind,
-) -> Result<Dxo<'a>, DxoError> {
-    views.try_fold(Dxo::new(data_kind), |dxo, t| {
-        dxo.with_tensor_bytes(t.name(), t.dtype(), t.shape(), t.bytes())
-    })
-}
-
 impl OwnedMessage {
-    /// A new DXO of `data_kind` (no meta) whose tensors are this message's, borrowed where
-    /// they lie: send it on to answer or forward them without copying them first.
-    pub fn tensors_dxo(&self, data_kind: DataKind) -> Result<Dxo<'_>, DxoError> {
-        views_dxo(self.tensors(), data_kind)
+    fn body(&self) -> &[u8] {
+        self.body.as_slice()
     }
-    /// The message kind.
-    pub fn kind(&self) -> MessageKind {
-        self.kind
-    }
-    /// The sender's sequence number.
-    pub fn sequence(&self) -> u64 {
-        self.sequence
-    }
-    /// The agent incarnation the message comes from or is addressed to (0: none).
-    pub fn epoch(&self) -> u64 {
-        self.parsed.epoch
-    }
-    /// The sequence number of the message this one answers (0: none).
-    pub fn reply_to(&self) -> u64 {
-        self.parsed.reply_to
-    }
-    /// Whether the message carries a DXO.
-    pub fn has_dxo(&self) -> bool {
-        self.parsed.data_kind.is_some()
-    }
-    /// Number of tensors.
-    pub fn tensor_count(&self) -> usize {
-        self.parsed.tensors.len()
-    }
-    /// The return code.
-    pub fn rc(&self) -> ReturnCode {
-        self.parsed.rc
-    }
-    /// The task id.
-    pub fn task_id(&self) -> &str {
-        &self.parsed.strings[self.parsed.task_id.clone()]
-    }
-    /// The task name.
-    pub fn task_name(&self) -> &str {
-        &self.parsed.strings[self.parsed.task_name.clone()]
-    }
-    /// The DXO's data kind.
-    pub fn data_kind(&self) -> Option<DataKind> {
-        self.parsed.data_kind
-    }
-    /// The meta dictionary.
-    pub fn meta(&self) -> &Map<String, Value> {
-        &self.parsed.meta
-    }
-    /// The opaque bytes.
-    pub fn opaque(&self) -> &[u8] {
-        &self.body.as_slice()[self.parsed.opaque.clone()]
-    }
-    /// The tensors, in order.
-    pub fn tensors(&self) -> impl ExactSizeIterator<Item = TensorView<'_>> + '_ {
-        let body = self.body.as_slice();
-        self.parsed.tensors.iter().map(move |t| TensorView {
-            name: &self.parsed.strings[t.name.clone()],
-            dtype: t.dtype,
-            shape: &t.shape[..t.ndim],
-            bytes: &body[t.data.clone()],
-        })
-    }
-    /// The tensor named `name`.
-    pub fn tensor_by_name(&self, name: &str) -> Option<TensorView<'_>> {
-        self.tensors().find(|t| t.name() == name)
-    }
+
+    received_accessors!();
 }
 
 /// A tensor of a received message, viewed where it lies (ring or buffer).

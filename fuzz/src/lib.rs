@@ -189,32 +189,31 @@ fn snapshot_tensors<'t>(
     .collect()
 }
 
+/// A snapshot of anything with the accessors of a received message (`Message` and
+/// `OwnedMessage` share them).
+macro_rules! snapshot_of {
+    ($m:expr) => {
+        Snapshot {
+            kind: $m.kind(),
+            rc: $m.rc(),
+            task_id: $m.task_id().to_string(),
+            task_name: $m.task_name().to_string(),
+            data_kind: $m.data_kind(),
+            meta: $m.meta().clone(),
+            opaque: $m.opaque().to_vec(),
+            tensors: snapshot_tensors($m.tensors()),
+        }
+    };
+}
+
 /// Snapshot of a received message.
 pub fn snapshot(m: &Message<'_>) -> Snapshot {
-    Snapshot {
-        kind: m.kind(),
-        rc: m.rc(),
-        task_id: m.task_id().to_string(),
-        task_name: m.task_name().to_string(),
-        data_kind: m.data_kind(),
-        meta: m.meta().clone(),
-        opaque: m.opaque().to_vec(),
-        tensors: snapshot_tensors(m.tensors()),
-    }
+    snapshot_of!(m)
 }
 
 /// Snapshot of an owned message.
 pub fn snapshot_owned(m: &OwnedMessage) -> Snapshot {
-    Snapshot {
-        kind: m.kind(),
-        rc: m.rc(),
-        task_id: m.task_id().to_string(),
-        task_name: m.task_name().to_string(),
-        data_kind: m.data_kind(),
-        meta: m.meta().clone(),
-        opaque: m.opaque().to_vec(),
-        tensors: snapshot_tensors(m.tensors()),
-    }
+    snapshot_of!(m)
 }
 
 /// Touches every accessor of a decoded message, checks the promises of the format, and
