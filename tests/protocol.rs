@@ -80,6 +80,15 @@ fn join(handle: std::thread::JoinHandle<Reply>) -> Reply {
     handle.join().expect("execute thread panicked")
 }
 
+/// Waits for the agent to be closed, then checks that `get_task` says so.
+fn assert_closed(agent: &Agent) {
+    eventually("closed", || agent.status() == AgentStatus::Closed);
+    assert_eq!(
+        agent.get_task(Some(WATCHDOG)).unwrap_err(),
+        GetTaskError::Closed
+    );
+}
+
 /// Asserts that no task arrives within `ms` milliseconds.
 fn assert_no_task(agent: &Agent, ms: u64) {
     let got = agent.get_task(Some(Duration::from_millis(ms))).unwrap();
@@ -731,11 +740,7 @@ fn get_task_times_out_with_none() {
 fn get_task_after_bye_is_closed() {
     let (mut raw, agent) = raw_pair("a1-bye");
     raw.send(Envelope::new(MessageKind::Bye), None);
-    eventually("closed", || agent.status() == AgentStatus::Closed);
-    assert_eq!(
-        agent.get_task(Some(WATCHDOG)).unwrap_err(),
-        GetTaskError::Closed
-    );
+    assert_closed(&agent);
 }
 
 #[test]
@@ -900,11 +905,7 @@ fn exchanger_silence_past_heartbeat_timeout_closes_agent() {
         },
     )
     .unwrap();
-    eventually("closed", || agent.status() == AgentStatus::Closed);
-    assert_eq!(
-        agent.get_task(Some(WATCHDOG)).unwrap_err(),
-        GetTaskError::Closed
-    );
+    assert_closed(&agent);
 }
 
 #[test]
