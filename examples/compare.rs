@@ -1141,12 +1141,6 @@ fn report_rtt(report: &mut Report, transport: &str, size: &str, mut samples: Vec
 /// A Result/Task/Data envelope's task name telling the echo child to answer with a checksum.
 const VERIFY_TASK: &str = "verify";
 
-/// Ring capacity for the loan hand-off: the smallest power of two that holds the largest
-/// message whole (512 MiB for 256 MiB tensors).
-fn handoff_ring(largest: usize) -> usize {
-    (largest + MIB).next_power_of_two()
-}
-
 /// The exchanger side of the loan hand-off: loans a message of one f32 tensor, writes its
 /// first element, commits; the child views it in place, answers with a loaned message of the
 /// same size carrying that element; this side views the answer and releases it.
@@ -1171,7 +1165,7 @@ impl LoanSession {
                 spin: ACTIVE_SPIN,
                 ..WaitStrategy::default()
             },
-            ..CreateOptions::default().ring_capacity(handoff_ring(largest) as u64)
+            ..CreateOptions::default().ring_capacity(shmex::bench::loan_ring(largest) as u64)
         };
         let link = Link::create(&name, &options)?;
         let mut peer = Peer::spawn(&config.launcher, "loan-echo", &[name.as_str().to_string()])?;
@@ -1316,7 +1310,7 @@ fn bench_handoff(config: &Config, report: &mut Report) -> Res<()> {
          (recv, is_in_ring, first element, release), which answers the same way; \
          WaitStrategy spin {ACTIVE_SPIN:?} on both sides; rings of {}; hand-off = round trip / 2; \
          sizes alternate in batches of {ROUND_TRIP_BATCH}",
-        size_label(handoff_ring(*sizes.iter().max().unwrap_or(&MIB))),
+        size_label(shmex::bench::loan_ring(*sizes.iter().max().unwrap_or(&MIB))),
     ));
     Ok(())
 }
@@ -1992,12 +1986,7 @@ fn child_protocol_agent(name: &str, spin: Duration) -> Res<()> {
             Err(GetTaskError::Closed) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let result = task
-            .message
-            .tensors()
-            .try_fold(Dxo::new(DataKind::WeightDiff), |dxo, t| {
-                dxo.with_tensor_bytes(t.name(), t.dtype(), t.shape(), t.bytes())
-            })?;
+        let result = task.message.tensors_dxo(DataKind::WeightDiff)?;
         if !agent.submit_result(&result, shmex::frame::ReturnCode::Ok)? {
             return Err(format!("protocol-agent: result of {} refused", task.id).into());
         }

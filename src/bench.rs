@@ -23,7 +23,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::frame::{DType, DataKind, Envelope, FrameReceiver, FrameSender, LoanSpec, MessageKind};
+use crate::frame::{
+    DType, DataKind, Envelope, FrameReceiver, FrameSender, LoanSpec, MessageKind, PreparedLoan,
+};
 use crate::link::{AttachOptions, CreateOptions, Link};
 use crate::segment::SegmentName;
 use crate::signal::WaitStrategy;
@@ -931,7 +933,8 @@ fn child_shmex_sink(name: &str, max: usize) -> Res<()> {
 const LOAN_VERIFY: &str = "verify";
 
 /// Zero-copy hand-off of whole messages: the sender loans ring space for a DXO with one `u8`
-/// tensor of the transfer's size (`FrameSender::loan`), writes the source into it in place
+/// tensor of the transfer's size (`FrameSender::loan_prepared`, its layout prepared once per
+/// size), writes the source into it in place
 /// (the one copy; a producer computing its tensors there would save even that), commits; the
 /// child views the tensor in the ring without copying and answers with a 1-byte record. The
 /// ring holds the largest message whole.
@@ -940,7 +943,9 @@ pub struct LoanTransfer {
     link: Link,
     peer: Peer,
     sender: FrameSender,
-    specs: Vec<(usize, LoanSpec)>,
+    /// Message layouts by (size, verify), laid out once so a timed loan only reserves and
+    /// copies the prefix.
+    layouts: Vec<((usize, bool), PreparedLoan)>,
     ack: Vec<u8>,
 }
 
@@ -967,31 +972,35 @@ impl LoanTransfer {
             link,
             peer,
             sender: FrameSender::new(),
-            specs: Vec::new(),
+            layouts: Vec::new(),
             ack: Vec::with_capacity(64),
         })
     }
 
     /// Loans, fills and commits one message carrying `source`.
     fn send(&mut self, source: &[u8], verify: bool, give_up: Option<Instant>) -> Res<()> {
-        let len = source.len();
-        let index = match self.specs.iter().position(|(l, _)| *l == len) {
+        let key = (source.len(), verify);
+        let index = match self.layouts.iter().position(|(k, _)| *k == key) {
             Some(index) => index,
             None => {
-                let spec =
-                    LoanSpec::new(DataKind::Weights).tensor("weights", DType::U8, &[len as u64]);
-                self.specs.push((len, spec));
-                self.specs.len() - 1
+                let spec = LoanSpec::new(DataKind::Weights).tensor(
+                    "weights",
+                    DType::U8,
+                    &[source.len() as u64],
+                );
+                let envelope = if verify {
+                    Envelope::new(MessageKind::Data).with_task("", LOAN_VERIFY)
+                } else {
+                    Envelope::new(MessageKind::Data)
+                };
+                let prepared = FrameSender::prepare(&envelope, &spec)?;
+                self.layouts.push((key, prepared));
+                self.layouts.len() - 1
             }
-        };
-        let envelope = if verify {
-            Envelope::new(MessageKind::Data).with_task("", LOAN_VERIFY)
-        } else {
-            Envelope::new(MessageKind::Data)
         };
         let mut loan =
             self.sender
-                .loan(self.link.sender(), &envelope, &self.specs[index].1, give_up)?;
+                .loan_prepared(self.link.sender(), &self.layouts[index].1, give_up)?;
         loan.tensor_bytes_mut(0)?.copy_from_slice(source);
         loan.commit();
         Ok(())

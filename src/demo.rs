@@ -64,12 +64,11 @@ impl Model {
                 } else {
                     vec![share as u64]
                 };
-                let mut bytes = vec![0u8; share * 4];
-                fill(&mut bytes, i as u64 + 1);
-                let data = bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
+                let mut data = vec![0f32; share];
+                fill(
+                    zerocopy::IntoBytes::as_mut_bytes(data.as_mut_slice()),
+                    i as u64 + 1,
+                );
                 ModelTensor {
                     name: format!("layer{i:03}.weight"),
                     shape,

@@ -241,11 +241,7 @@ pub fn default_window(sides: &[SideSnapshot]) -> Duration {
         .map(|s| s.heartbeat_interval)
         .max()
         .unwrap_or_default();
-    longest
-        .saturating_mul(3)
-        .checked_div(2)
-        .unwrap_or(MAX_WATCH_WINDOW)
-        .clamp(Duration::from_millis(100), MAX_WATCH_WINDOW)
+    (longest.saturating_mul(3) / 2).clamp(Duration::from_millis(100), MAX_WATCH_WINDOW)
 }
 
 /// A segment opened for a report, with its heartbeat monitors running.

@@ -9,10 +9,10 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 use shmex::frame::{
-    DType, DataKind, Dxo, Envelope, FrameError, FrameReceiver, FrameSender, Limits, MessageKind,
+    DType, DataKind, Dxo, Envelope, FrameError, FrameReceiver, FrameSender, MessageKind,
     ReturnCode, MAX_DIMS,
 };
-use shmex_fuzz::{assert_same, envelope_of, exercise_message, ring, Snapshot};
+use shmex_fuzz::{assert_same, exercise_message, ring, Snapshot, LIMITS};
 
 #[derive(Arbitrary, Debug)]
 enum Scalar {
@@ -77,14 +77,6 @@ fn meta_value(m: &Meta) -> Value {
         Meta::Object(v) => Value::Object(v.iter().map(|(k, s)| (k.clone(), scalar(s))).collect()),
     }
 }
-
-const LIMITS: Limits = Limits {
-    max_message_len: 16 << 20,
-    max_tensors: 4096,
-    max_name_len: 1024,
-    max_meta_len: 1 << 20,
-    max_task_field_len: 1024,
-};
 
 /// Most bytes of tensor data one input may ask for.
 const MAX_DATA: u64 = 2 << 20;
@@ -201,16 +193,7 @@ fuzz_target!(|input: Input| {
             let first = sender.send(&mut producer, &envelope, dxo.as_ref(), deadline);
             let second = sender.send(
                 &mut producer,
-                &envelope_of(&Snapshot {
-                    kind: MessageKind::Bye,
-                    rc: ReturnCode::Ok,
-                    task_id: String::new(),
-                    task_name: String::new(),
-                    data_kind: None,
-                    meta: Map::new(),
-                    opaque: Vec::new(),
-                    tensors: Vec::new(),
-                }),
+                &Envelope::new(MessageKind::Bye),
                 None,
                 deadline,
             );
