@@ -4,16 +4,17 @@
 //! other users' segments) are never touched; every segment made here is removed.
 #![cfg(all(not(loom), feature = "cli"))]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command as StdCommand, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use assert_cmd::Command;
 use predicates::prelude::*;
 use shmex::control;
 use shmex::link::{CreateOptions, Link};
 use shmex::segment::{self, Segment, SegmentName};
+
+mod common;
+use common::Peer;
 
 /// A prefix no other test (and no other test process) uses.
 fn unique_prefix() -> String {
@@ -33,49 +34,13 @@ fn shmex() -> Command {
     Command::cargo_bin("shmex").unwrap()
 }
 
-/// A `shmex-testpeer` child, SIGKILLed and reaped on drop.
-struct Peer(Child);
-
-impl Peer {
-    /// Starts `shmex-testpeer MODE NAME` and waits (up to a minute) for its `READY` line.
-    fn ready(mode: &str, name: &SegmentName) -> Peer {
-        let mut child = StdCommand::new(env!("CARGO_BIN_EXE_shmex-testpeer"))
-            .args([mode, name.as_str()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn shmex-testpeer");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let peer = Peer(child);
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line == "READY" => return peer,
-                Ok(_) => continue,
-                Err(e) => panic!("{mode} peer never became ready: {e}"),
-            }
-        }
-    }
-
-    /// SIGKILL: the process dies without detaching, its locks go, its segment stays.
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Starts `shmex-testpeer MODE NAME` and waits for its `READY` line; the child is SIGKILLed
+/// and reaped when dropped, and `kill` makes it die without detaching (its locks go, its
+/// segment stays).
+fn ready(mode: &str, name: &SegmentName) -> Peer {
+    let peer = Peer::spawn(&[mode, name.as_str()]);
+    peer.expect_line("READY");
+    peer
 }
 
 /// Removes a segment at the end of a test, whatever happened (only dead ones can go; a test
@@ -110,9 +75,9 @@ fn list_shows_a_live_and_a_dead_segment_with_their_sides() {
     let prefix = unique_prefix();
     let (live, dead) = (name(&prefix, "live"), name(&prefix, "dead"));
     let _cleanup = Cleanup(vec![live.clone(), dead.clone()]);
-    let _holder = Peer::ready("hold", &live);
-    let _agent = Peer::ready("attach-hold", &live);
-    Peer::ready("hold", &dead).kill();
+    let _holder = ready("hold", &live);
+    let _agent = ready("attach-hold", &live);
+    ready("hold", &dead).kill();
 
     let output = shmex()
         .args(["list", "--prefix", &prefix, "--window-ms", "50"])
@@ -239,11 +204,11 @@ fn clean_removes_only_segments_whose_sides_are_all_dead() {
     let dead = name(&prefix, "dead");
     let orphan_agent = name(&prefix, "agent-only");
     let _cleanup = Cleanup(vec![live.clone(), dead.clone(), orphan_agent.clone()]);
-    let _holder = Peer::ready("hold", &live);
-    Peer::ready("hold", &dead).kill();
+    let _holder = ready("hold", &live);
+    ready("hold", &dead).kill();
     // The exchanger died but its agent lives on: not ours to remove.
-    let owner = Peer::ready("hold", &orphan_agent);
-    let agent = Peer::ready("attach-hold", &orphan_agent);
+    let mut owner = ready("hold", &orphan_agent);
+    let mut agent = ready("attach-hold", &orphan_agent);
     owner.kill();
 
     let dry = clean(&prefix, true);
