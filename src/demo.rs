@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::bench::Res;
 use crate::frame::{DataKind, Dxo, ReturnCode};
-use crate::pattern::{checksum, fill};
+use crate::pattern::{checksum_all, fill};
 use crate::protocol::{AbortSignal, Agent, AgentConfig, Exchanger, GetTaskError, Headers};
 use crate::segment::SegmentName;
 
@@ -104,9 +104,9 @@ impl Model {
     }
 }
 
-/// Checksum of every tensor's bytes, in order.
+/// Checksum of every tensor's bytes, in order ([`checksum_all`]).
 pub fn model_checksum<'a>(tensors: impl Iterator<Item = &'a [u8]>) -> u64 {
-    tensors.fold(0u64, |acc, bytes| acc.rotate_left(7) ^ checksum(bytes))
+    checksum_all(tensors)
 }
 
 /// What one round of the exchange showed.

@@ -14,6 +14,14 @@ pub fn fill(buf: &mut [u8], seed: u64) {
     }
 }
 
+/// Checksum of a sequence of buffers (a model's tensors), in order: each buffer's
+/// [`checksum`], combined so that order matters.
+pub fn checksum_all<'a>(buffers: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    buffers
+        .into_iter()
+        .fold(0u64, |acc, bytes| acc.rotate_left(7) ^ checksum(bytes))
+}
+
 /// FNV-1a over little-endian 8-byte words, then over the remaining bytes: sensitive to the
 /// order and value of every byte, and fast enough to check gigabytes.
 pub fn checksum(buf: &[u8]) -> u64 {

@@ -10,7 +10,7 @@ use common::{Peer, WATCHDOG};
 
 use shmex::control::Liveness;
 use shmex::link::{CreateOptions, Link};
-use shmex::pattern::{checksum, fill};
+use shmex::pattern::{checksum, checksum_all, fill};
 use shmex::ring::{RecvError, ReserveError};
 use shmex::segment::{self, CreateError, SegmentName};
 use shmex::signal::PeerLost;
@@ -294,9 +294,7 @@ fn a_one_gib_model_of_a_hundred_tensors_goes_there_and_back_through_a_16_mib_rin
             )
             .unwrap();
     }
-    let expected = buffers
-        .iter()
-        .fold(0u64, |acc, b| acc.rotate_left(7) ^ checksum(b));
+    let expected = checksum_all(buffers.iter().map(|b| b.as_slice()));
     let (tx, rx) = link.split();
     FrameSender::new()
         .send(
@@ -315,9 +313,7 @@ fn a_one_gib_model_of_a_hundred_tensors_goes_there_and_back_through_a_16_mib_rin
     assert_eq!(result.task_id(), "t-1");
     assert_eq!(result.data_kind(), Some(DataKind::WeightDiff));
     assert_eq!(result.tensor_count(), 100);
-    let back = result
-        .tensors()
-        .fold(0u64, |acc, t| acc.rotate_left(7) ^ checksum(t.bytes()));
+    let back = checksum_all(result.tensors().map(|t| t.bytes()));
     assert_eq!(back, expected);
     drop(result);
     peer.finish();

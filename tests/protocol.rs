@@ -426,7 +426,7 @@ fn abort_while_waiting_for_result_sends_abort_and_returns_task_aborted() {
 }
 
 #[test]
-fn abort_while_streaming_large_task_returns_promptly() {
+fn abort_while_streaming_large_task_returns_task_aborted() {
     let exchanger = Arc::new(create("e4-streaming"));
     // An agent that attaches but never reads: a 64 MiB task through a 1 MiB ring stalls.
     let raw = RawAgent::attach(&exchanger);

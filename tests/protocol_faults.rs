@@ -15,7 +15,7 @@ use common::{
 };
 use rustix::process::Signal;
 use shmex::frame::{DataKind, Dxo, ReturnCode};
-use shmex::pattern::checksum;
+use shmex::pattern::checksum_all;
 use shmex::protocol::{
     AbortSignal, Agent, AgentConfig, AgentStatus, Exchanger, ExchangerConfig, ExchangerStatus,
     Headers, Reply, RestartPolicy,
@@ -42,10 +42,7 @@ fn watchdog() -> AbortSignal {
 
 /// The checksum `shmex-testpeer` prints for a task's tensors.
 fn tensors_checksum(tensors: &[&[u8]]) -> String {
-    let sum = tensors
-        .iter()
-        .fold(0u64, |sum, t| sum.rotate_left(7) ^ checksum(t));
-    format!("{sum:016x}")
+    format!("{:016x}", checksum_all(tensors.iter().copied()))
 }
 
 fn execute_in_thread(
@@ -76,11 +73,12 @@ fn assert_echo(reply: &Reply, id: &str, weights: &[f32]) {
     assert_eq!(w, weights, "task {id}: result tensors");
 }
 
-/// SIGKILLs the agent holding `t1` and returns how long the exchanger took to notice.
+/// SIGKILLs the agent holding `t1`, waits for the exchanger to notice (printing how long it
+/// took) and returns the pending `execute`.
 fn kill_agent_holding_task(
     exchanger: &Arc<Exchanger>,
     policy_name: &str,
-) -> (std::thread::JoinHandle<Reply>, Duration) {
+) -> std::thread::JoinHandle<Reply> {
     let name = exchanger.name().as_str().to_string();
     let mut holder = Peer::spawn(&["agent-hold-task", &name]);
     holder.expect_line("READY");
@@ -93,18 +91,17 @@ fn kill_agent_holding_task(
     });
     let detected = killed.elapsed();
     println!("RESULT protocol agent-death-detection-{policy_name} {detected:?}");
-    (pending, detected)
+    pending
 }
 
 // ---------------------------------------------------------------- agent killed
 
 #[test]
-fn killed_agent_is_detected_within_100ms() {
-    // ≤ 100 ms is a benchmark figure (printed above); the test asserts detection and that
-    // the in-flight task is redelivered to the next incarnation and completes there.
+fn killed_agent_is_detected_and_task_redelivered() {
+    // ≤ 100 ms is a benchmark figure (printed by the helper); the test asserts detection and
+    // that the in-flight task is redelivered to the next incarnation and completes there.
     let exchanger = Arc::new(Exchanger::create(&unique("killagent"), config()).unwrap());
-    let (pending, detected) = kill_agent_holding_task(&exchanger, "redeliver");
-    assert!(detected < WATCHDOG);
+    let pending = kill_agent_holding_task(&exchanger, "redeliver");
     let server = Peer::spawn(&["agent-serve", exchanger.name().as_str()]);
     server.expect_line("READY");
     let weights = small_model();
@@ -134,7 +131,7 @@ fn fail_policy_returns_execution_exception_on_agent_death() {
         ..config()
     };
     let exchanger = Arc::new(Exchanger::create(&unique("failpolicy"), config).unwrap());
-    let (pending, _) = kill_agent_holding_task(&exchanger, "fail");
+    let pending = kill_agent_holding_task(&exchanger, "fail");
     assert_eq!(pending.join().unwrap().rc, ReturnCode::ExecutionException);
     assert_eq!(exchanger.redeliveries(), 0);
 }

@@ -46,7 +46,7 @@ mod peer {
     use shmex::control;
     use shmex::frame::{DataKind, Envelope, FrameReceiver, FrameSender, MessageKind};
     use shmex::link::{AttachOptions, CreateOptions, Link};
-    use shmex::pattern::{checksum, fill};
+    use shmex::pattern::{checksum, checksum_all, fill};
     use shmex::segment::{Segment, SegmentName};
     use shmex::stream;
     use std::sync::atomic::Ordering;
@@ -147,9 +147,7 @@ mod peer {
                 let (tx, rx) = link.split();
                 let task = receiver.recv(rx, deadline())?;
                 let result = task.tensors_dxo(DataKind::WeightDiff)?;
-                let sum = task
-                    .tensors()
-                    .fold(0u64, |sum, t| sum.rotate_left(7) ^ checksum(t.bytes()));
+                let sum = checksum_all(task.tensors().map(|t| t.bytes()));
                 let reply =
                     Envelope::new(MessageKind::Result).with_task(task.task_id(), task.task_name());
                 FrameSender::new().send(tx, &reply, Some(&result), deadline())?;
@@ -182,7 +180,7 @@ mod peer {
             ReturnCode,
         };
         use shmex::link::{AttachOptions, Link};
-        use shmex::pattern::checksum;
+        use shmex::pattern::checksum_all;
         use shmex::protocol::{
             AbortSignal, Agent, AgentConfig, Exchanger, ExchangerConfig, GetTaskError, Headers,
             SubmitError,
@@ -227,18 +225,13 @@ mod peer {
         }
 
         fn tensors_checksum(message: &OwnedMessage) -> u64 {
-            message
-                .tensors()
-                .fold(0u64, |sum, t| sum.rotate_left(7) ^ checksum(t.bytes()))
+            checksum_all(message.tensors().map(|t| t.bytes()))
         }
 
         fn echo_dxo<'m>(message: &'m OwnedMessage, id: &str) -> Result<Dxo<'m>> {
-            let dxo = message
-                .tensors()
-                .try_fold(Dxo::new(DataKind::WeightDiff), |dxo, t| {
-                    dxo.with_tensor_bytes(t.name(), t.dtype(), t.shape(), t.bytes())
-                })?;
-            Ok(dxo.with_meta("task", id))
+            Ok(message
+                .tensors_dxo(DataKind::WeightDiff)?
+                .with_meta("task", id))
         }
 
         /// xorshift64: reproducible choices without a dependency.

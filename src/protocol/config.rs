@@ -21,12 +21,14 @@ pub enum RestartPolicy {
 /// Options of [`super::Exchanger::create`]. `Default` gives FLARE's `IPCExchanger` defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExchangerConfig {
-    /// How long after pushing a task to wait for the agent's `task_ack` before the ack counts
-    /// as late (FLARE: `send_task_timeout`, 5 s). A late ack only makes the exchanger keep
-    /// re-checking every [`ExchangerConfig::resend_task_interval`]: the ring is lossless, so
-    /// the task is never pushed twice to one agent incarnation.
+    /// FLARE's wait for the agent's `task_ack` before the ack counts as late
+    /// (`send_task_timeout`, 5 s). Accepted for FLARE parity and not read: a late ack is not
+    /// reported (the crate has no logging) and the task is never pushed twice to one agent
+    /// incarnation (the ring is lossless); `execute` keeps waiting, checking the agent's
+    /// liveness every `wait.poll_interval` (bound it with `result_timeout`).
     pub send_task_timeout: Duration,
-    /// Re-check period while a `task_ack` is late (FLARE: `resend_task_interval`, 2 s).
+    /// FLARE's re-send period while a `task_ack` is late (`resend_task_interval`, 2 s).
+    /// Accepted for FLARE parity and not read (see `send_task_timeout`).
     pub resend_task_interval: Duration,
     /// Heartbeat silence after which the agent counts as disconnected (FLARE:
     /// `agent_connection_timeout`, 60 s). A disconnected agent keeps its task.
@@ -86,10 +88,10 @@ impl Default for ExchangerConfig {
 /// Options of [`super::Agent::attach`]. `Default` gives FLARE's `IPCAgent` defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentConfig {
-    /// How long `submit_result` waits for the `result_ack` before the ack counts as late
-    /// (FLARE: `submit_result_timeout`, 30 s); then it keeps waiting, re-checking every
-    /// [`AgentConfig::resend_result_interval`], until the ack, an abort, or the exchanger's
-    /// loss.
+    /// FLARE's wait for the `result_ack` (`submit_result_timeout`, 30 s). Here it bounds
+    /// pushing an answer into the exchanger's ring (the agent's `task_ack`); `submit_result`
+    /// itself waits for the `result_ack` until it arrives, an abort comes, or the exchanger
+    /// is lost, checking every `wait.poll_interval`.
     pub submit_result_timeout: Duration,
     /// Exchanger heartbeat silence after which it counts as disconnected (FLARE:
     /// `flare_site_connection_timeout`, 60 s).
@@ -97,8 +99,9 @@ pub struct AgentConfig {
     /// Exchanger heartbeat silence after which the agent closes (FLARE:
     /// `flare_site_heartbeat_timeout`, off = `None`).
     pub flare_site_heartbeat_timeout: Option<Duration>,
-    /// Re-check period while a `result_ack` is late (FLARE: `resend_result_interval`, 2 s);
-    /// the result is not pushed twice (the ring is lossless).
+    /// FLARE's re-send period while a `result_ack` is late (`resend_result_interval`, 2 s).
+    /// Accepted for FLARE parity and not read: the result is never pushed twice (the ring is
+    /// lossless).
     pub resend_result_interval: Duration,
     /// How long [`super::Agent::attach`] waits for a live exchanger (ours; default 60 s).
     pub attach_timeout: Duration,

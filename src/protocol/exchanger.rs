@@ -7,9 +7,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{
-    data_and_meta, deadline_after, dxo_has_data, kind_meta, pump_slice, result_data_kind,
-    AbortSignal, ExchangerConfig, Headers, RestartPolicy, Shared, META_CURRENT_ROUND,
-    META_TOTAL_ROUND,
+    deadline_after, dxo_has_data, kind_meta, pump_slice, result_data_kind, AbortSignal,
+    ExchangerConfig, Headers, RestartPolicy, Shared, META_CURRENT_ROUND, META_TOTAL_ROUND,
 };
 use crate::control::Liveness;
 use crate::frame::{
@@ -90,9 +89,14 @@ pub enum CloseError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     WaitAgent,
-    Sending { epoch: u64 },
-    AwaitAck { epoch: u64 },
-    Running { epoch: u64, since: Instant },
+    /// Pushed (or being pushed) to incarnation `epoch`, not acked yet.
+    Sending {
+        epoch: u64,
+    },
+    /// Accepted by incarnation `epoch`.
+    Running {
+        epoch: u64,
+    },
 }
 
 impl Phase {
@@ -100,9 +104,7 @@ impl Phase {
     fn epoch(self) -> Option<u64> {
         match self {
             Phase::WaitAgent => None,
-            Phase::Sending { epoch } | Phase::AwaitAck { epoch } | Phase::Running { epoch, .. } => {
-                Some(epoch)
-            }
+            Phase::Sending { epoch } | Phase::Running { epoch } => Some(epoch),
         }
     }
 }
@@ -330,16 +332,15 @@ impl Exchanger {
                         first_push.get_or_insert_with(Instant::now);
                         drop(st);
                         let sent = self.push_task(task_name, id, &task, epoch, abort);
-                        let mut st = self.inner.shared.lock();
-                        let Some(t) = st.task.as_mut() else { continue };
+                        let st = self.inner.shared.lock();
+                        if st.task.is_none() {
+                            continue;
+                        }
                         match sent {
-                            Ok(()) => {
-                                if t.phase == (Phase::Sending { epoch }) {
-                                    t.phase = Phase::AwaitAck { epoch };
-                                }
-                            }
-                            // Abort, close, or the end of the incarnation: the loop decides.
-                            Err(SendError::Cancelled)
+                            // Pushed, or stopped by an abort, a close or the end of the
+                            // incarnation: the loop decides.
+                            Ok(())
+                            | Err(SendError::Cancelled)
                             | Err(SendError::PeerLost(_))
                             | Err(SendError::Timeout) => {}
                             Err(SendError::Encode(_)) | Err(SendError::TooLargeForLoan { .. }) => {
@@ -353,7 +354,7 @@ impl Exchanger {
                     }
                 }
                 // A late ack only makes us keep checking (docs/protocol.md §5).
-                Phase::Running { .. } | Phase::Sending { .. } | Phase::AwaitAck { .. } => {}
+                Phase::Running { .. } | Phase::Sending { .. } => {}
             }
             drop(self.inner.shared.wait(st, slice, None));
         }
@@ -735,16 +736,13 @@ impl PumpCore {
         let Some(t) = st.task.as_mut() else { return };
         let sent_here = matches!(
             t.phase,
-            Phase::Sending { epoch: e } | Phase::AwaitAck { epoch: e } if e == epoch
+            Phase::Sending { epoch: e } if e == epoch
         );
         if !sent_here || t.id != message.task_id() || t.outcome.is_some() {
             return;
         }
         if message.rc() == ReturnCode::Ok {
-            t.phase = Phase::Running {
-                epoch,
-                since: Instant::now(),
-            };
+            t.phase = Phase::Running { epoch };
         } else {
             t.outcome = Some(Reply::bare(ReturnCode::BadRequestData));
         }
@@ -759,7 +757,7 @@ impl PumpCore {
         let id = message.task_id().to_string();
         // A result's DXO may hold no tensors (docs/protocol.md §1.2): only its absence is
         // "missing data".
-        let (has_data, has_meta) = (message.has_dxo(), data_and_meta(&message).1);
+        let (has_data, has_meta) = (message.has_dxo(), !message.meta().is_empty());
         let mut st = self.inner.shared.lock();
         let in_flight = st
             .task
