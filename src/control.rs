@@ -738,7 +738,7 @@ mod tests {
     }
 
     #[test]
-    fn a_still_heartbeat_goes_stale_and_a_beating_one_does_not() {
+    fn a_still_heartbeat_goes_stale() {
         let (segment, plan) = heap_segment(8192, 8192);
         initialize(&segment, &plan);
         let segment = Arc::new(segment);

@@ -830,8 +830,8 @@ fn layout_body(
 }
 
 /// Writes a body's prefix — body header, task id and name, meta, tensor table, names, and
-/// zero padding up to the data region — into `out` (exactly `layout.data_offset` bytes, which
-/// may hold stale bytes: every byte is written).
+/// zero padding up to the data region — into `out` (exactly `layout.data_offset` bytes,
+/// zeroed by the caller: the padding between the parts is left as it is).
 fn write_prefix(
     layout: &BodyLayout,
     envelope: &Envelope<'_>,
@@ -839,7 +839,6 @@ fn write_prefix(
     tensors: &[TensorDesc<'_>],
     out: &mut [u8],
 ) {
-    out.fill(0);
     let header = BodyHeader {
         rc: envelope.rc.code(),
         data_kind: data_kind.map_or(0, DataKind::code),
@@ -1012,7 +1011,14 @@ impl FrameSender {
                 .clamp(TENSOR_ALIGN as u64, max_fragment)
         };
         let fragmented = fragment_len < layout.total;
-        let window = crate::stream::default_window(producer.capacity());
+        // Fragments of a large message keep the data in flight small and in a cache-sized
+        // part of the ring, as streams do (see `Producer::reserve_within`); a whole message
+        // may use all of it.
+        let window = if fragmented {
+            crate::stream::default_window(producer.capacity())
+        } else {
+            u64::MAX
+        };
         let mut offset = 0u64;
         let mut index = 0u32;
         loop {
@@ -1033,10 +1039,7 @@ impl FrameSender {
                 offset..offset + len,
                 envelope.epoch,
             );
-            // Fragments of a large message keep the data in flight small and in a cache-sized
-            // part of the ring, as streams do (see `Producer::reserve_within`).
             let record = FRAGMENT_HEADER_LEN + len as usize;
-            let window = if fragmented { window } else { u64::MAX };
             let mut grant = match cancel {
                 None => producer.reserve_within(record, window, deadline)?,
                 Some((cancelled, slice)) => loop {
@@ -2506,5 +2509,47 @@ impl<'a> TensorView<'a> {
                 v.as_mut_bytes().copy_from_slice(self.bytes);
                 Ok(v)
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signal::Signals;
+    use std::time::Duration;
+
+    /// An owned message taken from the reassembly buffer gives that buffer back to the
+    /// receiver's slot when dropped, and the next large message takes it from there.
+    #[test]
+    fn dropped_owned_message_returns_its_buffer_to_the_receiver() {
+        let (mut tx, mut rx) = crate::ring::in_process(64 * 1024, Signals::in_process()).unwrap();
+        let data = vec![1.5f32; 100_000];
+        let dxo = Dxo::new(DataKind::Weights)
+            .with_tensor("w", &[100_000], &data)
+            .unwrap();
+        let soon = || Some(Instant::now() + Duration::from_secs(30));
+        let slot = |r: &FrameReceiver| r.returned.lock().unwrap().capacity();
+        let mut receiver = FrameReceiver::default();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut sender = FrameSender::new();
+                for _ in 0..2 {
+                    let task = Envelope::new(MessageKind::Task);
+                    sender.send(&mut tx, &task, Some(&dxo), soon()).unwrap();
+                }
+            });
+            let owned = receiver
+                .recv(&mut rx, soon())
+                .unwrap()
+                .into_owned()
+                .unwrap();
+            assert_eq!(slot(&receiver), 0);
+            drop(owned);
+            assert!(slot(&receiver) >= 400_000, "the buffer came back");
+            let again = receiver.recv(&mut rx, soon()).unwrap();
+            assert!(!again.is_in_ring());
+            drop(again);
+            assert_eq!(slot(&receiver), 0, "the next message took it");
+        });
     }
 }
