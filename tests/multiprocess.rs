@@ -21,7 +21,7 @@ fn deadline() -> Option<Instant> {
 }
 
 fn unique(tag: &str) -> SegmentName {
-    SegmentName::new(format!("shmex.test.mp.{tag}.{}", std::process::id())).unwrap()
+    common::unique_name("mp", tag)
 }
 
 #[test]
