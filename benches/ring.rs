@@ -24,7 +24,8 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use shmex::link::{AttachOptions, CreateOptions, Link};
 use shmex::segment::SegmentName;
 use shmex::signal::WaitStrategy;
-use shmex::{pattern, stream};
+use shmex::stream;
+use shmex_test_support::pattern;
 
 /// Environment variable that turns this binary into a benchmark peer.
 const CHILD_ENV: &str = "SHMEX_BENCH_CHILD";
@@ -400,7 +401,7 @@ impl Peer {
             .stderr(Stdio::inherit())
             .spawn()?;
         let stdout = child.stdout.take().ok_or("peer has no stdout")?;
-        let lines = shmex::bench::line_channel(stdout);
+        let lines = shmex_test_support::process::line_channel(stdout);
         Ok(Peer {
             child,
             lines,

@@ -438,14 +438,17 @@ mod tests {
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
         assert!(!raw.is_null());
         let base = raw as *const u8;
-        // SAFETY: the allocation is 512 bytes, alive until the dealloc below, and no `&mut` to
-        // it exists.
-        unsafe {
-            assert!(shared_ref::<PaddedU64>(base, 512, 0).is_some());
-            assert!(shared_ref::<PaddedU64>(base, 512, 384).is_some());
-            assert!(shared_ref::<PaddedU64>(base, 512, 385).is_none());
-            assert!(shared_ref::<PaddedU64>(base, 512, 8).is_none());
-            assert!(shared_ref::<PaddedU64>(base, 512, usize::MAX).is_none());
+        for (offset, fits) in [
+            (0, true),
+            (384, true),
+            (385, false),
+            (8, false),
+            (usize::MAX, false),
+        ] {
+            // SAFETY: the allocation is 512 bytes, alive until the dealloc below, and no `&mut`
+            // to it exists.
+            let got = unsafe { shared_ref::<PaddedU64>(base, 512, offset) };
+            assert_eq!(got.is_some(), fits, "offset {offset}");
         }
         // SAFETY: allocated above with this layout; the references are gone.
         unsafe { std::alloc::dealloc(raw, layout) };

@@ -19,17 +19,12 @@
 //!   [`protocol::Agent`];
 //! - [`inspect`]: reading, judging and cleaning up segments from outside (`shmex list`,
 //!   `inspect`, `clean`);
-//! - `bench` and `demo` (feature `bench`): the transport comparison behind `shmex bench`,
-//!   and the model exchange behind `shmex demo`.
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(
-    missing_docs,
-    clippy::undocumented_unsafe_blocks,
-    clippy::missing_safety_doc
-)]
+//!
+//! The `shmex` command (`shmex demo`, `bench`, `list`, `inspect`, `clean`) and its comparison
+//! runner live in the workspace member `cli/`, test helpers in `test-support/`.
+// Lints: `[workspace.lints]` in the root `Cargo.toml`.
 
 pub mod layout;
-pub mod pattern;
 pub mod ring;
 pub mod signal;
 pub mod stream;
@@ -39,12 +34,8 @@ pub(crate) mod sync;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-#[cfg(all(feature = "bench", not(loom)))]
-pub mod bench;
 #[cfg(not(loom))]
 pub mod control;
-#[cfg(all(feature = "bench", not(loom)))]
-pub mod demo;
 #[cfg(not(loom))]
 pub mod frame;
 #[cfg(not(loom))]

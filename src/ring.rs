@@ -348,7 +348,7 @@ impl RingRef {
         // `FromBytes` (any bytes are a valid value) and all atomics (no data race with the
         // peer). Record headers are never covered by a grant's slice.
         unsafe {
-            &*(self.data.as_ptr().add(offset as usize) as *const RecordHeader)
+            &*(self.data.as_ptr().wrapping_add(offset as usize) as *const RecordHeader)
         }
         #[cfg(loom)]
         // SAFETY: `slots` holds `capacity / 64` headers, one per 64-byte slot; `offset / 64`
@@ -2040,7 +2040,7 @@ mod tests {
                     continue;
                 }
                 // SAFETY: `at < capacity`; single-threaded test, nothing else reads the byte now.
-                unsafe { p.ring.data.as_ptr().add(at as usize).write(value) };
+                unsafe { p.ring.data.as_ptr().wrapping_add(at as usize).write(value) };
             }
             for &(slot, len, valid) in headers {
                 let offset = (u64::from(slot) * ALIGN) % capacity;

@@ -577,10 +577,10 @@ mod tests {
         created.unlink().unwrap();
         assert_eq!(opened.len(), 8192);
         // SAFETY: both maps are 8192 bytes and alive; no references are formed.
-        unsafe {
-            created.as_ptr().add(5000).write_volatile(7);
-            assert_eq!(opened.as_ptr().add(5000).read_volatile(), 7);
-        }
+        unsafe { created.as_ptr().wrapping_add(5000).write_volatile(7) };
+        // SAFETY: as above.
+        let seen = unsafe { opened.as_ptr().wrapping_add(5000).read_volatile() };
+        assert_eq!(seen, 7);
     }
 
     #[test]
@@ -597,6 +597,6 @@ mod tests {
         assert_eq!(seg.as_ptr() as usize % PAGE, 0);
         assert!(seg.fd().is_none());
         // SAFETY: index < len; no references are formed.
-        assert_eq!(unsafe { seg.as_ptr().add(2 * PAGE + 5).read() }, 0);
+        assert_eq!(unsafe { seg.as_ptr().wrapping_add(2 * PAGE + 5).read() }, 0);
     }
 }

@@ -240,21 +240,13 @@ fn copy_nontemporal(dst: &mut [u8], src: &[u8]) {
     dst[..head].copy_from_slice(&src[..head]);
     let body = (dst.len() - head) & !63;
     let (d, s) = (&mut dst[head..head + body], &src[head..head + body]);
-    for (d, s) in d.chunks_exact_mut(64).zip(s.chunks_exact(64)) {
-        let (dp, sp) = (d.as_mut_ptr() as *mut __m128i, s.as_ptr() as *const __m128i);
-        // SAFETY: SSE2 is part of the x86_64 baseline; both chunks are 64 bytes long, so the
-        // four 16-byte loads and stores stay inside them; `dp` is 16-aligned (`head` aligned
-        // the destination and 64 keeps it aligned); loads are unaligned-tolerant.
-        unsafe {
-            let a = _mm_loadu_si128(sp);
-            let b = _mm_loadu_si128(sp.add(1));
-            let c = _mm_loadu_si128(sp.add(2));
-            let e = _mm_loadu_si128(sp.add(3));
-            _mm_stream_si128(dp, a);
-            _mm_stream_si128(dp.add(1), b);
-            _mm_stream_si128(dp.add(2), c);
-            _mm_stream_si128(dp.add(3), e);
-        }
+    for (d, s) in d.chunks_exact_mut(16).zip(s.chunks_exact(16)) {
+        // SAFETY: SSE2 is part of the x86_64 baseline; `s` is 16 bytes long, so the load stays
+        // inside it (an unaligned load is allowed).
+        let v = unsafe { _mm_loadu_si128(s.as_ptr() as *const __m128i) };
+        // SAFETY: SSE2 baseline; `d` is 16 bytes long and 16-aligned (`head` aligned the
+        // destination and 16-byte steps keep it so).
+        unsafe { _mm_stream_si128(d.as_mut_ptr() as *mut __m128i, v) };
     }
     // SAFETY: SSE2 baseline; orders the streaming stores before anything this thread does
     // next (releasing the ring record, returning the buffer to the caller).

@@ -348,10 +348,10 @@ mod tests {
         let a = SharedMap::new(&fd, 4096, true).unwrap();
         let b = SharedMap::new(&other, 4096, false).unwrap();
         // SAFETY: both maps are 4096 bytes and live for the block; no references are formed.
-        unsafe {
-            a.as_ptr().add(100).write_volatile(42);
-            assert_eq!(b.as_ptr().add(100).read_volatile(), 42);
-        }
+        unsafe { a.as_ptr().wrapping_add(100).write_volatile(42) };
+        // SAFETY: as above.
+        let seen = unsafe { b.as_ptr().wrapping_add(100).read_volatile() };
+        assert_eq!(seen, 42);
     }
 
     #[test]

@@ -602,7 +602,7 @@ proptest! {
         let buffers: Vec<Vec<u8>> = specs.iter().enumerate().map(|(i, (dtype, shape))| {
             let n: u64 = shape.iter().product::<u64>() * dtype.size() as u64;
             let mut v = vec![0u8; n as usize];
-            shmex::pattern::fill(&mut v, seed ^ i as u64);
+            shmex_test_support::pattern::fill(&mut v, seed ^ i as u64);
             if *dtype == DType::Bool { v.iter_mut().for_each(|b| *b &= 1); }
             v
         }).collect();

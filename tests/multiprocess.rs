@@ -10,11 +10,11 @@ use common::{Peer, WATCHDOG};
 
 use shmex::control::Liveness;
 use shmex::link::{CreateOptions, Link};
-use shmex::pattern::{checksum, checksum_all, fill};
 use shmex::ring::{RecvError, ReserveError};
 use shmex::segment::{self, CreateError, SegmentName};
 use shmex::signal::PeerLost;
 use shmex::stream;
+use shmex_test_support::pattern::{checksum, checksum_all, fill};
 
 fn deadline() -> Option<Instant> {
     Some(Instant::now() + WATCHDOG)

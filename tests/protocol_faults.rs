@@ -15,12 +15,12 @@ use common::{
 };
 use rustix::process::Signal;
 use shmex::frame::{DataKind, Dxo, ReturnCode};
-use shmex::pattern::checksum_all;
 use shmex::protocol::{
     AbortSignal, Agent, AgentConfig, AgentStatus, Exchanger, ExchangerConfig, ExchangerStatus,
     Headers, Reply, RestartPolicy,
 };
 use shmex::segment::SegmentName;
+use shmex_test_support::pattern::checksum_all;
 
 fn unique(tag: &str) -> SegmentName {
     unique_name("pf", tag)

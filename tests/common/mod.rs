@@ -58,6 +58,25 @@ pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// The `shmex-testpeer` helper: an example of this package (so that it may use the
+/// test-support member), which `cargo test` builds beside the test executables.
+pub fn testpeer_path() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/<test> -> target/<profile>/examples/shmex-testpeer
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples").join("shmex-testpeer"))
+        .expect("the test executable lies in target/<profile>/deps");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test` (which builds examples) or build it with \
+         `cargo build --example shmex-testpeer`",
+        path.display()
+    );
+    path
+}
+
 /// A child process whose stdout lines arrive on a channel; SIGKILLed and reaped on drop.
 pub struct Peer {
     child: Child,
@@ -67,7 +86,7 @@ pub struct Peer {
 
 impl Peer {
     pub fn spawn(args: &[&str]) -> Peer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shmex-testpeer"))
+        let mut child = Command::new(testpeer_path())
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -76,7 +95,7 @@ impl Peer {
             .expect("spawn shmex-testpeer");
         let stdout = child.stdout.take().unwrap();
         let stdin = child.stdin.take();
-        let lines = shmex::bench::line_channel(stdout);
+        let lines = shmex_test_support::process::line_channel(stdout);
         Peer {
             child,
             stdin,

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use plotters::prelude::*;
-use shmex::bench::size_label;
+use shmex_cli::harness::size_label;
 
 /// Line colours, one per transport in order (a palette that stays apart for colour-blind
 /// readers: Okabe and Ito's).

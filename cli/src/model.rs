@@ -7,11 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::bench::Res;
-use crate::frame::{DataKind, Dxo, ReturnCode};
-use crate::pattern::{checksum_all, fill};
-use crate::protocol::{AbortSignal, Agent, AgentConfig, Exchanger, GetTaskError, Headers};
-use crate::segment::SegmentName;
+use crate::harness::Res;
+use shmex::frame::{DataKind, Dxo, ReturnCode};
+use shmex::protocol::{AbortSignal, Agent, AgentConfig, Exchanger, GetTaskError, Headers};
+use shmex::segment::SegmentName;
+use shmex_test_support::pattern::{checksum_all, fill};
 
 /// How long one step of a round may take before the demo gives up.
 pub const ROUND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -190,7 +190,7 @@ pub fn agent_child(name: &str) -> Res<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ExchangerConfig;
+    use shmex::protocol::ExchangerConfig;
 
     #[test]
     fn a_model_has_the_size_and_count_asked_for_and_varied_tensors() {

@@ -2,7 +2,6 @@
 //! processes (`shmex-testpeer`), some of them SIGKILLed. Every test names its segments
 //! uniquely and restricts `list`/`clean` to its own prefix, so tests running side by side (or
 //! other users' segments) are never touched; every segment made here is removed.
-#![cfg(all(not(loom), feature = "cli"))]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -13,6 +12,8 @@ use shmex::control;
 use shmex::link::{CreateOptions, Link};
 use shmex::segment::{self, Segment, SegmentName};
 
+// The multi-process helpers of the library's own tests (its `shmex-testpeer` child).
+#[path = "../../tests/common/mod.rs"]
 mod common;
 use common::Peer;
 

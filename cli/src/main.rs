@@ -1,32 +1,17 @@
 //! `shmex`: see shmex work on this machine, measure it, and look after the segments on this
 //! host. Run `shmex --help` (and `shmex SUBCOMMAND --help`) for the details.
 
-// The library's OS-facing modules do not exist in loom model-checking builds.
-#![cfg_attr(loom, allow(unused))]
-
-#[cfg(loom)]
-fn main() {}
-
-#[cfg(not(loom))]
 mod bench;
-#[cfg(not(loom))]
 mod demo;
-#[cfg(not(loom))]
 mod format;
-#[cfg(not(loom))]
 mod host;
-#[cfg(not(loom))]
 mod plot;
-#[cfg(not(loom))]
 mod segments;
 
-#[cfg(not(loom))]
 use std::process::ExitCode;
 
-#[cfg(not(loom))]
 use clap::{Parser, Subcommand};
 
-#[cfg(not(loom))]
 /// Move tasks, results and multi-GiB tensors between two processes through shared memory:
 /// see it work, measure it, and look after the segments on this host.
 #[derive(Parser, Debug)]
@@ -36,7 +21,6 @@ struct Cli {
     command: Command,
 }
 
-#[cfg(not(loom))]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Watch shmex work: two processes exchange a model, each round verified and timed.
@@ -75,7 +59,6 @@ enum Command {
     },
 }
 
-#[cfg(not(loom))]
 /// A failure of a subcommand: one line for stderr and the exit status.
 #[derive(Debug)]
 struct Failure {
@@ -83,7 +66,6 @@ struct Failure {
     code: u8,
 }
 
-#[cfg(not(loom))]
 impl Failure {
     /// An ordinary error (exit status 1).
     fn new(message: impl Into<String>) -> Failure {
@@ -94,14 +76,12 @@ impl Failure {
     }
 }
 
-#[cfg(not(loom))]
 impl<E: std::error::Error> From<E> for Failure {
     fn from(e: E) -> Failure {
         Failure::new(e.to_string())
     }
 }
 
-#[cfg(not(loom))]
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {

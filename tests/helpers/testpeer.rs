@@ -46,9 +46,9 @@ mod peer {
     use shmex::control;
     use shmex::frame::{DataKind, Envelope, FrameReceiver, FrameSender, MessageKind};
     use shmex::link::{AttachOptions, CreateOptions, Link};
-    use shmex::pattern::{checksum, checksum_all, fill};
     use shmex::segment::{Segment, SegmentName};
     use shmex::stream;
+    use shmex_test_support::pattern::{checksum, checksum_all, fill};
     use std::sync::atomic::Ordering;
 
     fn deadline() -> Option<Instant> {
@@ -124,13 +124,11 @@ mod peer {
                         // First record header sits at data offset 0; zeroing its check word
                         // makes it invalid whatever it held.
                         let data = header.data_offset.load(Ordering::Relaxed) as usize;
+                        let check = segment.as_ptr().wrapping_add(data + 8)
+                            as *const std::sync::atomic::AtomicU64;
                         // SAFETY: `data + 16 <= segment.len()` because `validate` checked the
                         // plan against the mapping; the word is 8-aligned (page-aligned region).
-                        unsafe {
-                            let check = segment.as_ptr().add(data + 8)
-                                as *const std::sync::atomic::AtomicU64;
-                            (*check).store(0xDEAD_BEEF, Ordering::Release);
-                        }
+                        unsafe { (*check).store(0xDEAD_BEEF, Ordering::Release) };
                         // Make sure the bogus record is inside [head, tail), i.e. "published".
                         header.tail.value.fetch_max(128, Ordering::Release);
                     }
@@ -180,13 +178,13 @@ mod peer {
             ReturnCode,
         };
         use shmex::link::{AttachOptions, Link};
-        use shmex::pattern::checksum_all;
         use shmex::protocol::{
             AbortSignal, Agent, AgentConfig, Exchanger, ExchangerConfig, GetTaskError, Headers,
             SubmitError,
         };
         use shmex::segment::SegmentName;
         use shmex::signal::WaitStrategy;
+        use shmex_test_support::pattern::checksum_all;
         use std::time::Duration;
 
         type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;

@@ -1,5 +1,5 @@
 //! `shmex bench`: throughput of shmex against memcpy, a Unix socket, TCP loopback and a pipe,
-//! measured side by side in one run over [`shmex::bench`].
+//! measured side by side in one run over [`shmex_cli::harness`].
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use shmex::bench::{
-    self, median_gbps, parse_size, size_label, Launcher, LoanTransfer, MemcpyTransfer, Sampling,
-    ShmexTransfer, Transfer,
+use shmex_cli::harness::{
+    self as harness, median_gbps, parse_size, size_label, Launcher, LoanTransfer, MemcpyTransfer,
+    Sampling, ShmexTransfer, Transfer,
 };
 
 use crate::format;
@@ -105,9 +105,9 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
         chosen.dedup();
         chosen
     };
-    let (cpu_count, cpus) = bench::pick_cpus().map_err(boxed)?;
+    let (cpu_count, cpus) = harness::pick_cpus().map_err(boxed)?;
     if let Some((parent, _)) = cpus {
-        bench::pin_to_cpu(parent).map_err(boxed)?;
+        harness::pin_to_cpu(parent).map_err(boxed)?;
     }
     let launcher =
         Launcher::current_exe(&[CHILD_COMMAND], cpus.map(|(_, child)| child)).map_err(boxed)?;
@@ -135,26 +135,26 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
     let mut transfers: Vec<Box<dyn Transfer>> = Vec::new();
     for &transport in &transports {
         let name = transport.name();
-        let started: bench::Res<Box<dyn Transfer>> =
-            match transport {
-                Transport::Memcpy => Ok(Box::new(MemcpyTransfer::new(max))),
-                Transport::ShmexCopy => {
-                    ShmexTransfer::start(&launcher, name.to_string(), ring, None, max)
-                        .map(|t| Box::new(t) as Box<dyn Transfer>)
-                }
-                Transport::ShmexLoan => LoanTransfer::start(&launcher, name, max)
-                    .map(|t| Box::new(t) as Box<dyn Transfer>),
-                Transport::Uds => bench::uds_transfer(&launcher, name, max)
-                    .map(|t| Box::new(t) as Box<dyn Transfer>),
-                Transport::Tcp => bench::tcp_transfer(&launcher, name, max)
-                    .map(|t| Box::new(t) as Box<dyn Transfer>),
-                Transport::Pipe => bench::pipe_transfer(&launcher, name, max)
-                    .map(|t| Box::new(t) as Box<dyn Transfer>),
-            };
+        let started: harness::Res<Box<dyn Transfer>> = match transport {
+            Transport::Memcpy => Ok(Box::new(MemcpyTransfer::new(max))),
+            Transport::ShmexCopy => {
+                ShmexTransfer::start(&launcher, name.to_string(), ring, None, max)
+                    .map(|t| Box::new(t) as Box<dyn Transfer>)
+            }
+            Transport::ShmexLoan => {
+                LoanTransfer::start(&launcher, name, max).map(|t| Box::new(t) as Box<dyn Transfer>)
+            }
+            Transport::Uds => harness::uds_transfer(&launcher, name, max)
+                .map(|t| Box::new(t) as Box<dyn Transfer>),
+            Transport::Tcp => harness::tcp_transfer(&launcher, name, max)
+                .map(|t| Box::new(t) as Box<dyn Transfer>),
+            Transport::Pipe => harness::pipe_transfer(&launcher, name, max)
+                .map(|t| Box::new(t) as Box<dyn Transfer>),
+        };
         transfers.push(started.map_err(|e| Failure::new(format!("starting {name}: {e}")))?);
     }
     let mut source = vec![0u8; max];
-    shmex::pattern::fill(&mut source, 0x5eed);
+    shmex_test_support::pattern::fill(&mut source, 0x5eed);
 
     let progress = ProgressBar::new(sizes.len() as u64);
     progress.set_style(
@@ -164,7 +164,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
     );
     let mut figures = Vec::new();
     let mut current = None;
-    let outcome = bench::measure_throughput(
+    let outcome = harness::measure_throughput(
         &sizes,
         &mut transfers,
         &source,
@@ -225,7 +225,7 @@ fn check_room(transports: &[Transport], max: usize, ring: usize) -> Result<(), F
                 shm += 2 * ring as u64;
                 memory += max;
             }
-            Transport::ShmexLoan => shm += bench::loan_ring(max as usize) as u64,
+            Transport::ShmexLoan => shm += harness::loan_ring(max as usize) as u64,
             Transport::Uds | Transport::Tcp | Transport::Pipe => memory += max,
         }
     }
@@ -371,8 +371,8 @@ pub fn child(args: &[String]) -> Result<(), Failure> {
         [mode, cpu, rest @ ..] => (mode.as_str(), cpu.as_str(), rest),
         _ => return Err(Failure::new("usage: __bench-child MODE CPU ARGS..")),
     };
-    bench::child_prologue(cpu).map_err(boxed)?;
-    match bench::run_child(mode, rest) {
+    harness::child_prologue(cpu).map_err(boxed)?;
+    match harness::run_child(mode, rest) {
         Some(outcome) => outcome.map_err(|e| Failure::new(format!("bench child {mode}: {e}"))),
         None => Err(Failure::new(format!("unknown bench child mode {mode:?}"))),
     }

@@ -58,10 +58,11 @@ use shmex::protocol::{
 use shmex::ring::RecvError;
 use shmex::segment::SegmentName;
 use shmex::signal::{PeerLost, WaitStrategy};
-use shmex::{pattern, stream, sys};
+use shmex::{stream, sys};
+use shmex_test_support::pattern;
 use zerocopy::{FromBytes, IntoBytes};
 
-use shmex::bench::{
+use shmex_cli::harness::{
     check_checksum, child_attach, deadline, median_gbps, percentile, pick_cpus, pin_to_cpu,
     say_bye, size_label, socket_buffers, uds_child_connect, uds_connect, Launcher, MemcpyTransfer,
     Peer, Res, Sampling, ShmexTransfer, Transfer, ACK, PEER_TIMEOUT, SOCKET_BUFFER,
@@ -670,9 +671,9 @@ impl Transfer for ModelTransfer {
         say_bye(&mut self.sender, &mut self.link, &mut self.peer)
     }
 
-    fn extra_figures(&self, len: usize) -> Vec<shmex::bench::ExtraFigure> {
+    fn extra_figures(&self, len: usize) -> Vec<shmex_cli::harness::ExtraFigure> {
         self.cold
-            .map(|cold| shmex::bench::ExtraFigure {
+            .map(|cold| shmex_cli::harness::ExtraFigure {
                 metric: "cold_gbps",
                 value: median_gbps(len, &[cold]),
                 unit: "GB/s",
@@ -691,7 +692,7 @@ fn start_transfers(
     report: &mut Report,
 ) -> Res<Vec<Box<dyn Transfer>>> {
     let mut transfers: Vec<Box<dyn Transfer>> = vec![Box::new(MemcpyTransfer::new(max))];
-    let uds = shmex::bench::uds_transfer(&config.launcher, "uds", max)?;
+    let uds = shmex_cli::harness::uds_transfer(&config.launcher, "uds", max)?;
     let (sndbuf, rcvbuf) = socket_buffers(uds.output())?;
     report.notes.push(format!(
         "uds: SO_SNDBUF/SO_RCVBUF requested {} each (kernel reports {sndbuf} / {rcvbuf} bytes), \
@@ -752,7 +753,7 @@ fn start_transfers(
     Ok(transfers)
 }
 
-/// For each size: every contestant takes turns (see `shmex::bench::measure_throughput`) until
+/// For each size: every contestant takes turns (see `shmex_cli::harness::measure_throughput`) until
 /// each has `min_samples` and the size has had `min_total` per contestant. Taking turns makes
 /// a slow phase of this shared machine hit all contestants alike, so their ratios hold even
 /// when absolute figures drift.
@@ -767,7 +768,7 @@ fn measure_throughput(
         min_samples: config.min_samples,
     };
     let mut announced = None;
-    shmex::bench::measure_throughput(
+    shmex_cli::harness::measure_throughput(
         &config.sizes,
         &mut transfers,
         source,
@@ -933,13 +934,13 @@ impl SharedPage {
         assert!(offset.is_multiple_of(128) && offset + 4 <= self.map.len());
         // SAFETY: the offset is inside the mapping and 4-aligned (the mapping is page-aligned);
         // both processes access these bytes only atomically.
-        unsafe { &*self.map.as_ptr().add(offset).cast::<AtomicU32>() }
+        unsafe { &*self.map.as_ptr().wrapping_add(offset).cast::<AtomicU32>() }
     }
 
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
         assert!(offset.is_multiple_of(128) && offset + 8 <= self.map.len());
         // SAFETY: as in `u32_at`, 8-aligned.
-        unsafe { &*self.map.as_ptr().add(offset).cast::<AtomicU64>() }
+        unsafe { &*self.map.as_ptr().wrapping_add(offset).cast::<AtomicU64>() }
     }
 }
 
@@ -1039,7 +1040,7 @@ impl PingPong for SpinPingPong {
 struct UdsPingPong {
     peer: Peer,
     socket: UnixStream,
-    _path: shmex::bench::SocketPath,
+    _path: shmex_cli::harness::SocketPath,
     seq: u64,
 }
 
@@ -1165,7 +1166,7 @@ impl LoanSession {
                 spin: ACTIVE_SPIN,
                 ..WaitStrategy::default()
             },
-            ..CreateOptions::default().ring_capacity(shmex::bench::loan_ring(largest) as u64)
+            ..CreateOptions::default().ring_capacity(shmex_cli::harness::loan_ring(largest) as u64)
         };
         let link = Link::create(&name, &options)?;
         let mut peer = Peer::spawn(&config.launcher, "loan-echo", &[name.as_str().to_string()])?;
@@ -1310,7 +1311,9 @@ fn bench_handoff(config: &Config, report: &mut Report) -> Res<()> {
          (recv, is_in_ring, first element, release), which answers the same way; \
          WaitStrategy spin {ACTIVE_SPIN:?} on both sides; rings of {}; hand-off = round trip / 2; \
          sizes alternate in batches of {ROUND_TRIP_BATCH}",
-        size_label(shmex::bench::loan_ring(*sizes.iter().max().unwrap_or(&MIB))),
+        size_label(shmex_cli::harness::loan_ring(
+            *sizes.iter().max().unwrap_or(&MIB)
+        )),
     ));
     Ok(())
 }
@@ -1439,7 +1442,7 @@ fn bench_detection(config: &Config, report: &mut Report) -> Res<()> {
             let returned_at = Instant::now();
             let (killed_at, killed) = killer.join().map_err(|_| "killer thread panicked")?;
             killed?;
-            Ok::<_, shmex::bench::Error>((killed_at, outcome, returned_at))
+            Ok::<_, shmex_cli::harness::Error>((killed_at, outcome, returned_at))
         })?;
         match outcome {
             Err(RecvError::PeerLost(PeerLost::Dead { pid })) if pid == child_pid => {}
@@ -1488,8 +1491,8 @@ fn child_main(args: &[String]) -> Res<()> {
         [mode, cpu, rest @ ..] => (mode.as_str(), cpu.as_str(), rest),
         _ => return Err("usage: --child <mode> <cpu|-> <args..>".into()),
     };
-    shmex::bench::child_prologue(cpu)?;
-    if let Some(outcome) = shmex::bench::run_child(mode, rest) {
+    shmex_cli::harness::child_prologue(cpu)?;
+    if let Some(outcome) = shmex_cli::harness::run_child(mode, rest) {
         return outcome;
     }
     let arg = |i: usize| {
@@ -1751,7 +1754,7 @@ fn child_idle_agent(name: &str) -> Res<()> {
 // ---------------------------------------------------------------------------------------
 
 fn unique_name(tag: &str) -> Res<SegmentName> {
-    shmex::bench::unique_name("compare", tag)
+    shmex_cli::harness::unique_name("compare", tag)
 }
 
 // ---------------------------------------------------------------------------------------

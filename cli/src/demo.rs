@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use shmex::bench::{self, parse_size, size_label, Launcher, Peer};
-use shmex::demo::{exchange_round, Model};
 use shmex::protocol::{Exchanger, ExchangerConfig};
 use shmex::segment::SegmentName;
+use shmex_cli::harness::{self, parse_size, size_label, Launcher, Peer};
+use shmex_cli::model::{exchange_round, Model};
 
 use crate::bench::CHILD_COMMAND;
 use crate::format;
@@ -99,7 +99,7 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
         ..ExchangerConfig::default()
     };
     let exchanger = Exchanger::create(&name, config)?;
-    let (_, cpus) = bench::pick_cpus().map_err(|e| Failure::new(e.to_string()))?;
+    let (_, cpus) = harness::pick_cpus().map_err(|e| Failure::new(e.to_string()))?;
     let launcher = Launcher::current_exe(&[CHILD_COMMAND], None).map_err(child_error)?;
     let mut agent =
         Peer::spawn(&launcher, "demo-agent", &[name.as_str().to_string()]).map_err(child_error)?;
@@ -131,7 +131,7 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
         let outcome = exchange_round(&exchanger, &model, expected, round, args.rounds)
             .map_err(|e| Failure::new(format!("round {round}: {e}")))?;
         let agent_line = agent
-            .next_line(shmex::demo::ROUND_TIMEOUT)
+            .next_line(shmex_cli::model::ROUND_TIMEOUT)
             .map_err(child_error)?;
         let verified = outcome.result_verified && agent_line == format!("CHECKSUM {expected:016x}");
         let seconds = outcome.elapsed.as_secs_f64();
@@ -171,7 +171,7 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn child_error(e: bench::Error) -> Failure {
+fn child_error(e: harness::Error) -> Failure {
     Failure::new(format!("agent: {e}"))
 }
 

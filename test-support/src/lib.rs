@@ -1,0 +1,9 @@
+//! Helpers shared by shmex's tests, benchmarks and comparison harness; not part of the
+//! library.
+//!
+//! - [`pattern`]: deterministic data to send and the checksums that verify it;
+//! - [`process`]: child processes started by a test or benchmark, read line by line with
+//!   timeouts and killed on any error.
+
+pub mod pattern;
+pub mod process;
