@@ -12,6 +12,7 @@
 //! process holds the OFD lock on its byte of the segment ([`control::role_lock_held`]), and
 //! the segment's owner while it holds the owner lock ([`segment::owner_lock_held`]). The
 //! heartbeat is watched over a short window only to tell a responsive side from a hung one.
+#![deny(unsafe_code)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

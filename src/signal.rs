@@ -38,6 +38,7 @@
 //!
 //! Sleeps are sliced by [`WaitStrategy::poll_interval`] so that a peer that died (and will
 //! never notify) is noticed by a [`PeerCheck`] between slices.
+#![deny(unsafe_code)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -39,6 +39,7 @@
 //! }
 //! # Ok(()) }
 //! ```
+#![deny(unsafe_code)]
 
 mod agent;
 mod config;

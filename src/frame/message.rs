@@ -1,0 +1,343 @@
+//! A received message ([`Message`], [`OwnedMessage`]) and its tensors viewed in place
+//! ([`TensorView`]).
+
+#[allow(unused_imports)]
+use super::*;
+
+/// The accessors [`Message`] and [`OwnedMessage`] share, written once: both hold `kind`,
+/// `sequence` and the parse (`parsed`) and have a private `body()`.
+macro_rules! received_accessors {
+    () => {
+        /// The message kind.
+        pub fn kind(&self) -> MessageKind {
+            self.kind
+        }
+
+        /// The sender's sequence number.
+        pub fn sequence(&self) -> u64 {
+            self.sequence
+        }
+
+        /// The agent incarnation the message comes from or is addressed to (0: none).
+        pub fn epoch(&self) -> u64 {
+            self.parsed.epoch
+        }
+
+        /// The sequence number of the message this one answers (0: none).
+        pub fn reply_to(&self) -> u64 {
+            self.parsed.reply_to
+        }
+
+        /// The return code.
+        pub fn rc(&self) -> ReturnCode {
+            self.parsed.rc
+        }
+
+        /// The task id ("" for none).
+        pub fn task_id(&self) -> &str {
+            &self.parsed.strings[self.parsed.task_id.clone()]
+        }
+
+        /// The task name ("" for none).
+        pub fn task_name(&self) -> &str {
+            &self.parsed.strings[self.parsed.task_name.clone()]
+        }
+
+        /// Whether the message carries a DXO.
+        pub fn has_dxo(&self) -> bool {
+            self.parsed.data_kind.is_some()
+        }
+
+        /// The DXO's data kind (`None` if the message carries no DXO).
+        pub fn data_kind(&self) -> Option<DataKind> {
+            self.parsed.data_kind
+        }
+
+        /// The DXO's meta dictionary (empty if none).
+        pub fn meta(&self) -> &Map<String, Value> {
+            &self.parsed.meta
+        }
+
+        /// The opaque bytes (empty if none).
+        pub fn opaque(&self) -> &[u8] {
+            &self.body()[self.parsed.opaque.clone()]
+        }
+
+        /// Number of tensors.
+        pub fn tensor_count(&self) -> usize {
+            self.parsed.tensors.len()
+        }
+
+        /// The tensors, in order.
+        pub fn tensors(&self) -> impl ExactSizeIterator<Item = TensorView<'_>> + '_ {
+            (0..self.parsed.tensors.len()).map(move |i| self.view(i))
+        }
+
+        /// Tensor `index`.
+        pub fn tensor(&self, index: usize) -> Option<TensorView<'_>> {
+            (index < self.parsed.tensors.len()).then(|| self.view(index))
+        }
+
+        /// The tensor named `name`.
+        pub fn tensor_by_name(&self, name: &str) -> Option<TensorView<'_>> {
+            self.tensors().find(|t| t.name() == name)
+        }
+
+        fn view(&self, index: usize) -> TensorView<'_> {
+            let t = &self.parsed.tensors[index];
+            TensorView {
+                name: &self.parsed.strings[t.name.clone()],
+                dtype: t.dtype,
+                shape: &t.shape[..t.ndim],
+                bytes: &self.body()[t.data.clone()],
+            }
+        }
+
+        /// A new DXO of `data_kind` (no meta) whose tensors are this message's, viewed where
+        /// they lie: send it on to answer or forward them without copying them first.
+        pub fn tensors_dxo(&self, data_kind: DataKind) -> Result<Dxo<'_>, DxoError> {
+            self.tensors().try_fold(Dxo::new(data_kind), |dxo, t| {
+                dxo.with_tensor_bytes(t.name(), t.dtype(), t.shape(), t.bytes())
+            })
+        }
+    };
+}
+
+/// Where a received message's bytes are.
+pub(super) enum Storage<'c> {
+    /// In the ring, viewed in place until the message is dropped or released.
+    Ring(Option<ReadGrant<'c>>),
+    /// In the receiver's reassembly buffer.
+    Assembled(&'c mut AlignedBuf, &'c Arc<Mutex<AlignedBuf>>),
+    /// In the caller's buffer ([`FrameReceiver::recv_into`]).
+    Caller(&'c [u8]),
+}
+/// A received message. Its tensors can be viewed in place; dropping it (or
+/// [`Message::release`]) frees its ring space.
+pub struct Message<'c> {
+    pub(super) storage: Storage<'c>,
+    pub(super) kind: MessageKind,
+    pub(super) sequence: u64,
+    pub(super) parsed: ParsedBody,
+    /// Where the parsed tensor table and strings go back to when the message is dropped.
+    pub(super) spare: &'c mut Scratch,
+}
+impl fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("kind", &self.kind)
+            .field("sequence", &self.sequence)
+            .field("in_ring", &matches!(self.storage, Storage::Ring(_)))
+            .finish()
+    }
+}
+
+impl<'c> Message<'c> {
+    pub(super) fn body(&self) -> &[u8] {
+        match &self.storage {
+            Storage::Ring(Some(grant)) => &grant.as_slice()[FRAGMENT_HEADER_LEN..],
+            Storage::Ring(None) => &[],
+            Storage::Assembled(buf, _) => buf.as_slice(),
+            Storage::Caller(body) => body,
+        }
+    }
+
+    received_accessors!();
+
+    /// Whether the message is viewed in place in the ring (it arrived whole) rather than
+    /// reassembled from fragments.
+    pub fn is_in_ring(&self) -> bool {
+        matches!(self.storage, Storage::Ring(_))
+    }
+
+    /// Copies the whole message out into an owned value (for keeping it past the ring).
+    pub fn to_owned_message(&self) -> std::io::Result<OwnedMessage> {
+        let body = self.body();
+        let mut buf = AlignedBuf::zeroed(body.len())?;
+        buf.as_mut_slice().copy_from_slice(body);
+        Ok(OwnedMessage {
+            body: buf,
+            kind: self.kind,
+            sequence: self.sequence,
+            parsed: self.parsed.clone(),
+            give_back: None,
+        })
+    }
+
+    /// Turns the message into an owned value. A reassembled message keeps its buffer (no
+    /// copy): the receiver's next large message gets a new one, or this one back once the
+    /// owned message is dropped. A message in the ring is copied out and its space freed.
+    pub fn into_owned(mut self) -> std::io::Result<OwnedMessage> {
+        let Storage::Assembled(buf, returned) = &mut self.storage else {
+            return self.to_owned_message();
+        };
+        Ok(OwnedMessage {
+            body: std::mem::take(*buf),
+            kind: self.kind,
+            sequence: self.sequence,
+            parsed: std::mem::replace(&mut self.parsed, ParsedBody::empty()),
+            give_back: Some(Arc::downgrade(returned)),
+        })
+    }
+
+    /// Frees the message's ring space now (dropping it does the same).
+    pub fn release(mut self) {
+        self.release_grant();
+    }
+
+    pub(super) fn release_grant(&mut self) {
+        if let Storage::Ring(grant) = &mut self.storage {
+            if let Some(grant) = grant.take() {
+                grant.release();
+            }
+        }
+    }
+}
+
+impl Drop for Message<'_> {
+    fn drop(&mut self) {
+        self.release_grant();
+        let parsed = std::mem::replace(&mut self.parsed, ParsedBody::empty());
+        // `into_owned` leaves the placeholder behind (no body prefix): nothing to keep then.
+        self.spare.parsed = (parsed.prefix_len != 0).then_some(parsed);
+    }
+}
+
+/// A message copied out of the ring: the same accessors as [`Message`], owning its bytes.
+#[derive(Clone, Debug)]
+pub struct OwnedMessage {
+    pub(super) body: AlignedBuf,
+    pub(super) kind: MessageKind,
+    pub(super) sequence: u64,
+    pub(super) parsed: ParsedBody,
+    /// The receiver's slot for a reassembly buffer to reuse.
+    pub(super) give_back: Option<Weak<Mutex<AlignedBuf>>>,
+}
+
+impl Drop for OwnedMessage {
+    fn drop(&mut self) {
+        let Some(slot) = self.give_back.as_ref().and_then(Weak::upgrade) else {
+            return;
+        };
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if self.body.capacity() > slot.capacity() {
+            *slot = std::mem::take(&mut self.body);
+        }
+    }
+}
+
+impl OwnedMessage {
+    pub(super) fn body(&self) -> &[u8] {
+        self.body.as_slice()
+    }
+
+    received_accessors!();
+}
+
+/// A tensor of a received message, viewed where it lies (ring or buffer).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TensorView<'a> {
+    pub(super) name: &'a str,
+    pub(super) dtype: DType,
+    pub(super) shape: &'a [u64],
+    pub(super) bytes: &'a [u8],
+}
+
+impl<'a> TensorView<'a> {
+    /// The name.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// The shape.
+    pub fn shape(&self) -> &'a [u64] {
+        self.shape
+    }
+    /// The raw bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / self.dtype.size()
+    }
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The elements as `&[T]`, in place; the dtype must be `T`'s. (For bool tensors use
+    /// [`TensorView::to_bools`].)
+    pub fn as_slice<T: Element + FromBytes + KnownLayout>(&self) -> Result<&'a [T], ViewError> {
+        if self.dtype != T::DTYPE {
+            return Err(ViewError::WrongDType {
+                actual: self.dtype,
+                asked: T::DTYPE,
+            });
+        }
+        <[T]>::ref_from_bytes(self.bytes).map_err(|_| ViewError::Misaligned)
+    }
+
+    /// A bool tensor's elements, copied out after checking every byte is 0 or 1.
+    ///
+    /// Not a view in place: a `&[bool]` over ring bytes that a faulty peer could overwrite
+    /// with another value would be undefined behaviour; a copy cannot be changed under us.
+    /// The raw bytes are available in place through [`TensorView::bytes`].
+    pub fn to_bools(&self) -> Result<Vec<bool>, ViewError> {
+        if self.dtype != DType::Bool {
+            return Err(ViewError::WrongDType {
+                actual: self.dtype,
+                asked: DType::Bool,
+            });
+        }
+        self.bytes
+            .iter()
+            .map(|&b| match b {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(ViewError::InvalidBool),
+            })
+            .collect()
+    }
+
+    /// Copies the elements into a caller-provided slice of exactly [`TensorView::len`]
+    /// elements.
+    pub fn copy_to<T: Element + FromBytes + KnownLayout>(
+        &self,
+        out: &mut [T],
+    ) -> Result<(), ViewError> {
+        if self.dtype != T::DTYPE {
+            return Err(ViewError::WrongDType {
+                actual: self.dtype,
+                asked: T::DTYPE,
+            });
+        }
+        let out = out.as_mut_bytes();
+        if out.len() != self.bytes.len() {
+            return Err(ViewError::Misaligned);
+        }
+        out.copy_from_slice(self.bytes);
+        Ok(())
+    }
+
+    /// Copies the elements into a new vector.
+    pub fn to_vec<T: Element + FromBytes + KnownLayout>(&self) -> Result<Vec<T>, ViewError> {
+        if self.dtype != T::DTYPE {
+            return Err(ViewError::WrongDType {
+                actual: self.dtype,
+                asked: T::DTYPE,
+            });
+        }
+        <[T]>::ref_from_bytes(self.bytes)
+            .map(|s| s.to_vec())
+            .or_else(|_| {
+                // Unaligned (only possible for caller-built views): copy element by element.
+                let mut v = vec![T::new_zeroed(); self.len()];
+                v.as_mut_bytes().copy_from_slice(self.bytes);
+                Ok(v)
+            })
+    }
+}

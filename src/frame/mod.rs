@@ -1,0 +1,100 @@
+//! The wire format: messages carrying FLARE-style DXO data (a data kind, a meta dictionary and
+//! named tensors) over a ring, with zero-copy loan on the send side and in-place views on the
+//! receive side, and fragmentation of messages larger than the ring.
+//!
+//! A message is a 64-byte body header, the task id and name, the meta dictionary (JSON), a
+//! table of fixed-size tensor entries, the tensor names, and then the data region: opaque
+//! bytes (APP_DEFINED only) and every tensor, each starting on a 64-byte boundary. It travels
+//! as one or more ring records ("fragments"), each a 64-byte fragment header followed by a
+//! slice of the body. A message that fits in one record travels whole, so the receiver can
+//! view its tensors in place in the ring; a larger one is cut into fragments that the receiver
+//! copies into its destination as they arrive, so memory stays bounded by the ring and both
+//! processes copy at once. `docs/wire-format.md` describes every byte.
+//!
+//! Everything a peer wrote is untrusted: [`Limits`] are checked before any allocation, every
+//! offset and length is bounds-checked, and a malformed message is a typed [`FrameError`] that
+//! leaves the link usable for the next message.
+//!
+//! The files follow the wire format's parts: `kinds` (message kinds, return codes, data kinds,
+//! dtypes), `dxo` (what a sender builds), `header` (fixed headers, envelope, limits), `send`
+//! (layout and fragmentation), `loan` (messages built in place), `parse` (the only code that
+//! decodes a body the peer wrote: audit it on its own), `receive` (fragments, reassembly),
+//! `message` (received messages and tensor views) and `errors`.
+#![deny(unsafe_code)]
+
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::ring::{
+    Consumer, Producer, ReadGrant, RecvError, ReserveError, RingCorruption, WriteGrant,
+};
+use crate::signal::PeerLost;
+
+mod dxo;
+mod errors;
+mod header;
+mod kinds;
+mod loan;
+mod message;
+mod parse;
+mod receive;
+mod send;
+
+pub use dxo::*;
+pub use errors::*;
+pub use header::*;
+pub use kinds::*;
+pub use loan::*;
+pub use message::*;
+use parse::*;
+pub use receive::*;
+pub use send::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signal::Signals;
+    use std::time::Duration;
+
+    /// An owned message taken from the reassembly buffer gives that buffer back to the
+    /// receiver's slot when dropped, and the next large message takes it from there.
+    #[test]
+    fn dropped_owned_message_returns_its_buffer_to_the_receiver() {
+        let (mut tx, mut rx) = crate::ring::in_process(64 * 1024, Signals::in_process()).unwrap();
+        let data = vec![1.5f32; 100_000];
+        let dxo = Dxo::new(DataKind::Weights)
+            .with_tensor("w", &[100_000], &data)
+            .unwrap();
+        let soon = || Some(Instant::now() + Duration::from_secs(30));
+        let slot = |r: &FrameReceiver| r.returned.lock().unwrap().capacity();
+        let mut receiver = FrameReceiver::default();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut sender = FrameSender::new();
+                for _ in 0..2 {
+                    let task = Envelope::new(MessageKind::Task);
+                    sender.send(&mut tx, &task, Some(&dxo), soon()).unwrap();
+                }
+            });
+            let owned = receiver
+                .recv(&mut rx, soon())
+                .unwrap()
+                .into_owned()
+                .unwrap();
+            assert_eq!(slot(&receiver), 0);
+            drop(owned);
+            assert!(slot(&receiver) >= 400_000, "the buffer came back");
+            let again = receiver.recv(&mut rx, soon()).unwrap();
+            assert!(!again.is_in_ring());
+            drop(again);
+            assert_eq!(slot(&receiver), 0, "the next message took it");
+        });
+    }
+}

@@ -1,0 +1,448 @@
+//! Receiving: fragments read from the ring, checked, and viewed in place or reassembled
+//! ([`FrameReceiver`]).
+
+#[allow(unused_imports)]
+use super::*;
+
+/// A buffer whose start is page-aligned (so every tensor in it is 64-byte aligned), used to
+/// reassemble fragmented messages and to copy messages out of the ring.
+///
+/// It is an anonymous memory map: its pages come from the OS zeroed, on first touch, so
+/// reserving room for a large announced message costs nothing until its bytes arrive, and a
+/// failed allocation is an error, not an abort.
+#[derive(Default)]
+pub struct AlignedBuf {
+    pub(super) map: Option<memmap2::MmapMut>,
+    pub(super) len: usize,
+}
+
+impl fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+impl Clone for AlignedBuf {
+    /// A copy of the bytes in a new buffer.
+    ///
+    /// # Panics
+    /// If the OS refuses the memory for the copy.
+    fn clone(&self) -> Self {
+        let mut copy = AlignedBuf::zeroed(self.len).expect("memory for a copy of a buffer");
+        copy.as_mut_slice().copy_from_slice(self.as_slice());
+        copy
+    }
+}
+
+impl AlignedBuf {
+    /// An empty buffer (no memory mapped).
+    pub fn new() -> AlignedBuf {
+        AlignedBuf::default()
+    }
+
+    /// A zeroed buffer of `len` bytes.
+    pub fn zeroed(len: usize) -> std::io::Result<AlignedBuf> {
+        let mut buf = AlignedBuf::new();
+        buf.reset(len)?;
+        Ok(buf)
+    }
+
+    /// Bytes the buffer holds without mapping new memory.
+    pub fn capacity(&self) -> usize {
+        self.map.as_ref().map_or(0, |m| m.len())
+    }
+
+    /// Sets the length to `len`. Within the current capacity the bytes are kept (they are
+    /// whatever was there); beyond it, a new zeroed map replaces the old one and the old
+    /// contents are gone.
+    pub fn reset(&mut self, len: usize) -> std::io::Result<()> {
+        if len > self.capacity() {
+            self.map = Some(memmap2::MmapMut::map_anon(len)?);
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        self.map.as_ref().map_or(&[], |m| &m[..self.len])
+    }
+
+    /// The bytes, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self.map.as_mut() {
+            Some(m) => &mut m[..self.len],
+            None => &mut [],
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Receives messages from a ring, enforcing [`Limits`], reassembling fragments into a reused
+/// buffer.
+#[derive(Debug, Default)]
+pub struct FrameReceiver {
+    pub(super) limits: Limits,
+    pub(super) assembly: AlignedBuf,
+    /// The parsed tensor table and strings of the last message, kept for the next one.
+    pub(super) spare: Scratch,
+    /// Fragments stamped with an older epoch are dropped unparsed.
+    pub(super) min_epoch: u64,
+    pub(super) stale_dropped: u64,
+    /// Where an [`OwnedMessage`] taken from the reassembly buffer returns that buffer when
+    /// dropped, so the next large message reuses its pages instead of faulting in new ones.
+    pub(super) returned: Arc<Mutex<AlignedBuf>>,
+}
+
+/// What a receiver keeps from one message to the next: the last body parsed in full (a copy
+/// of its prefix, its length) and, while no message holds it, its parse (see
+/// [`parse_cached`]); on a different body, the parse's allocations are reused.
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    pub(super) prefix: Vec<u8>,
+    pub(super) len: usize,
+    pub(super) parsed: Option<ParsedBody>,
+}
+
+impl FrameReceiver {
+    /// A receiver enforcing `limits`.
+    pub fn new(limits: Limits) -> FrameReceiver {
+        FrameReceiver {
+            limits,
+            ..FrameReceiver::default()
+        }
+    }
+
+    /// The limits enforced.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// From now on, consumes and drops without parsing every fragment stamped with an epoch
+    /// below `epoch` (a dead agent incarnation's traffic; see [`Envelope::epoch`]).
+    pub fn set_min_epoch(&mut self, epoch: u64) {
+        self.min_epoch = epoch;
+    }
+
+    /// How many fragments were dropped for a stale epoch so far.
+    pub fn stale_dropped(&self) -> u64 {
+        self.stale_dropped
+    }
+
+    /// Receives the next message, waiting until `deadline` (`None`: forever). A message that
+    /// arrived whole is viewed in place in the ring; a fragmented one is reassembled into this
+    /// receiver's buffer as its fragments arrive (the buffer is kept for the next message).
+    pub fn recv<'c>(
+        &'c mut self,
+        consumer: &'c mut Consumer,
+        deadline: Option<Instant>,
+    ) -> Result<Message<'c>, FrameError> {
+        self.receive(consumer, deadline, None, None)
+    }
+
+    /// [`FrameReceiver::recv`] whose `deadline` bounds only the wait for a message to begin:
+    /// once a fragmented message has started, each further fragment may take up to `stall`
+    /// (`None`: until `deadline`). A receiver that polls with short deadlines (to do other
+    /// work between waits) thus never drops a message that is still streaming in.
+    pub fn recv_with_stall<'c>(
+        &'c mut self,
+        consumer: &'c mut Consumer,
+        deadline: Option<Instant>,
+        stall: Option<Duration>,
+    ) -> Result<Message<'c>, FrameError> {
+        self.receive(consumer, deadline, None, stall)
+    }
+
+    /// Receives the next message into the caller's buffer: its body is copied there, fragment
+    /// by fragment as it arrives (large destinations with cache-bypassing stores), and the
+    /// returned message views its tensors there. One copy, no buffer of the receiver's own:
+    /// the copy-out for callers who keep the data. Tensors are 64-byte aligned relative to
+    /// the buffer's start; align the buffer to 64 bytes (e.g. an [`AlignedBuf`]) to view
+    /// them as typed slices. A message longer than the buffer is consumed and refused with
+    /// [`FrameError::OverLimit`].
+    pub fn recv_into<'c>(
+        &'c mut self,
+        consumer: &'c mut Consumer,
+        deadline: Option<Instant>,
+        buffer: &'c mut [u8],
+    ) -> Result<Message<'c>, FrameError> {
+        self.receive(consumer, deadline, Some(buffer), None)
+    }
+
+    pub(super) fn receive<'c>(
+        &'c mut self,
+        consumer: &'c mut Consumer,
+        deadline: Option<Instant>,
+        caller: Option<&'c mut [u8]>,
+        stall: Option<Duration>,
+    ) -> Result<Message<'c>, FrameError> {
+        let FrameReceiver {
+            limits,
+            assembly,
+            spare,
+            min_epoch,
+            stale_dropped,
+            returned,
+        } = self;
+        let limits = *limits;
+        let first = loop {
+            let grant = consumer.peek(deadline)?;
+            match fragment_header(&grant) {
+                Ok(h) if h.epoch < *min_epoch => {
+                    grant.release();
+                    *stale_dropped += 1;
+                }
+                Ok(h) => break h,
+                Err(e) => {
+                    grant.release();
+                    return Err(e);
+                }
+            }
+        };
+        if first.flags & FLAG_FIRST == 0 {
+            discard_next(consumer)?;
+            return Err(FrameError::OutOfOrder(format!(
+                "fragment {} of message {} arrived without its first fragment",
+                first.fragment_index, first.sequence
+            )));
+        }
+        let kind = MessageKind::from_code(first.kind.into())
+            .ok_or_else(|| FrameError::BadFragment(format!("unknown message kind {}", first.kind)))
+            .and_then(|k| {
+                over("message length", first.message_len, limits.max_message_len).map(|()| k)
+            });
+        let kind = kind.and_then(|k| match &caller {
+            Some(buffer) => {
+                over("message length", first.message_len, buffer.len() as u64).map(|()| k)
+            }
+            None => Ok(k),
+        });
+        let kind = match kind {
+            Ok(kind) => kind,
+            Err(e) => {
+                discard_next(consumer)?;
+                return Err(e);
+            }
+        };
+        if first.flags & FLAG_LAST != 0 && caller.is_none() {
+            // The record is still at the head: take it again, this time for the caller.
+            let grant = consumer
+                .try_peek()?
+                .ok_or_else(|| FrameError::Malformed("record vanished between two peeks".into()))?;
+            let parsed = parse_cached(&grant.as_slice()[FRAGMENT_HEADER_LEN..], &limits, spare);
+            return match parsed {
+                Ok(mut parsed) => {
+                    parsed.epoch = first.epoch;
+                    Ok(Message {
+                        storage: Storage::Ring(Some(grant)),
+                        kind,
+                        sequence: first.sequence,
+                        parsed,
+                        spare,
+                    })
+                }
+                Err(e) => {
+                    grant.release();
+                    Err(e)
+                }
+            };
+        }
+        let grant = consumer
+            .try_peek()?
+            .ok_or_else(|| FrameError::Malformed("record vanished between two peeks".into()))?;
+        // Fragmented: the length was checked against the limit above, before this allocation.
+        let total = usize::try_from(first.message_len).map_err(|_| FrameError::OverLimit {
+            what: "message length",
+            value: first.message_len,
+            max: usize::MAX as u64,
+        });
+        let total = match total {
+            Ok(t) => t,
+            Err(e) => {
+                grant.release();
+                return Err(e);
+            }
+        };
+        let mut caller = caller;
+        let out: &mut [u8] = match caller.as_mut() {
+            // Checked against the buffer's length above.
+            Some(buffer) => &mut buffer[..total],
+            None => {
+                if assembly.capacity() < total {
+                    // A buffer an owned message gave back, if it is larger.
+                    let mut given_back = returned.lock().unwrap_or_else(|e| e.into_inner());
+                    if given_back.capacity() > assembly.capacity() {
+                        std::mem::swap(assembly, &mut *given_back);
+                    }
+                }
+                // Lazily zeroed pages: room is reserved now, memory used only as fragments
+                // arrive.
+                if assembly.reset(total).is_err() {
+                    grant.release();
+                    return Err(FrameError::OutOfMemory {
+                        len: first.message_len,
+                    });
+                }
+                assembly.as_mut_slice()
+            }
+        };
+        let mut received = copy_fragment(grant, out, 0)?;
+        let mut index = 0u32;
+        while (received as u64) < first.message_len {
+            index = index.wrapping_add(1);
+            let fragment_deadline = match stall {
+                Some(stall) => Instant::now().checked_add(stall),
+                None => deadline,
+            };
+            let grant = consumer.peek(fragment_deadline)?;
+            let next = match fragment_header(&grant) {
+                Ok(h) => h,
+                Err(e) => {
+                    grant.release();
+                    return Err(e);
+                }
+            };
+            if next.flags & FLAG_FIRST != 0 {
+                // The start of another message: leave it for the next call.
+                return Err(FrameError::OutOfOrder(format!(
+                    "message {} ended after {received} of {} bytes; message {} began",
+                    first.sequence, first.message_len, next.sequence
+                )));
+            }
+            let consistent = next.sequence == first.sequence
+                && next.kind == first.kind
+                && next.epoch == first.epoch
+                && next.message_len == first.message_len
+                && next.fragment_offset == received as u64
+                && next.fragment_index == index
+                && ((next.flags & FLAG_LAST != 0)
+                    == (received as u64 + next.fragment_len == first.message_len));
+            if !consistent {
+                grant.release();
+                return Err(FrameError::OutOfOrder(format!(
+                    "fragment (message {}, index {}, offset {}) does not continue message {} at index {index}, offset {received}",
+                    next.sequence, next.fragment_index, next.fragment_offset, first.sequence
+                )));
+            }
+            received = copy_fragment(grant, out, received)?;
+        }
+        let body: &[u8] = match &caller {
+            Some(buffer) => &buffer[..total],
+            None => assembly.as_slice(),
+        };
+        let mut parsed = parse_cached(body, &limits, spare)?;
+        parsed.epoch = first.epoch;
+        let storage = match caller {
+            Some(buffer) => {
+                let buffer: &'c [u8] = buffer;
+                Storage::Caller(&buffer[..total])
+            }
+            None => Storage::Assembled(assembly, returned),
+        };
+        Ok(Message {
+            storage,
+            kind,
+            sequence: first.sequence,
+            parsed,
+            spare,
+        })
+    }
+}
+
+/// Consumes the record at the head of the ring (a rejected fragment).
+pub(super) fn discard_next(consumer: &mut Consumer) -> Result<(), FrameError> {
+    if let Some(grant) = consumer.try_peek()? {
+        grant.release();
+    }
+    Ok(())
+}
+
+/// Reads and checks a fragment header (a copy of the bytes, not a reference into the ring).
+pub(super) fn fragment_header(grant: &ReadGrant<'_>) -> Result<FragmentHeader, FrameError> {
+    let bytes = grant.as_slice();
+    let header = FragmentHeader::read_from_prefix(bytes)
+        .map_err(|_| {
+            FrameError::BadFragment(format!(
+                "record of {} bytes is shorter than a fragment header",
+                bytes.len()
+            ))
+        })?
+        .0;
+    if header.magic != FRAME_MAGIC {
+        return Err(FrameError::BadFragment(format!(
+            "magic {:#010x}, expected {FRAME_MAGIC:#010x}",
+            header.magic
+        )));
+    }
+    if header.version != FORMAT_VERSION {
+        return Err(FrameError::BadFragment(format!(
+            "format version {FORMAT_VERSION} expected, fragment has {}",
+            header.version
+        )));
+    }
+    if header.header_len != FRAGMENT_HEADER_LEN as u32 || header.reserved0 != 0 {
+        return Err(FrameError::BadFragment(
+            "header length or reserved words".into(),
+        ));
+    }
+    if header.flags & !(FLAG_FIRST | FLAG_LAST) != 0 {
+        return Err(FrameError::BadFragment(format!(
+            "unknown flags {:#x}",
+            header.flags
+        )));
+    }
+    let payload = (bytes.len() - FRAGMENT_HEADER_LEN) as u64;
+    let end = header.fragment_offset.checked_add(header.fragment_len);
+    if header.fragment_len != payload || end.is_none_or(|end| end > header.message_len) {
+        return Err(FrameError::BadFragment(format!(
+            "fragment [{}, +{}) of a {}-byte message in a record of {payload} payload bytes",
+            header.fragment_offset, header.fragment_len, header.message_len
+        )));
+    }
+    if header.flags & FLAG_FIRST != 0 && header.fragment_offset != 0 {
+        return Err(FrameError::BadFragment(
+            "first fragment at a non-zero offset".into(),
+        ));
+    }
+    if header.flags & (FLAG_FIRST | FLAG_LAST) == (FLAG_FIRST | FLAG_LAST)
+        && header.fragment_len != header.message_len
+    {
+        return Err(FrameError::BadFragment(
+            "single fragment shorter than its message".into(),
+        ));
+    }
+    Ok(header)
+}
+
+/// Copies a checked fragment's body bytes into `out` at `at`, releases it, returns the new end.
+pub(super) fn copy_fragment(
+    grant: ReadGrant<'_>,
+    out: &mut [u8],
+    at: usize,
+) -> Result<usize, FrameError> {
+    let bytes = &grant.as_slice()[FRAGMENT_HEADER_LEN..];
+    let end = at + bytes.len();
+    if end > out.len() {
+        grant.release();
+        return Err(FrameError::BadFragment(
+            "fragment runs past its message".into(),
+        ));
+    }
+    // Into a destination larger than the cache, bypass the cache (as streams do).
+    let streaming = out.len() as u64 >= crate::stream::NON_TEMPORAL_MIN;
+    crate::stream::copy_out(&mut out[at..end], bytes, streaming);
+    grant.release();
+    Ok(end)
+}

@@ -1,0 +1,422 @@
+//! Encoding a message into ring records: body layout, prefix, fragmentation ([`FrameSender`]).
+
+#[allow(unused_imports)]
+use super::*;
+
+/// A tensor of a body being built: borrowed description, no copies.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct TensorDesc<'a> {
+    pub(super) name: &'a str,
+    pub(super) dtype: DType,
+    pub(super) shape: &'a [u64],
+    pub(super) len: u64,
+}
+
+/// Where the parts of one message body go (offsets from the body start), computed before
+/// anything is written.
+#[derive(Debug)]
+pub(super) struct BodyLayout {
+    /// The meta dictionary, encoded (empty if none).
+    pub(super) meta: Vec<u8>,
+    pub(super) table_offset: usize,
+    pub(super) names_offset: usize,
+    pub(super) names_len: usize,
+    /// Start of the data region; also the length of the prefix (headers, strings, meta,
+    /// table, names, padding).
+    pub(super) data_offset: u64,
+    pub(super) opaque: Range<u64>,
+    pub(super) total: u64,
+}
+
+/// The data offset of each tensor, in order: after the opaque bytes, each on a
+/// [`TENSOR_ALIGN`] boundary after the previous one's end. `None` on overflow.
+pub(super) fn tensor_starts<'t>(
+    opaque_end: u64,
+    tensors: &'t [TensorDesc<'t>],
+) -> impl Iterator<Item = Option<u64>> + 't {
+    let mut cursor = Some(opaque_end);
+    tensors.iter().map(move |t| {
+        let start = align_to(cursor?, TENSOR_ALIGN as u64)?;
+        cursor = start.checked_add(t.len);
+        cursor.map(|_| start)
+    })
+}
+
+pub(super) fn layout_body(
+    envelope: &Envelope<'_>,
+    meta: Option<&Map<String, Value>>,
+    tensors: &[TensorDesc<'_>],
+    opaque_len: u64,
+) -> Result<BodyLayout, SendError> {
+    let too_big = |what: &str| SendError::Encode(format!("{what} is too large for the format"));
+    let meta = match meta {
+        Some(meta) if !meta.is_empty() => {
+            serde_json::to_vec(meta).map_err(|e| SendError::Encode(format!("meta: {e}")))?
+        }
+        _ => Vec::new(),
+    };
+    u32::try_from(envelope.task_id.len()).map_err(|_| too_big("task id"))?;
+    u32::try_from(envelope.task_name.len()).map_err(|_| too_big("task name"))?;
+    u32::try_from(meta.len()).map_err(|_| too_big("meta"))?;
+    u32::try_from(tensors.len()).map_err(|_| too_big("tensor count"))?;
+    let names_len: usize = tensors.iter().map(|t| t.name.len()).sum();
+    u32::try_from(names_len).map_err(|_| too_big("tensor names"))?;
+
+    let strings_end =
+        BODY_HEADER_LEN + envelope.task_id.len() + envelope.task_name.len() + meta.len();
+    let table_offset = strings_end.next_multiple_of(8);
+    let names_offset = table_offset + tensors.len() * TENSOR_ENTRY_LEN;
+    let data_offset = align_to((names_offset + names_len) as u64, TENSOR_ALIGN as u64)
+        .ok_or_else(|| too_big("body"))?;
+    let opaque_end = data_offset
+        .checked_add(opaque_len)
+        .ok_or_else(|| too_big("opaque bytes"))?;
+    let mut total = opaque_end;
+    for (tensor, start) in tensors.iter().zip(tensor_starts(opaque_end, tensors)) {
+        total = start
+            .and_then(|s| s.checked_add(tensor.len))
+            .ok_or_else(|| too_big("body"))?;
+    }
+    Ok(BodyLayout {
+        meta,
+        table_offset,
+        names_offset,
+        names_len,
+        data_offset,
+        opaque: data_offset..opaque_end,
+        total,
+    })
+}
+
+/// Writes a body's prefix — body header, task id and name, meta, tensor table, names, and
+/// zero padding up to the data region — into `out` (exactly `layout.data_offset` bytes,
+/// zeroed by the caller: the padding between the parts is left as it is).
+pub(super) fn write_prefix(
+    layout: &BodyLayout,
+    envelope: &Envelope<'_>,
+    data_kind: Option<DataKind>,
+    tensors: &[TensorDesc<'_>],
+    out: &mut [u8],
+) {
+    let header = BodyHeader {
+        rc: envelope.rc.code(),
+        data_kind: data_kind.map_or(0, DataKind::code),
+        task_id_len: envelope.task_id.len() as u32,
+        task_name_len: envelope.task_name.len() as u32,
+        meta_len: layout.meta.len() as u32,
+        tensor_count: tensors.len() as u32,
+        names_len: layout.names_len as u32,
+        flags: if data_kind.is_some() {
+            BODY_FLAG_HAS_DXO
+        } else {
+            0
+        },
+        opaque_len: layout.opaque.end - layout.opaque.start,
+        data_offset: layout.data_offset,
+        data_len: layout.total - layout.data_offset,
+        reply_to: envelope.reply_to,
+    };
+    out[..BODY_HEADER_LEN].copy_from_slice(header.as_bytes());
+    let mut at = BODY_HEADER_LEN;
+    for part in [
+        envelope.task_id.as_bytes(),
+        envelope.task_name.as_bytes(),
+        &layout.meta,
+    ] {
+        out[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    let mut name_cursor = 0usize;
+    let starts = tensor_starts(layout.opaque.end, tensors);
+    for (i, (tensor, start)) in tensors.iter().zip(starts).enumerate() {
+        let mut shape = [0u64; MAX_DIMS];
+        shape[..tensor.shape.len()].copy_from_slice(tensor.shape);
+        let entry = TensorEntry {
+            // `layout_body` checked every start for overflow.
+            data_offset: start.unwrap_or_default(),
+            data_len: tensor.len,
+            name_offset: name_cursor as u32,
+            name_len: tensor.name.len() as u16,
+            dtype: tensor.dtype.code() as u8,
+            ndim: tensor.shape.len() as u8,
+            reserved0: 0,
+            shape,
+        };
+        let entry_at = layout.table_offset + i * TENSOR_ENTRY_LEN;
+        out[entry_at..entry_at + TENSOR_ENTRY_LEN].copy_from_slice(entry.as_bytes());
+        let name_at = layout.names_offset + name_cursor;
+        out[name_at..name_at + tensor.name.len()].copy_from_slice(tensor.name.as_bytes());
+        name_cursor += tensor.name.len();
+    }
+}
+
+/// Writes bytes `[start, start + out.len())` of a body: the layout's prefix, then the given
+/// pieces (opaque bytes and tensors) at their offsets, zeros in between.
+pub(super) fn write_body_range(prefix: &[u8], pieces: &[(u64, &[u8])], start: u64, out: &mut [u8]) {
+    let end = start + out.len() as u64;
+    let mut filled = start;
+    let fill_to = |out: &mut [u8], from: u64, to: u64, src: Option<&[u8]>| {
+        let (a, b) = ((from - start) as usize, (to - start) as usize);
+        match src {
+            Some(src) => out[a..b].copy_from_slice(src),
+            None => out[a..b].fill(0),
+        }
+    };
+    let prefix_len = prefix.len() as u64;
+    if filled < prefix_len {
+        let to = end.min(prefix_len);
+        fill_to(out, filled, to, Some(&prefix[filled as usize..to as usize]));
+        filled = to;
+    }
+    let first = pieces.partition_point(|(offset, bytes)| offset + bytes.len() as u64 <= filled);
+    for &(offset, bytes) in &pieces[first..] {
+        if filled >= end {
+            break;
+        }
+        if offset >= end {
+            break;
+        }
+        if offset > filled {
+            fill_to(out, filled, offset, None);
+            filled = offset;
+        }
+        let to = end.min(offset + bytes.len() as u64);
+        if to > filled {
+            let src = &bytes[(filled - offset) as usize..(to - offset) as usize];
+            fill_to(out, filled, to, Some(src));
+            filled = to;
+        }
+    }
+    if filled < end {
+        fill_to(out, filled, end, None);
+    }
+}
+
+/// Sends messages on a ring: assigns sequence numbers, fragments large messages, and lends
+/// ring space for zero-copy sends.
+#[derive(Debug, Default)]
+pub struct FrameSender {
+    pub(super) next_sequence: u64,
+}
+
+impl FrameSender {
+    /// A sender whose first message gets sequence number 1.
+    pub fn new() -> FrameSender {
+        FrameSender { next_sequence: 1 }
+    }
+
+    pub(super) fn take_sequence(&mut self) -> u64 {
+        let sequence = self.next_sequence.max(1);
+        self.next_sequence = sequence.wrapping_add(1);
+        sequence
+    }
+
+    /// Sends a message, copying the DXO's tensors from the caller's memory into the ring.
+    /// A message that fits in one ring record is sent whole (the receiver can view it in
+    /// place); a larger one as fragments, while the receiver drains them. `deadline` bounds
+    /// the whole message. Returns its sequence number.
+    pub fn send(
+        &mut self,
+        producer: &mut Producer,
+        envelope: &Envelope<'_>,
+        dxo: Option<&Dxo<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<u64, SendError> {
+        self.send_cancellable(producer, envelope, dxo, deadline, None)
+    }
+
+    /// [`FrameSender::send`] that asks `cancel.0()` before each fragment and at least every
+    /// `cancel.1` while waiting for ring space, and stops with [`SendError::Cancelled`] when it
+    /// answers `true` (an abort while a large message streams to a slow or stalled receiver).
+    pub fn send_cancellable(
+        &mut self,
+        producer: &mut Producer,
+        envelope: &Envelope<'_>,
+        dxo: Option<&Dxo<'_>>,
+        deadline: Option<Instant>,
+        cancel: Option<(&dyn Fn() -> bool, Duration)>,
+    ) -> Result<u64, SendError> {
+        let descs: Vec<TensorDesc<'_>> = dxo
+            .map(|d| d.tensors.iter().map(TensorRef::desc).collect())
+            .unwrap_or_default();
+        let opaque = dxo.and_then(|d| d.opaque).unwrap_or(&[]);
+        let layout = layout_body(envelope, dxo.map(|d| &d.meta), &descs, opaque.len() as u64)?;
+        let mut prefix = vec![0u8; layout.data_offset as usize];
+        write_prefix(
+            &layout,
+            envelope,
+            dxo.map(|d| d.data_kind),
+            &descs,
+            &mut prefix,
+        );
+        let mut pieces: Vec<(u64, &[u8])> = Vec::with_capacity(descs.len() + 1);
+        if !opaque.is_empty() {
+            pieces.push((layout.opaque.start, opaque));
+        }
+        if let Some(d) = dxo {
+            let starts = tensor_starts(layout.opaque.end, &descs);
+            for (t, start) in d.tensors.iter().zip(starts) {
+                if !t.bytes.is_empty() {
+                    pieces.push((start.unwrap_or_default(), t.bytes));
+                }
+            }
+        }
+        let sequence = self.take_sequence();
+        let max_fragment = (producer.max_record() - FRAGMENT_HEADER_LEN) as u64;
+        let fragment_len = if layout.total <= max_fragment {
+            layout.total
+        } else {
+            (crate::stream::default_chunk(producer.capacity()) as u64)
+                .clamp(TENSOR_ALIGN as u64, max_fragment)
+        };
+        let fragmented = fragment_len < layout.total;
+        // Fragments of a large message keep the data in flight small and in a cache-sized
+        // part of the ring, as streams do (see `Producer::reserve_within`); a whole message
+        // may use all of it.
+        let window = if fragmented {
+            crate::stream::default_window(producer.capacity())
+        } else {
+            u64::MAX
+        };
+        let mut offset = 0u64;
+        let mut index = 0u32;
+        loop {
+            let len = fragment_len.min(layout.total - offset);
+            let mut flags = 0;
+            if offset == 0 {
+                flags |= FLAG_FIRST;
+            }
+            if offset + len == layout.total {
+                flags |= FLAG_LAST;
+            }
+            let header = FragmentHeader::new(
+                envelope.kind,
+                flags,
+                sequence,
+                index,
+                layout.total,
+                offset..offset + len,
+                envelope.epoch,
+            );
+            let record = FRAGMENT_HEADER_LEN + len as usize;
+            let mut grant = match cancel {
+                None => producer.reserve_within(record, window, deadline)?,
+                Some((cancelled, slice)) => loop {
+                    if cancelled() {
+                        return Err(SendError::Cancelled);
+                    }
+                    let now = Instant::now();
+                    let slice_end = deadline.map_or(now + slice, |d| d.min(now + slice));
+                    match producer.reserve_within(record, window, Some(slice_end)) {
+                        Err(ReserveError::Timeout)
+                            if deadline.is_none_or(|d| Instant::now() < d) => {}
+                        other => break other?,
+                    }
+                },
+            };
+            let slot = grant.as_mut_slice();
+            slot[..FRAGMENT_HEADER_LEN].copy_from_slice(header.as_bytes());
+            write_body_range(&prefix, &pieces, offset, &mut slot[FRAGMENT_HEADER_LEN..]);
+            grant.commit();
+            offset += len;
+            index = index.wrapping_add(1);
+            if offset == layout.total {
+                return Ok(sequence);
+            }
+        }
+    }
+
+    /// Reserves ring space for a whole message whose tensors the caller then fills in place
+    /// (zero copies on the send side), and writes its headers, meta and tensor table. The
+    /// message must fit in one ring record. Nothing is visible to the receiver until
+    /// [`Loan::commit`]; dropping the loan abandons it. To send the same layout repeatedly,
+    /// [`FrameSender::prepare`] it once and use [`FrameSender::loan_prepared`].
+    pub fn loan<'p>(
+        &mut self,
+        producer: &'p mut Producer,
+        envelope: &Envelope<'_>,
+        spec: &LoanSpec,
+        deadline: Option<Instant>,
+    ) -> Result<Loan<'p>, LoanError> {
+        let prepared = FrameSender::prepare(envelope, spec)?;
+        self.loan_prepared(producer, &prepared, deadline)
+    }
+
+    /// Checks a loan's spec and lays out its message once: headers, meta, tensor table and
+    /// names are encoded here, so that each [`FrameSender::loan_prepared`] only reserves ring
+    /// space and copies them.
+    pub fn prepare(envelope: &Envelope<'_>, spec: &LoanSpec) -> Result<PreparedLoan, LoanError> {
+        let mut descs = Vec::with_capacity(spec.tensors.len());
+        for (name, dtype, shape) in &spec.tensors {
+            let len = check_tensor_spec(name, *dtype, shape, None)?;
+            descs.push(TensorDesc {
+                name,
+                dtype: *dtype,
+                shape,
+                len,
+            });
+        }
+        if let Some(name) = first_duplicate(&descs, |d| d.name.as_bytes()) {
+            return Err(DxoError::DuplicateName(String::from_utf8_lossy(name).into_owned()).into());
+        }
+        if spec.opaque_len > 0 && spec.data_kind != DataKind::AppDefined {
+            return Err(DxoError::OpaqueNotAppDefined(spec.data_kind).into());
+        }
+        let layout = layout_body(envelope, Some(&spec.meta), &descs, spec.opaque_len as u64)?;
+        let mut prefix = vec![0u8; layout.data_offset as usize];
+        write_prefix(&layout, envelope, Some(spec.data_kind), &descs, &mut prefix);
+        Ok(PreparedLoan {
+            kind: envelope.kind,
+            epoch: envelope.epoch,
+            prefix,
+            total: layout.total,
+            opaque: layout.opaque,
+            table: layout.table_offset,
+            names: layout.names_offset,
+            count: descs.len(),
+        })
+    }
+
+    /// Lends ring space for one message of a prepared layout (see [`FrameSender::loan`]).
+    pub fn loan_prepared<'p>(
+        &mut self,
+        producer: &'p mut Producer,
+        prepared: &PreparedLoan,
+        deadline: Option<Instant>,
+    ) -> Result<Loan<'p>, LoanError> {
+        let needed = prepared.total + FRAGMENT_HEADER_LEN as u64;
+        if needed > producer.max_record() as u64 {
+            return Err(SendError::TooLargeForLoan {
+                needed,
+                max: producer.max_record(),
+            }
+            .into());
+        }
+        let sequence = self.take_sequence();
+        let header = FragmentHeader::new(
+            prepared.kind,
+            FLAG_FIRST | FLAG_LAST,
+            sequence,
+            0,
+            prepared.total,
+            0..prepared.total,
+            prepared.epoch,
+        );
+        let mut grant = producer
+            .reserve(needed as usize, deadline)
+            .map_err(SendError::from)?;
+        let slot = grant.as_mut_slice();
+        slot[..FRAGMENT_HEADER_LEN].copy_from_slice(header.as_bytes());
+        slot[FRAGMENT_HEADER_LEN..FRAGMENT_HEADER_LEN + prepared.prefix.len()]
+            .copy_from_slice(&prepared.prefix);
+        let at = |offset: u64| offset as usize + FRAGMENT_HEADER_LEN;
+        Ok(Loan {
+            grant,
+            sequence,
+            opaque: at(prepared.opaque.start)..at(prepared.opaque.end),
+            table: at(prepared.table as u64),
+            names: at(prepared.names as u64),
+            count: prepared.count,
+        })
+    }
+}
