@@ -24,6 +24,8 @@
 //! runner live in the workspace member `cli/`, test helpers in `test-support/`.
 // Lints: `[workspace.lints]` in the root `Cargo.toml`.
 
+#[cfg(not(loom))]
+pub mod error;
 pub mod layout;
 pub mod ring;
 pub mod signal;

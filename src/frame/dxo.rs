@@ -83,9 +83,6 @@ pub enum DxoError {
     /// Opaque bytes were given for a data kind other than APP_DEFINED.
     #[error("opaque bytes need data kind APP_DEFINED, this DXO is {0}")]
     OpaqueNotAppDefined(DataKind),
-    /// A meta value could not be encoded.
-    #[error("meta: {0}")]
-    Meta(String),
 }
 
 /// A DXO to send: a data kind, a meta dictionary, named tensors borrowed from the caller and,

@@ -112,11 +112,18 @@ impl<'p> Loan<'p> {
     /// Entry `index` of the tensor table this loan wrote.
     pub(super) fn entry(&mut self, index: usize) -> Result<TensorEntry, ViewError> {
         if index >= self.count {
-            return Err(ViewError::NoSuchTensor(index.to_string()));
+            return Err(ViewError::NoSuchIndex {
+                index,
+                count: self.count,
+            });
         }
         let at = self.table + index * TENSOR_ENTRY_LEN;
         let bytes = &self.grant.as_mut_slice()[at..at + TENSOR_ENTRY_LEN];
-        TensorEntry::read_from_bytes(bytes).map_err(|_| ViewError::NoSuchTensor(index.to_string()))
+        // The entry was written by this loan and the grant holds it whole, so the read succeeds.
+        TensorEntry::read_from_bytes(bytes).map_err(|_| ViewError::NoSuchIndex {
+            index,
+            count: self.count,
+        })
     }
 
     /// Index of the tensor named `name`.
@@ -142,8 +149,10 @@ impl<'p> Loan<'p> {
         index: usize,
     ) -> Result<&mut [T], ViewError> {
         let code = u32::from(self.entry(index)?.dtype);
-        let actual =
-            DType::from_code(code).ok_or_else(|| ViewError::NoSuchTensor(index.to_string()))?;
+        let actual = DType::from_code(code).ok_or(ViewError::NoSuchIndex {
+            index,
+            count: self.count,
+        })?;
         if actual != T::DTYPE {
             return Err(ViewError::WrongDType {
                 actual,

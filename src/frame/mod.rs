@@ -22,7 +22,7 @@
 //! `message` (received messages and tensor views) and `errors`.
 #![deny(unsafe_code)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;

@@ -60,16 +60,17 @@ pub(super) fn checked_range(
     start: u64,
     len: u64,
     within: usize,
-    what: &str,
+    part: BodyPart,
 ) -> Result<Range<usize>, FrameError> {
     let end = start
         .checked_add(len)
         .filter(|&end| end <= within as u64)
-        .ok_or_else(|| {
-            malformed(format!(
-                "{what} [{start}, +{len}) lies past the body end {within}"
-            ))
-        })?;
+        .ok_or(FrameError::Malformed(BodyProblem::OutOfBounds {
+            part,
+            start,
+            len,
+            body_len: within,
+        }))?;
     Ok(start as usize..end as usize)
 }
 
@@ -118,38 +119,46 @@ pub(super) fn parse_body(
     let mut text = strings.into_bytes();
     text.clear();
     // Copies `body[range]` to the end of `text` and checks the copy is UTF-8.
-    let mut copy_str = |range: Range<usize>, what: &dyn Fn() -> String| {
+    let mut copy_str = |range: Range<usize>, part: BodyPart| {
         let start = text.len();
         text.extend_from_slice(&body[range]);
         std::str::from_utf8(&text[start..])
-            .map_err(|e| malformed(format!("{} is not UTF-8: {e}", what())))?;
+            .map_err(|_| FrameError::Malformed(BodyProblem::NotUtf8 { part }))?;
         Ok::<_, FrameError>(start..text.len())
     };
     let header = BodyHeader::read_from_prefix(body)
         .map_err(|_| {
-            malformed(format!(
-                "body of {} bytes has no room for its header",
-                body.len()
-            ))
+            FrameError::Malformed(BodyProblem::OutOfBounds {
+                part: BodyPart::Header,
+                start: 0,
+                len: BODY_HEADER_LEN as u64,
+                body_len: body.len(),
+            })
         })?
         .0;
-    let rc = ReturnCode::from_code(header.rc)
-        .ok_or_else(|| malformed(format!("unknown return code {}", header.rc)))?;
+    let rc = ReturnCode::from_code(header.rc).ok_or(FrameError::Malformed(
+        BodyProblem::UnknownReturnCode { code: header.rc },
+    ))?;
     let has_dxo = header.flags & BODY_FLAG_HAS_DXO != 0;
     if header.flags & !BODY_FLAG_HAS_DXO != 0 {
-        return Err(malformed(format!("unknown body flags {:#x}", header.flags)));
+        return Err(FrameError::Malformed(BodyProblem::UnknownFlags {
+            flags: header.flags,
+        }));
     }
     let data_kind = if has_dxo {
         Some(
-            DataKind::from_code(header.data_kind)
-                .ok_or_else(|| malformed(format!("unknown data kind {}", header.data_kind)))?,
+            DataKind::from_code(header.data_kind).ok_or(FrameError::Malformed(
+                BodyProblem::UnknownDataKind {
+                    code: header.data_kind,
+                },
+            ))?,
         )
     } else if header.data_kind != 0
         || header.tensor_count != 0
         || header.opaque_len != 0
         || header.meta_len != 0
     {
-        return Err(malformed("a message without a DXO carries DXO fields"));
+        return Err(FrameError::Malformed(BodyProblem::FieldsWithoutDxo));
     } else {
         None
     };
@@ -184,49 +193,59 @@ pub(super) fn parse_body(
         BODY_HEADER_LEN as u64,
         header.task_id_len.into(),
         len,
-        "task id",
+        BodyPart::TaskId,
     )?;
     let task_name = checked_range(
         task_id.end as u64,
         header.task_name_len.into(),
         len,
-        "task name",
+        BodyPart::TaskName,
     )?;
-    let meta_range = checked_range(task_name.end as u64, header.meta_len.into(), len, "meta")?;
-    let task_id = copy_str(task_id, &|| "task id".into())?;
-    let task_name = copy_str(task_name, &|| "task name".into())?;
+    let meta_range = checked_range(
+        task_name.end as u64,
+        header.meta_len.into(),
+        len,
+        BodyPart::Meta,
+    )?;
+    let task_id = copy_str(task_id, BodyPart::TaskId)?;
+    let task_name = copy_str(task_name, BodyPart::TaskName)?;
     let table_offset = (meta_range.end as u64).next_multiple_of(8);
     let table_len = u64::from(header.tensor_count) * TENSOR_ENTRY_LEN as u64;
-    let table = checked_range(table_offset, table_len, len, "tensor table")?;
+    let table = checked_range(table_offset, table_len, len, BodyPart::TensorTable)?;
     let names = checked_range(
         table.end as u64,
         header.names_len.into(),
         len,
-        "tensor names",
+        BodyPart::TensorNames,
     )?;
     let data_offset = align_to(names.end as u64, TENSOR_ALIGN as u64).unwrap_or(u64::MAX);
     if header.data_offset != data_offset {
-        return Err(malformed(format!(
-            "data region at {}, expected {data_offset}",
-            header.data_offset
-        )));
+        return Err(FrameError::Malformed(BodyProblem::DataOffset {
+            found: header.data_offset,
+            expected: data_offset,
+        }));
     }
     if data_offset.checked_add(header.data_len) != Some(len as u64) {
-        return Err(malformed(format!(
-            "data region [{}, +{}) does not end at the body end {len}",
-            header.data_offset, header.data_len
-        )));
+        return Err(FrameError::Malformed(BodyProblem::DataEnd {
+            offset: header.data_offset,
+            len: header.data_len,
+            body_len: len,
+        }));
     }
-    let opaque = checked_range(data_offset, header.opaque_len, len, "opaque bytes")?;
+    let opaque = checked_range(data_offset, header.opaque_len, len, BodyPart::Opaque)?;
     if !opaque.is_empty() && data_kind != Some(DataKind::AppDefined) {
-        return Err(malformed("opaque bytes in a DXO that is not APP_DEFINED"));
+        return Err(FrameError::Malformed(BodyProblem::OpaqueNotAppDefined));
     }
 
     let meta = if meta_range.is_empty() {
         Map::new()
     } else {
-        serde_json::from_slice::<Map<String, Value>>(&body[meta_range])
-            .map_err(|e| malformed(format!("meta is not a JSON object: {e}")))?
+        serde_json::from_slice::<Map<String, Value>>(&body[meta_range]).map_err(|e| {
+            FrameError::Malformed(BodyProblem::MetaNotJsonObject {
+                line: e.line(),
+                column: e.column(),
+            })
+        })?
     };
 
     tensors.clear();
@@ -234,54 +253,63 @@ pub(super) fn parse_body(
     let mut previous_end = opaque.end as u64;
     for i in 0..header.tensor_count as usize {
         let at = table.start + i * TENSOR_ENTRY_LEN;
-        let entry = TensorEntry::read_from_bytes(&body[at..at + TENSOR_ENTRY_LEN])
-            .map_err(|_| malformed("tensor entry"))?;
-        let bad = |what: String| malformed(format!("tensor {i}: {what}"));
+        let entry =
+            TensorEntry::read_from_bytes(&body[at..at + TENSOR_ENTRY_LEN]).map_err(|_| {
+                FrameError::Malformed(BodyProblem::OutOfBounds {
+                    part: BodyPart::TensorTable,
+                    start: at as u64,
+                    len: TENSOR_ENTRY_LEN as u64,
+                    body_len: len,
+                })
+            })?;
+        let bad = |problem| FrameError::Malformed(BodyProblem::Tensor { index: i, problem });
         let dtype = u32::from(entry.dtype);
-        let dtype =
-            DType::from_code(dtype).ok_or_else(|| bad(format!("unknown dtype code {dtype}")))?;
+        let dtype = DType::from_code(dtype)
+            .ok_or_else(|| bad(TensorProblem::UnknownDType { code: dtype }))?;
         let ndim = usize::from(entry.ndim);
         if ndim > MAX_DIMS {
-            return Err(bad(format!("{ndim} dimensions")));
+            return Err(bad(TensorProblem::TooManyDims { ndim }));
         }
         if entry.shape[ndim..].iter().any(|&d| d != 0) || entry.reserved0 != 0 {
-            return Err(bad("non-zero reserved or unused shape words".into()));
+            return Err(bad(TensorProblem::ReservedWords));
         }
         let name_len = u64::from(entry.name_len);
         if name_len == 0 {
-            return Err(bad("empty name".into()));
+            return Err(bad(TensorProblem::EmptyName));
         }
         over("tensor name length", name_len, limits.max_name_len.into())?;
         let name = checked_range(
             u64::from(entry.name_offset),
             name_len,
             names.len(),
-            "tensor name",
-        )
-        .map_err(|_| bad("name outside the names area".into()))?;
+            BodyPart::TensorName(i),
+        )?;
         let name = (name.start + names.start)..(name.end + names.start);
-        let name = copy_str(name, &|| format!("tensor {i}: name"))?;
+        let name = copy_str(name, BodyPart::TensorName(i))?;
         let expected = tensor_len(dtype, &entry.shape[..ndim]);
         if expected != Some(entry.data_len) {
-            return Err(bad(format!(
-                "{} bytes for shape {:?} of {dtype}",
-                entry.data_len,
-                &entry.shape[..ndim]
-            )));
+            return Err(bad(TensorProblem::DataLength {
+                len: entry.data_len,
+                expected,
+            }));
         }
         if entry.data_offset % TENSOR_ALIGN as u64 != 0 {
-            return Err(bad(format!(
-                "data at {} is not {TENSOR_ALIGN}-byte aligned",
-                entry.data_offset
-            )));
+            return Err(bad(TensorProblem::Misaligned {
+                offset: entry.data_offset,
+            }));
         }
         if entry.data_offset < previous_end {
-            return Err(bad(format!(
-                "data at {} overlaps what precedes it (ends {previous_end})",
-                entry.data_offset
-            )));
+            return Err(bad(TensorProblem::Overlap {
+                offset: entry.data_offset,
+                previous_end,
+            }));
         }
-        let data = checked_range(entry.data_offset, entry.data_len, len, "tensor data")?;
+        let data = checked_range(
+            entry.data_offset,
+            entry.data_len,
+            len,
+            BodyPart::TensorData(i),
+        )?;
         previous_end = data.end as u64;
         tensors.push(ParsedTensor {
             name,
@@ -291,12 +319,18 @@ pub(super) fn parse_body(
             data,
         });
     }
-    if let Some(name) = first_duplicate(&tensors, |t| &text[t.name.clone()]) {
-        let name = String::from_utf8_lossy(name);
-        return Err(malformed(format!("duplicate tensor name {name:?}")));
+    if let Some((first, second)) = first_duplicate(&tensors, |t| &text[t.name.clone()]) {
+        return Err(FrameError::Malformed(BodyProblem::DuplicateTensorName {
+            first,
+            second,
+        }));
     }
     // Every field was checked as UTF-8 on its own, so their concatenation is UTF-8.
-    let strings = String::from_utf8(text).map_err(|_| malformed("names are not UTF-8"))?;
+    let strings = String::from_utf8(text).map_err(|_| {
+        FrameError::Malformed(BodyProblem::NotUtf8 {
+            part: BodyPart::TensorNames,
+        })
+    })?;
     Ok(ParsedBody {
         rc,
         epoch: 0,
@@ -312,20 +346,23 @@ pub(super) fn parse_body(
     })
 }
 
-/// The first name that occurs twice among `items`, if any. Small tables are compared pairwise (no
-/// allocation, no hashing: this is on the hot path of every message); large ones through a
-/// hash set, whose size the tensor-count limit bounds.
+/// The indices `(first, second)` of the first name that occurs twice among `items`, if any.
+/// Small tables are compared pairwise (no allocation, no hashing: this is on the hot path of
+/// every message); large ones through a hash map, whose size the tensor-count limit bounds.
 pub(super) fn first_duplicate<'b, T>(
     items: &[T],
     name: impl Fn(&T) -> &'b [u8],
-) -> Option<&'b [u8]> {
+) -> Option<(usize, usize)> {
     const PAIRWISE_MAX: usize = 32;
     if items.len() <= PAIRWISE_MAX {
         return items.iter().enumerate().find_map(|(i, a)| {
             let a = name(a);
-            items[..i].iter().any(|b| name(b) == a).then_some(a)
+            items[..i].iter().position(|b| name(b) == a).map(|j| (j, i))
         });
     }
-    let mut seen = HashSet::with_capacity(items.len());
-    items.iter().map(&name).find(|n| !seen.insert(*n))
+    let mut seen = HashMap::with_capacity(items.len());
+    items
+        .iter()
+        .enumerate()
+        .find_map(|(i, item)| seen.insert(name(item), i).map(|j| (j, i)))
 }

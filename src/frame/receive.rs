@@ -213,13 +213,15 @@ impl FrameReceiver {
         };
         if first.flags & FLAG_FIRST == 0 {
             discard_next(consumer)?;
-            return Err(FrameError::OutOfOrder(format!(
-                "fragment {} of message {} arrived without its first fragment",
-                first.fragment_index, first.sequence
-            )));
+            return Err(FrameError::OutOfOrder(OrderProblem::MissingFirst {
+                sequence: first.sequence,
+                index: first.fragment_index,
+            }));
         }
         let kind = MessageKind::from_code(first.kind.into())
-            .ok_or_else(|| FrameError::BadFragment(format!("unknown message kind {}", first.kind)))
+            .ok_or(FrameError::BadFragment(FragmentProblem::UnknownKind {
+                code: first.kind.into(),
+            }))
             .and_then(|k| {
                 over("message length", first.message_len, limits.max_message_len).map(|()| k)
             });
@@ -240,7 +242,7 @@ impl FrameReceiver {
             // The record is still at the head: take it again, this time for the caller.
             let grant = consumer
                 .try_peek()?
-                .ok_or_else(|| FrameError::Malformed("record vanished between two peeks".into()))?;
+                .ok_or(FrameError::OutOfOrder(OrderProblem::Vanished))?;
             let parsed = parse_cached(&grant.as_slice()[FRAGMENT_HEADER_LEN..], &limits, spare);
             return match parsed {
                 Ok(mut parsed) => {
@@ -261,7 +263,7 @@ impl FrameReceiver {
         }
         let grant = consumer
             .try_peek()?
-            .ok_or_else(|| FrameError::Malformed("record vanished between two peeks".into()))?;
+            .ok_or(FrameError::OutOfOrder(OrderProblem::Vanished))?;
         // Fragmented: the length was checked against the limit above, before this allocation.
         let total = usize::try_from(first.message_len).map_err(|_| FrameError::OverLimit {
             what: "message length",
@@ -316,10 +318,12 @@ impl FrameReceiver {
             };
             if next.flags & FLAG_FIRST != 0 {
                 // The start of another message: leave it for the next call.
-                return Err(FrameError::OutOfOrder(format!(
-                    "message {} ended after {received} of {} bytes; message {} began",
-                    first.sequence, first.message_len, next.sequence
-                )));
+                return Err(FrameError::OutOfOrder(OrderProblem::Interrupted {
+                    sequence: first.sequence,
+                    received: received as u64,
+                    len: first.message_len,
+                    next: next.sequence,
+                }));
             }
             let consistent = next.sequence == first.sequence
                 && next.kind == first.kind
@@ -331,10 +335,13 @@ impl FrameReceiver {
                     == (received as u64 + next.fragment_len == first.message_len));
             if !consistent {
                 grant.release();
-                return Err(FrameError::OutOfOrder(format!(
-                    "fragment (message {}, index {}, offset {}) does not continue message {} at index {index}, offset {received}",
-                    next.sequence, next.fragment_index, next.fragment_offset, first.sequence
-                )));
+                return Err(FrameError::OutOfOrder(OrderProblem::NotContinuation {
+                    sequence: first.sequence,
+                    expected_offset: received as u64,
+                    next: next.sequence,
+                    index: next.fragment_index,
+                    offset: next.fragment_offset,
+                }));
             }
             received = copy_fragment(grant, out, received)?;
         }
@@ -374,54 +381,46 @@ pub(super) fn fragment_header(grant: &ReadGrant<'_>) -> Result<FragmentHeader, F
     let bytes = grant.as_slice();
     let header = FragmentHeader::read_from_prefix(bytes)
         .map_err(|_| {
-            FrameError::BadFragment(format!(
-                "record of {} bytes is shorter than a fragment header",
-                bytes.len()
-            ))
+            FrameError::BadFragment(FragmentProblem::Short {
+                record_len: bytes.len(),
+            })
         })?
         .0;
     if header.magic != FRAME_MAGIC {
-        return Err(FrameError::BadFragment(format!(
-            "magic {:#010x}, expected {FRAME_MAGIC:#010x}",
-            header.magic
-        )));
+        return Err(FrameError::BadFragment(FragmentProblem::Magic {
+            found: header.magic,
+        }));
     }
     if header.version != FORMAT_VERSION {
-        return Err(FrameError::BadFragment(format!(
-            "format version {FORMAT_VERSION} expected, fragment has {}",
-            header.version
-        )));
+        return Err(FrameError::BadFragment(FragmentProblem::Version {
+            found: header.version,
+        }));
     }
     if header.header_len != FRAGMENT_HEADER_LEN as u32 || header.reserved0 != 0 {
-        return Err(FrameError::BadFragment(
-            "header length or reserved words".into(),
-        ));
+        return Err(FrameError::BadFragment(FragmentProblem::HeaderWords));
     }
     if header.flags & !(FLAG_FIRST | FLAG_LAST) != 0 {
-        return Err(FrameError::BadFragment(format!(
-            "unknown flags {:#x}",
-            header.flags
-        )));
+        return Err(FrameError::BadFragment(FragmentProblem::Flags {
+            flags: header.flags,
+        }));
     }
     let payload = (bytes.len() - FRAGMENT_HEADER_LEN) as u64;
     let end = header.fragment_offset.checked_add(header.fragment_len);
     if header.fragment_len != payload || end.is_none_or(|end| end > header.message_len) {
-        return Err(FrameError::BadFragment(format!(
-            "fragment [{}, +{}) of a {}-byte message in a record of {payload} payload bytes",
-            header.fragment_offset, header.fragment_len, header.message_len
-        )));
+        return Err(FrameError::BadFragment(FragmentProblem::Bounds {
+            offset: header.fragment_offset,
+            len: header.fragment_len,
+            message_len: header.message_len,
+            payload,
+        }));
     }
     if header.flags & FLAG_FIRST != 0 && header.fragment_offset != 0 {
-        return Err(FrameError::BadFragment(
-            "first fragment at a non-zero offset".into(),
-        ));
+        return Err(FrameError::BadFragment(FragmentProblem::FirstNotAtZero));
     }
     if header.flags & (FLAG_FIRST | FLAG_LAST) == (FLAG_FIRST | FLAG_LAST)
         && header.fragment_len != header.message_len
     {
-        return Err(FrameError::BadFragment(
-            "single fragment shorter than its message".into(),
-        ));
+        return Err(FrameError::BadFragment(FragmentProblem::SingleShort));
     }
     Ok(header)
 }
@@ -435,10 +434,14 @@ pub(super) fn copy_fragment(
     let bytes = &grant.as_slice()[FRAGMENT_HEADER_LEN..];
     let end = at + bytes.len();
     if end > out.len() {
+        let problem = FragmentProblem::Bounds {
+            offset: at as u64,
+            len: bytes.len() as u64,
+            message_len: out.len() as u64,
+            payload: bytes.len() as u64,
+        };
         grant.release();
-        return Err(FrameError::BadFragment(
-            "fragment runs past its message".into(),
-        ));
+        return Err(FrameError::BadFragment(problem));
     }
     // Into a destination larger than the cache, bypass the cache (as streams do).
     let streaming = out.len() as u64 >= crate::stream::NON_TEMPORAL_MIN;

@@ -48,34 +48,33 @@ pub(super) fn layout_body(
     tensors: &[TensorDesc<'_>],
     opaque_len: u64,
 ) -> Result<BodyLayout, SendError> {
-    let too_big = |what: &str| SendError::Encode(format!("{what} is too large for the format"));
+    let too_big = |part| SendError::TooLargeForFormat { part };
     let meta = match meta {
-        Some(meta) if !meta.is_empty() => {
-            serde_json::to_vec(meta).map_err(|e| SendError::Encode(format!("meta: {e}")))?
-        }
+        // A map of JSON values always serialises (its keys are strings, its numbers finite).
+        Some(meta) if !meta.is_empty() => serde_json::to_vec(meta).unwrap_or_default(),
         _ => Vec::new(),
     };
-    u32::try_from(envelope.task_id.len()).map_err(|_| too_big("task id"))?;
-    u32::try_from(envelope.task_name.len()).map_err(|_| too_big("task name"))?;
-    u32::try_from(meta.len()).map_err(|_| too_big("meta"))?;
-    u32::try_from(tensors.len()).map_err(|_| too_big("tensor count"))?;
+    u32::try_from(envelope.task_id.len()).map_err(|_| too_big(BodyPart::TaskId))?;
+    u32::try_from(envelope.task_name.len()).map_err(|_| too_big(BodyPart::TaskName))?;
+    u32::try_from(meta.len()).map_err(|_| too_big(BodyPart::Meta))?;
+    u32::try_from(tensors.len()).map_err(|_| too_big(BodyPart::TensorCount))?;
     let names_len: usize = tensors.iter().map(|t| t.name.len()).sum();
-    u32::try_from(names_len).map_err(|_| too_big("tensor names"))?;
+    u32::try_from(names_len).map_err(|_| too_big(BodyPart::TensorNames))?;
 
     let strings_end =
         BODY_HEADER_LEN + envelope.task_id.len() + envelope.task_name.len() + meta.len();
     let table_offset = strings_end.next_multiple_of(8);
     let names_offset = table_offset + tensors.len() * TENSOR_ENTRY_LEN;
     let data_offset = align_to((names_offset + names_len) as u64, TENSOR_ALIGN as u64)
-        .ok_or_else(|| too_big("body"))?;
+        .ok_or_else(|| too_big(BodyPart::Body))?;
     let opaque_end = data_offset
         .checked_add(opaque_len)
-        .ok_or_else(|| too_big("opaque bytes"))?;
+        .ok_or_else(|| too_big(BodyPart::Opaque))?;
     let mut total = opaque_end;
     for (tensor, start) in tensors.iter().zip(tensor_starts(opaque_end, tensors)) {
         total = start
             .and_then(|s| s.checked_add(tensor.len))
-            .ok_or_else(|| too_big("body"))?;
+            .ok_or_else(|| too_big(BodyPart::Body))?;
     }
     Ok(BodyLayout {
         meta,
@@ -356,8 +355,8 @@ impl FrameSender {
                 len,
             });
         }
-        if let Some(name) = first_duplicate(&descs, |d| d.name.as_bytes()) {
-            return Err(DxoError::DuplicateName(String::from_utf8_lossy(name).into_owned()).into());
+        if let Some((_, second)) = first_duplicate(&descs, |d| d.name.as_bytes()) {
+            return Err(DxoError::DuplicateName(descs[second].name.to_string()).into());
         }
         if spec.opaque_len > 0 && spec.data_kind != DataKind::AppDefined {
             return Err(DxoError::OpaqueNotAppDefined(spec.data_kind).into());

@@ -343,7 +343,8 @@ impl Exchanger {
                             | Err(SendError::Cancelled)
                             | Err(SendError::PeerLost(_))
                             | Err(SendError::Timeout) => {}
-                            Err(SendError::Encode(_)) | Err(SendError::TooLargeForLoan { .. }) => {
+                            Err(SendError::TooLargeForFormat { .. })
+                            | Err(SendError::TooLargeForLoan { .. }) => {
                                 return self.end_task(st, ReturnCode::BadTaskData)
                             }
                             Err(SendError::Corrupt(_)) => {
