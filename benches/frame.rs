@@ -25,6 +25,11 @@
 //! - `one_tensor/send_recv_4KiB`: the same for a copy-sent 4 KiB tensor (half of
 //!   `shmex-task-*`'s round trip).
 //!
+//! - `checksum/send_recv_1MiB/{off,on}`: one copy-sent 1 MiB tensor through the ring and
+//!   received in place, without and with `FrameSender::with_checksum` (CRC32C of the payload
+//!   written by the sender, checked by the receiver): the checksum's cost per MiB, both sides
+//!   together, in the same run (throughput in bytes).
+//!
 //! Each iteration is one message; criterion reports time per message, and the throughput in
 //! tensors per second.
 //!
@@ -49,6 +54,7 @@ fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     framing(&mut criterion);
     one_tensor(&mut criterion);
+    checksum(&mut criterion);
     criterion.final_summary();
 }
 
@@ -265,5 +271,33 @@ fn one_tensor(c: &mut Criterion) {
             message.release();
         });
     });
+    group.finish();
+}
+
+fn checksum(c: &mut Criterion) {
+    let (mut producer, mut consumer) = in_process_ring();
+    let mut receiver = FrameReceiver::default();
+    let envelope = Envelope::new(MessageKind::Data);
+    let payload = vec![0.25f32; (1 << 20) / 4];
+    let mut group = c.benchmark_group("checksum");
+    group.throughput(Throughput::Bytes(1 << 20));
+    for (label, on) in [("send_recv_1MiB/off", false), ("send_recv_1MiB/on", true)] {
+        let mut sender = FrameSender::new().with_checksum(on);
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                let dxo = Dxo::new(DataKind::Weights)
+                    .with_tensor("weights", &[payload.len() as u64], black_box(&payload))
+                    .expect("valid tensor");
+                sender
+                    .send(&mut producer, &envelope, Some(&dxo), None)
+                    .expect("message fits the ring");
+                let message = receiver
+                    .recv(&mut consumer, None)
+                    .expect("the message decodes");
+                black_box(message.tensor(0).expect("one tensor").bytes()[0]);
+                message.release();
+            });
+        });
+    }
     group.finish();
 }

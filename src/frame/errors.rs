@@ -234,6 +234,22 @@ pub enum FragmentProblem {
     /// A fragment marked first and last that is shorter than its message.
     #[error("single fragment shorter than its message")]
     SingleShort,
+    /// The payload's CRC32C differs from the one its sender wrote: the bytes changed in
+    /// shared memory after they were sent.
+    #[error(
+        "fragment {index} of message {sequence}: payload checksum {computed:#010x}, the sender \
+         wrote {expected:#010x}"
+    )]
+    Checksum {
+        /// The message's sequence number.
+        sequence: u64,
+        /// The fragment's index.
+        index: u32,
+        /// The checksum in the header.
+        expected: u32,
+        /// The checksum of the bytes received.
+        computed: u32,
+    },
     /// A message kind this version does not define.
     #[error("unknown message kind {code}")]
     UnknownKind {

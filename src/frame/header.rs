@@ -21,6 +21,10 @@ pub const TENSOR_ALIGN: usize = 64;
 
 pub(super) const FLAG_FIRST: u32 = 1;
 pub(super) const FLAG_LAST: u32 = 2;
+/// The fragment header's `checksum` word holds the CRC32C of the fragment's payload.
+pub(super) const FLAG_CHECKSUM: u32 = 4;
+/// Byte offset of the `checksum` word in a fragment header.
+pub(super) const CHECKSUM_OFFSET: usize = 28;
 pub(super) const BODY_FLAG_HAS_DXO: u32 = 1;
 
 /// The routing part of a message: its kind, return code and task.
@@ -124,7 +128,8 @@ pub(super) struct FragmentHeader {
     pub(super) header_len: u32,
     pub(super) sequence: u64,
     pub(super) fragment_index: u32,
-    pub(super) reserved0: u32,
+    /// CRC32C of the payload when `flags` has [`FLAG_CHECKSUM`], else 0.
+    pub(super) checksum: u32,
     pub(super) message_len: u64,
     pub(super) fragment_offset: u64,
     pub(super) fragment_len: u64,
@@ -150,7 +155,7 @@ impl FragmentHeader {
             header_len: FRAGMENT_HEADER_LEN as u32,
             sequence,
             fragment_index,
-            reserved0: 0,
+            checksum: 0,
             message_len,
             fragment_offset: body.start,
             fragment_len: body.end - body.start,
@@ -192,6 +197,13 @@ pub(super) struct TensorEntry {
 }
 
 const _: () = assert!(std::mem::size_of::<FragmentHeader>() == FRAGMENT_HEADER_LEN);
+const _: () = assert!(std::mem::offset_of!(FragmentHeader, checksum) == CHECKSUM_OFFSET);
+
+/// The checksum a fragment header carries for `payload`: CRC32C (Castagnoli), computed with
+/// the CPU's CRC instruction where it has one.
+pub(super) fn payload_checksum(payload: &[u8]) -> u32 {
+    crc32c::crc32c(payload)
+}
 const _: () = assert!(std::mem::size_of::<BodyHeader>() == BODY_HEADER_LEN);
 const _: () = assert!(std::mem::size_of::<TensorEntry>() == TENSOR_ENTRY_LEN);
 

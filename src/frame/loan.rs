@@ -78,6 +78,7 @@ pub enum LoanError {
 /// Ring space lent for one message: fill the tensors in place, then [`Loan::commit`].
 ///
 /// Tensor bytes the caller does not write hold whatever the ring held before.
+#[must_use = "a loan sends nothing until it is committed; dropping it abandons the message"]
 pub struct Loan<'p> {
     pub(super) grant: WriteGrant<'p>,
     pub(super) sequence: u64,
@@ -87,6 +88,8 @@ pub struct Loan<'p> {
     pub(super) table: usize,
     pub(super) names: usize,
     pub(super) count: usize,
+    /// Whether [`Loan::commit`] writes the payload's checksum.
+    pub(super) checksum: bool,
 }
 
 impl fmt::Debug for Loan<'_> {
@@ -169,8 +172,12 @@ impl<'p> Loan<'p> {
         &mut self.grant.as_mut_slice()[range]
     }
 
-    /// Publishes the message.
-    pub fn commit(self) {
+    /// Publishes the message (with the payload's checksum first, when the sender has
+    /// [`FrameSender::with_checksum`]).
+    pub fn commit(mut self) {
+        if self.checksum {
+            seal(self.grant.as_mut_slice());
+        }
         self.grant.commit();
     }
 }

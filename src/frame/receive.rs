@@ -396,10 +396,12 @@ pub(super) fn fragment_header(grant: &ReadGrant<'_>) -> Result<FragmentHeader, F
             found: header.version,
         }));
     }
-    if header.header_len != FRAGMENT_HEADER_LEN as u32 || header.reserved0 != 0 {
+    if header.header_len != FRAGMENT_HEADER_LEN as u32
+        || (header.flags & FLAG_CHECKSUM == 0 && header.checksum != 0)
+    {
         return Err(FrameError::BadFragment(FragmentProblem::HeaderWords));
     }
-    if header.flags & !(FLAG_FIRST | FLAG_LAST) != 0 {
+    if header.flags & !(FLAG_FIRST | FLAG_LAST | FLAG_CHECKSUM) != 0 {
         return Err(FrameError::BadFragment(FragmentProblem::Flags {
             flags: header.flags,
         }));
@@ -421,6 +423,17 @@ pub(super) fn fragment_header(grant: &ReadGrant<'_>) -> Result<FragmentHeader, F
         && header.fragment_len != header.message_len
     {
         return Err(FrameError::BadFragment(FragmentProblem::SingleShort));
+    }
+    if header.flags & FLAG_CHECKSUM != 0 {
+        let computed = payload_checksum(&bytes[FRAGMENT_HEADER_LEN..]);
+        if computed != header.checksum {
+            return Err(FrameError::BadFragment(FragmentProblem::Checksum {
+                sequence: header.sequence,
+                index: header.fragment_index,
+                expected: header.checksum,
+                computed,
+            }));
+        }
     }
     Ok(header)
 }
