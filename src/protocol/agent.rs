@@ -458,12 +458,16 @@ impl Pump {
                 self.inner.set_status(AgentStatus::Lost);
                 continue;
             };
-            match self
-                .receiver
-                .recv_with_stall(consumer, Some(Instant::now() + slice), stall)
-            {
+            let stop = &self.inner.stop;
+            let stopping = |_epoch: u64| stop.load(Ordering::Acquire);
+            match self.receiver.recv_with_stall_cancellable(
+                consumer,
+                Some(Instant::now() + slice),
+                stall,
+                (&stopping, slice),
+            ) {
                 Ok(message) => handle(&self.inner, self.epoch, self.generation, message),
-                Err(FrameError::Timeout) => {}
+                Err(FrameError::Timeout | FrameError::Cancelled) => {}
                 Err(FrameError::PeerLost(PeerLost::Dead { .. })) => {
                     self.inner.set_status(AgentStatus::Lost)
                 }
