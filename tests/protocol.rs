@@ -1188,6 +1188,42 @@ fn d1_stopped_exchanger_answers_results_invalid() {
 }
 
 // ------------------------------------------------------------------------------------------
+// D2: `abort` took the outbox lock blocking; while the pump held it pushing an ack into a
+// full ring, the caller's `execute` waited up to agent_ack_timeout (here an hour).
+
+#[test]
+fn d2_abort_returns_while_the_pump_is_blocked_pushing_an_ack() {
+    let config = ExchangerConfig {
+        task_ring_capacity: 4096,
+        agent_ack_timeout: Duration::from_secs(3600),
+        ..exchanger_config()
+    };
+    let ex = Arc::new(create_with("d2", config));
+    let mut raw = RawAgent::attach(&ex);
+    let abort = AbortSignal::new();
+    let pending = spawn_execute(&ex, "t1", abort.clone());
+    eventually("t1 pushed", || {
+        raw.link.receiver().try_peek().unwrap().is_some()
+    });
+    // Results for an unknown task, never reading the acks: they fill the 4 KiB task ring,
+    // and the pump blocks in an ack push, holding the outbox.
+    let junk = model().with_meta("n", 1);
+    for _ in 0..22 {
+        raw.send(
+            Envelope::new(MessageKind::Result).with_task("junk", "train"),
+            Some(&junk),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    abort.abort();
+    let reply = finished_within_watchdog(pending, "execute after abort");
+    assert_eq!(reply.rc, ReturnCode::TaskAborted);
+    // Once the agent reads again, the queued abort follows the acks.
+    let aborted = raw.wait_for(MessageKind::Abort, HANG_WATCHDOG);
+    assert_eq!(aborted.map(|(id, _)| id).as_deref(), Some("t1"));
+}
+
+// ------------------------------------------------------------------------------------------
 // D6 (close): a receive waiting for the next fragment of a message its sender gave up
 // ignored the stop flag: close/drop waited for the connection timeout (here an hour).
 

@@ -373,9 +373,12 @@ impl Exchanger {
         }
         drop(st);
         self.inner.shared.notify();
-        let slice = pump_slice(&self.inner.config.wait);
-        self.inner
-            .flush_aborts(&mut self.inner.lock_outbox(), slice);
+        // Never behind a held outbox (the pump pushing an ack into a full ring): then the
+        // pump, or the next task's push, sends the queued abort.
+        if let Some(mut outbox) = self.inner.try_lock_outbox() {
+            let slice = pump_slice(&self.inner.config.wait);
+            self.inner.flush_aborts(&mut outbox, slice);
+        }
         Reply::bare(rc)
     }
 
@@ -457,13 +460,22 @@ impl Inner {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The outbox, unless another thread holds it.
+    fn try_lock_outbox(&self) -> Option<std::sync::MutexGuard<'_, Option<Outbox>>> {
+        match self.outbox.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// [`Inner::flush_aborts`], unless none are queued or a task is being pushed (which
     /// flushes them itself first).
     fn flush_aborts_if_idle(&self, slice: Duration) {
         if self.shared.lock().aborts.is_empty() {
             return;
         }
-        if let Ok(mut outbox) = self.outbox.try_lock() {
+        if let Some(mut outbox) = self.try_lock_outbox() {
             self.flush_aborts(&mut outbox, slice);
         }
     }
