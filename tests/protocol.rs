@@ -1224,6 +1224,24 @@ fn d2_abort_returns_while_the_pump_is_blocked_pushing_an_ack() {
 }
 
 // ------------------------------------------------------------------------------------------
+// D3: an invalid result set the "last completed" id, so the corrected resubmission was acked
+// ok as a duplicate (and went nowhere).
+
+#[test]
+fn d3_corrected_result_after_an_invalid_one_is_not_acked_as_duplicate() {
+    let (_ex, pending, mut raw) = task_taken("d3");
+    let ack = raw.result("t1", ReturnCode::Ok, None);
+    assert_eq!(ack.rc(), ReturnCode::ExecutionResultError);
+    assert_eq!(join(pending).rc, ReturnCode::ExecutionException);
+    let again = raw.result("t1", ReturnCode::Ok, Some(&diff().with_meta("k", 1)));
+    assert_ne!(
+        again.rc(),
+        ReturnCode::Ok,
+        "a resubmission for a task that failed was acked as accepted"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
 // D6 (close): a receive waiting for the next fragment of a message its sender gave up
 // ignored the stop flag: close/drop waited for the connection timeout (here an hour).
 

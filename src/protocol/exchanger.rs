@@ -866,7 +866,11 @@ impl PumpCore {
                     t.outcome = Some(outcome);
                     t.acking = true;
                 }
-                st.last_completed = Some(task_id.clone());
+                // Only an accepted result makes a resubmission a harmless duplicate; after an
+                // invalid one, a corrected resubmission must not be acked as accepted.
+                if ack_rc == ReturnCode::Ok {
+                    st.last_completed = Some(task_id.clone());
+                }
                 (task_id, ack_rc)
             }
             None if !id.is_empty() && st.last_completed.as_deref() == Some(id.as_str()) => {
