@@ -1242,6 +1242,103 @@ fn d3_corrected_result_after_an_invalid_one_is_not_acked_as_duplicate() {
 }
 
 // ------------------------------------------------------------------------------------------
+// D4: two threads submitting for the same task both got `true`.
+
+#[test]
+fn d4_concurrent_submissions_for_one_task_accept_exactly_one() {
+    let (mut raw, agent) = fetched("d4");
+    let verdicts = std::thread::scope(|s| {
+        let first = s.spawn(|| agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+        // The first result is received but not yet acked while the second thread submits.
+        let result = raw.recv();
+        assert_eq!(result.kind(), MessageKind::Result);
+        let second = s.spawn(|| agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+        let end = Instant::now() + HANG_WATCHDOG;
+        while !second.is_finished() {
+            assert!(Instant::now() < end, "second submission never returned");
+            let deadline = Some(Instant::now() + Duration::from_millis(10));
+            let seen = raw
+                .receiver
+                .recv(raw.link.receiver(), deadline)
+                .ok()
+                .filter(|m| m.kind() == MessageKind::Result)
+                .map(|m| m.sequence());
+            if let Some(seq) = seen {
+                // What the exchanger answers to a duplicate of its last completed task.
+                raw.send(
+                    Envelope::new(MessageKind::ResultAck)
+                        .with_task("t1", "")
+                        .with_rc(ReturnCode::Ok)
+                        .with_reply_to(seq),
+                    None,
+                );
+            }
+        }
+        raw.send(
+            Envelope::new(MessageKind::ResultAck)
+                .with_task("t1", "")
+                .with_rc(ReturnCode::Ok)
+                .with_reply_to(result.sequence()),
+            None,
+        );
+        [first.join().unwrap(), second.join().unwrap()]
+    });
+    assert_eq!(
+        verdicts.iter().filter(|v| **v).count(),
+        1,
+        "verdicts {verdicts:?}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// D5 (a): the agent fetched a1, a1 was aborted, get_task returned nothing, the exchanger
+// executed a2: the trainer's late result for a1 went out with an empty id, was taken as a2's
+// result, and a2's `execute` returned a1's data.
+
+#[test]
+fn d5_result_of_an_aborted_task_never_completes_the_next_task() {
+    let ex = Arc::new(create("d5a"));
+    let agent = attach(&ex);
+    let abort = AbortSignal::new();
+    let a1 = spawn_execute(&ex, "a1", abort.clone());
+    assert_eq!(get(&agent).id, "a1");
+    abort.abort();
+    assert_eq!(join(a1).rc, ReturnCode::TaskAborted);
+    eventually("the agent saw the abort", || agent.is_aborted());
+    assert_no_task(&agent, 50);
+    let a2 = spawn_execute(&ex, "a2", watchdog());
+    // A probe with its abort already set: BAD_REQUEST_DATA while a2 is in flight, and
+    // TASK_ABORTED (nothing sent) before.
+    let probe_abort = AbortSignal::new();
+    probe_abort.abort();
+    eventually("a2 in flight", || {
+        ex.execute("train", &model(), &Headers::new("probe"), &probe_abort)
+            .rc
+            == ReturnCode::BadRequestData
+    });
+    let stale = Dxo::new(DataKind::WeightDiff)
+        .with_tensor("w", &[1], &[-1.0f32])
+        .unwrap();
+    assert!(
+        !agent.submit_result(&stale, ReturnCode::Ok).unwrap(),
+        "a1's late result was accepted"
+    );
+    let task = get(&agent);
+    assert_eq!(task.id, "a2");
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    let reply = join(a2);
+    assert_eq!(reply.rc, ReturnCode::Ok);
+    let w = reply
+        .result
+        .unwrap()
+        .tensor_by_name("w")
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    assert_eq!(w, WEIGHTS, "a2 completed with another task's data");
+}
+
+// ------------------------------------------------------------------------------------------
 // D6 (close): a receive waiting for the next fragment of a message its sender gave up
 // ignored the stop flag: close/drop waited for the connection timeout (here an hour).
 

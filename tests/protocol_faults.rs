@@ -444,6 +444,46 @@ fn soak_thousand_tasks_with_aborts_duplicates_and_three_agent_restarts() {
 
 // ---------------------------------------------------------------- defects D5, D6
 
+/// D5 (b): the agent held `t1` of an exchanger that was SIGKILLed; a new exchanger executes
+/// `new0` and the agent reattaches: the trainer's result for the old task went out with an
+/// empty id and completed `new0` with the old task's data. It must be refused.
+#[test]
+fn d5_result_of_killed_exchangers_task_never_completes_new_task() {
+    let (agent, name) = agent_of_killed_exchanger("d5b");
+    let exchanger = Arc::new(Exchanger::create(&name, config()).unwrap());
+    let weights = small_model();
+    let pending = execute_in_thread(&exchanger, "new0", Arc::clone(&weights), watchdog());
+    eventually("the agent reattaches", || {
+        agent.status() == AgentStatus::Connected
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let old = Dxo::new(DataKind::WeightDiff)
+        .with_tensor("w", &[1], &[-1.0f32])
+        .unwrap()
+        .with_meta("task", "t1");
+    assert!(
+        !agent.submit_result(&old, ReturnCode::Ok).unwrap(),
+        "the old task's result was accepted by the new exchanger"
+    );
+    let task = agent.get_task(Some(WATCHDOG)).unwrap().expect("task new0");
+    assert_eq!(task.id, "new0");
+    let w = task
+        .message
+        .tensor_by_name("w")
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    let result = Dxo::new(DataKind::WeightDiff)
+        .with_tensor("w", &[w.len() as u64], &w)
+        .unwrap()
+        .with_meta("task", "new0");
+    assert!(agent.submit_result(&result, ReturnCode::Ok).unwrap());
+    assert_echo(&pending.join().unwrap(), "new0", &weights);
+    exchanger.close().unwrap();
+    drop(agent);
+    assert!(!shm_exists(&name));
+}
+
 /// D6: an agent SIGKILLed in the middle of streaming its result, replaced at once by a new
 /// incarnation (which holds the role lock again before the exchanger's next liveness probe):
 /// the exchanger waited for the next fragment for a whole `agent_connection_timeout` (here an
