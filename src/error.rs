@@ -312,6 +312,7 @@ impl Coded for FrameError {
     fn code(&self) -> ErrorCode {
         match self {
             FrameError::Timeout => ErrorCode::Timeout,
+            FrameError::Cancelled => ErrorCode::Cancelled,
             FrameError::PeerLost(lost) => lost.code(),
             FrameError::Corrupt(_) => ErrorCode::Corrupt,
             FrameError::BadFragment(_) | FrameError::OutOfOrder(_) | FrameError::Malformed(_) => {

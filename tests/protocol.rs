@@ -1087,3 +1087,331 @@ fn r7_result_timeout_bounds_execute_without_task_ack() {
         .unwrap();
     assert_eq!(reply.rc, ReturnCode::Timeout, "after {:?}", start.elapsed());
 }
+
+// Defects listed in docs/protocol.md §8 and found by new users (D1-D6); each test failed
+// before its fix. A call that used to hang is waited for with a watchdog that fails the test.
+
+/// How long a call that used to hang may take before the test fails.
+const HANG_WATCHDOG: Duration = Duration::from_secs(20);
+
+/// Waits for `handle` to finish, failing the test (with `what`) after [`HANG_WATCHDOG`].
+fn finished_within_watchdog<T>(handle: std::thread::JoinHandle<T>, what: &str) -> T {
+    let end = Instant::now() + HANG_WATCHDOG;
+    while !handle.is_finished() {
+        assert!(Instant::now() < end, "still blocked: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.join().expect("thread panicked")
+}
+
+/// A raw agent attached with `heartbeat_interval` (an hour: its heartbeat never moves).
+fn raw_agent_with_heartbeat(exchanger: &Exchanger, heartbeat_interval: Duration) -> RawAgent {
+    let options = AttachOptions {
+        heartbeat_interval,
+        ..AttachOptions::default()
+    };
+    let link = Link::attach(exchanger.name(), &options).unwrap();
+    let mut receiver = FrameReceiver::default();
+    receiver.set_min_epoch(link.epoch());
+    RawAgent {
+        link,
+        sender: FrameSender::new(),
+        receiver,
+    }
+}
+
+fn stopping_config() -> ExchangerConfig {
+    ExchangerConfig {
+        agent_connection_timeout: Duration::from_millis(100),
+        agent_heartbeat_timeout: Some(Duration::from_millis(300)),
+        ..exchanger_config()
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// D1: a Stopped exchanger (agent_heartbeat_timeout passed) stopped reading results and sent
+// no `bye`: the agent's submit_result waited until the exchanger process exited.
+
+#[test]
+fn d1_stopped_exchanger_says_bye_and_a_submitting_agent_returns() {
+    let ex = Arc::new(create_with("d1a", stopping_config()));
+    let agent = Arc::new(
+        Agent::attach(
+            ex.name(),
+            AgentConfig {
+                heartbeat_interval: Duration::from_secs(3600),
+                ..agent_config()
+            },
+        )
+        .unwrap(),
+    );
+    eventually("stopped", || ex.status() == ExchangerStatus::Stopped);
+    let submitting = Arc::clone(&agent);
+    let submit = std::thread::spawn(move || submitting.submit_result(&diff(), ReturnCode::Ok));
+    let verdict = finished_within_watchdog(submit, "submit_result to a stopped exchanger");
+    assert!(
+        matches!(verdict, Ok(false) | Err(SubmitError::Closed)),
+        "{verdict:?}"
+    );
+    eventually("bye closes the agent", || {
+        agent.status() == AgentStatus::Closed
+    });
+}
+
+#[test]
+fn d1_stopped_exchanger_answers_results_invalid() {
+    let ex = create_with("d1b", stopping_config());
+    let mut raw = raw_agent_with_heartbeat(&ex, Duration::from_secs(3600));
+    eventually("stopped", || ex.status() == ExchangerStatus::Stopped);
+    assert!(
+        raw.wait_for(MessageKind::Bye, HANG_WATCHDOG).is_some(),
+        "no bye from the stopped exchanger"
+    );
+    let sequence = raw.send(
+        Envelope::new(MessageKind::Result).with_task("t9", "train"),
+        Some(&diff().with_meta("k", 1)),
+    );
+    let end = Instant::now() + HANG_WATCHDOG;
+    let ack = loop {
+        assert!(Instant::now() < end, "the stopped exchanger never answered");
+        if let Ok(m) = raw.receiver.recv(
+            raw.link.receiver(),
+            Some(Instant::now() + Duration::from_millis(50)),
+        ) {
+            if m.kind() == MessageKind::ResultAck {
+                break (m.reply_to(), m.rc());
+            }
+        }
+    };
+    assert_eq!(ack.0, sequence);
+    assert_ne!(ack.1, ReturnCode::Ok);
+}
+
+// ------------------------------------------------------------------------------------------
+// D2: `abort` took the outbox lock blocking; while the pump held it pushing an ack into a
+// full ring, the caller's `execute` waited up to agent_ack_timeout (here an hour).
+
+#[test]
+fn d2_abort_returns_while_the_pump_is_blocked_pushing_an_ack() {
+    let config = ExchangerConfig {
+        task_ring_capacity: 4096,
+        agent_ack_timeout: Duration::from_secs(3600),
+        ..exchanger_config()
+    };
+    let ex = Arc::new(create_with("d2", config));
+    let mut raw = RawAgent::attach(&ex);
+    let abort = AbortSignal::new();
+    let pending = spawn_execute(&ex, "t1", abort.clone());
+    eventually("t1 pushed", || {
+        raw.link.receiver().try_peek().unwrap().is_some()
+    });
+    // Results for an unknown task, never reading the acks: they fill the 4 KiB task ring,
+    // and the pump blocks in an ack push, holding the outbox.
+    let junk = model().with_meta("n", 1);
+    for _ in 0..22 {
+        raw.send(
+            Envelope::new(MessageKind::Result).with_task("junk", "train"),
+            Some(&junk),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    abort.abort();
+    let reply = finished_within_watchdog(pending, "execute after abort");
+    assert_eq!(reply.rc, ReturnCode::TaskAborted);
+    // Once the agent reads again, the queued abort follows the acks.
+    let aborted = raw.wait_for(MessageKind::Abort, HANG_WATCHDOG);
+    assert_eq!(aborted.map(|(id, _)| id).as_deref(), Some("t1"));
+}
+
+// ------------------------------------------------------------------------------------------
+// D3: an invalid result set the "last completed" id, so the corrected resubmission was acked
+// ok as a duplicate (and went nowhere).
+
+#[test]
+fn d3_corrected_result_after_an_invalid_one_is_not_acked_as_duplicate() {
+    let (_ex, pending, mut raw) = task_taken("d3");
+    let ack = raw.result("t1", ReturnCode::Ok, None);
+    assert_eq!(ack.rc(), ReturnCode::ExecutionResultError);
+    assert_eq!(join(pending).rc, ReturnCode::ExecutionException);
+    let again = raw.result("t1", ReturnCode::Ok, Some(&diff().with_meta("k", 1)));
+    assert_ne!(
+        again.rc(),
+        ReturnCode::Ok,
+        "a resubmission for a task that failed was acked as accepted"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// D4: two threads submitting for the same task both got `true`.
+
+#[test]
+fn d4_concurrent_submissions_for_one_task_accept_exactly_one() {
+    let (mut raw, agent) = fetched("d4");
+    let verdicts = std::thread::scope(|s| {
+        let first = s.spawn(|| agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+        // The first result is received but not yet acked while the second thread submits.
+        let result = raw.recv();
+        assert_eq!(result.kind(), MessageKind::Result);
+        let second = s.spawn(|| agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+        let end = Instant::now() + HANG_WATCHDOG;
+        while !second.is_finished() {
+            assert!(Instant::now() < end, "second submission never returned");
+            let deadline = Some(Instant::now() + Duration::from_millis(10));
+            let seen = raw
+                .receiver
+                .recv(raw.link.receiver(), deadline)
+                .ok()
+                .filter(|m| m.kind() == MessageKind::Result)
+                .map(|m| m.sequence());
+            if let Some(seq) = seen {
+                // What the exchanger answers to a duplicate of its last completed task.
+                raw.send(
+                    Envelope::new(MessageKind::ResultAck)
+                        .with_task("t1", "")
+                        .with_rc(ReturnCode::Ok)
+                        .with_reply_to(seq),
+                    None,
+                );
+            }
+        }
+        raw.send(
+            Envelope::new(MessageKind::ResultAck)
+                .with_task("t1", "")
+                .with_rc(ReturnCode::Ok)
+                .with_reply_to(result.sequence()),
+            None,
+        );
+        [first.join().unwrap(), second.join().unwrap()]
+    });
+    assert_eq!(
+        verdicts.iter().filter(|v| **v).count(),
+        1,
+        "verdicts {verdicts:?}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// D5 (a): the agent fetched a1, a1 was aborted, get_task returned nothing, the exchanger
+// executed a2: the trainer's late result for a1 went out with an empty id, was taken as a2's
+// result, and a2's `execute` returned a1's data.
+
+#[test]
+fn d5_result_of_an_aborted_task_never_completes_the_next_task() {
+    let ex = Arc::new(create("d5a"));
+    let agent = attach(&ex);
+    let abort = AbortSignal::new();
+    let a1 = spawn_execute(&ex, "a1", abort.clone());
+    assert_eq!(get(&agent).id, "a1");
+    abort.abort();
+    assert_eq!(join(a1).rc, ReturnCode::TaskAborted);
+    eventually("the agent saw the abort", || agent.is_aborted());
+    assert_no_task(&agent, 50);
+    let a2 = spawn_execute(&ex, "a2", watchdog());
+    // A probe with its abort already set: BAD_REQUEST_DATA while a2 is in flight, and
+    // TASK_ABORTED (nothing sent) before.
+    let probe_abort = AbortSignal::new();
+    probe_abort.abort();
+    eventually("a2 in flight", || {
+        ex.execute("train", &model(), &Headers::new("probe"), &probe_abort)
+            .rc
+            == ReturnCode::BadRequestData
+    });
+    let stale = Dxo::new(DataKind::WeightDiff)
+        .with_tensor("w", &[1], &[-1.0f32])
+        .unwrap();
+    assert!(
+        !agent.submit_result(&stale, ReturnCode::Ok).unwrap(),
+        "a1's late result was accepted"
+    );
+    let task = get(&agent);
+    assert_eq!(task.id, "a2");
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    let reply = join(a2);
+    assert_eq!(reply.rc, ReturnCode::Ok);
+    let w = reply
+        .result
+        .unwrap()
+        .tensor_by_name("w")
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    assert_eq!(w, WEIGHTS, "a2 completed with another task's data");
+}
+
+// ------------------------------------------------------------------------------------------
+// D6 (close): a receive waiting for the next fragment of a message its sender gave up
+// ignored the stop flag: close/drop waited for the connection timeout (here an hour).
+
+/// Sends only the first fragment of a 4 MiB message on `producer`.
+fn send_first_fragment(
+    sender: &mut FrameSender,
+    producer: &mut shmex::ring::Producer,
+    envelope: &Envelope<'_>,
+) {
+    let big = vec![0.5f32; 1 << 20];
+    let dxo = Dxo::new(DataKind::Weights)
+        .with_tensor("w", &[big.len() as u64], &big)
+        .unwrap()
+        .with_meta("k", 1);
+    let asked = std::cell::Cell::new(0u32);
+    let give_up = || {
+        asked.set(asked.get() + 1);
+        asked.get() > 1
+    };
+    let sent = sender.send_cancellable(
+        producer,
+        envelope,
+        Some(&dxo),
+        deadline(),
+        Some((&give_up, Duration::from_millis(5))),
+    );
+    assert!(
+        matches!(sent, Err(shmex::frame::SendError::Cancelled)),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn d6_exchanger_close_returns_while_a_result_is_half_received() {
+    let config = ExchangerConfig {
+        agent_connection_timeout: Duration::from_secs(3600),
+        ..exchanger_config()
+    };
+    let ex = Arc::new(create_with("d6x", config));
+    let mut raw = RawAgent::attach(&ex);
+    eventually("bound", || {
+        matches!(ex.status(), ExchangerStatus::Connected { .. })
+    });
+    let envelope = Envelope::new(MessageKind::Result)
+        .with_task("t1", "train")
+        .with_epoch(raw.link.epoch());
+    send_first_fragment(&mut raw.sender, raw.link.sender(), &envelope);
+    std::thread::sleep(Duration::from_millis(200));
+    let closing = Arc::clone(&ex);
+    let close = std::thread::spawn(move || closing.close());
+    finished_within_watchdog(close, "Exchanger::close").unwrap();
+}
+
+#[test]
+fn d6_agent_close_returns_while_a_task_is_half_received() {
+    let mut raw = RawExchanger::create("d6a", Duration::from_millis(20));
+    let agent = Arc::new(
+        Agent::attach(
+            &raw.name(),
+            AgentConfig {
+                flare_site_connection_timeout: Duration::from_secs(3600),
+                ..agent_config()
+            },
+        )
+        .unwrap(),
+    );
+    let (epoch, _) = raw.link.peer_epoch_and_pid();
+    let envelope = Envelope::new(MessageKind::Task)
+        .with_task("t1", "train")
+        .with_epoch(epoch);
+    send_first_fragment(&mut raw.sender, raw.link.sender(), &envelope);
+    std::thread::sleep(Duration::from_millis(200));
+    let closing = Arc::clone(&agent);
+    let close = std::thread::spawn(move || closing.close());
+    finished_within_watchdog(close, "Agent::close");
+}

@@ -441,3 +441,99 @@ fn soak_thousand_tasks_with_aborts_duplicates_and_three_agent_restarts() {
     );
     assert!(ok.len() < TASKS, "the soak exercised no aborts");
 }
+
+// ---------------------------------------------------------------- defects D5, D6
+
+/// D5 (b): the agent held `t1` of an exchanger that was SIGKILLed; a new exchanger executes
+/// `new0` and the agent reattaches: the trainer's result for the old task went out with an
+/// empty id and completed `new0` with the old task's data. It must be refused.
+#[test]
+fn d5_result_of_killed_exchangers_task_never_completes_new_task() {
+    let (agent, name) = agent_of_killed_exchanger("d5b");
+    let exchanger = Arc::new(Exchanger::create(&name, config()).unwrap());
+    let weights = small_model();
+    let pending = execute_in_thread(&exchanger, "new0", Arc::clone(&weights), watchdog());
+    eventually("the agent reattaches", || {
+        agent.status() == AgentStatus::Connected
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let old = Dxo::new(DataKind::WeightDiff)
+        .with_tensor("w", &[1], &[-1.0f32])
+        .unwrap()
+        .with_meta("task", "t1");
+    assert!(
+        !agent.submit_result(&old, ReturnCode::Ok).unwrap(),
+        "the old task's result was accepted by the new exchanger"
+    );
+    let task = agent.get_task(Some(WATCHDOG)).unwrap().expect("task new0");
+    assert_eq!(task.id, "new0");
+    let w = task
+        .message
+        .tensor_by_name("w")
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    let result = Dxo::new(DataKind::WeightDiff)
+        .with_tensor("w", &[w.len() as u64], &w)
+        .unwrap()
+        .with_meta("task", "new0");
+    assert!(agent.submit_result(&result, ReturnCode::Ok).unwrap());
+    assert_echo(&pending.join().unwrap(), "new0", &weights);
+    exchanger.close().unwrap();
+    drop(agent);
+    assert!(!shm_exists(&name));
+}
+
+/// D6: an agent SIGKILLed in the middle of streaming its result, replaced at once by a new
+/// incarnation (which holds the role lock again before the exchanger's next liveness probe):
+/// the exchanger waited for the next fragment for a whole `agent_connection_timeout` (here an
+/// hour). It must notice the new epoch, drop the partial result and redeliver the task.
+#[test]
+fn d6_agent_killed_mid_result_and_replaced_at_once_gets_the_task_again() {
+    let name = unique("d6");
+    let config = ExchangerConfig {
+        agent_connection_timeout: Duration::from_secs(3600),
+        // The ring wait probes the agent's role lock only every second: the replacement
+        // attaches well within that.
+        wait: shmex::signal::WaitStrategy {
+            spin: Duration::from_micros(20),
+            poll_interval: Duration::from_secs(1),
+        },
+        ..config()
+    };
+    let exchanger = Arc::new(Exchanger::create(&name, config).unwrap());
+    let mut old = Peer::spawn(&["raw-partial-result-then-hang", name.as_str()]);
+    old.expect_line("READY");
+    let weights = small_model();
+    let pending = execute_in_thread(
+        &exchanger,
+        "t1",
+        Arc::clone(&weights),
+        watchdog_abort(Duration::from_secs(30)),
+    );
+    old.expect_line("SENT");
+    // Let the pump take the first fragment and wait for the next one.
+    std::thread::sleep(Duration::from_millis(100));
+    old.kill();
+    let agent = Agent::attach(&name, agent_config()).unwrap();
+    let task = agent
+        .get_task(Some(Duration::from_secs(30)))
+        .unwrap()
+        .expect("t1 redelivered to the new incarnation");
+    assert_eq!(task.id, "t1");
+    let w = task
+        .message
+        .tensor_by_name("w")
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    let result = Dxo::new(DataKind::WeightDiff)
+        .with_tensor("w", &[w.len() as u64], &w)
+        .unwrap()
+        .with_meta("task", "t1");
+    assert!(agent.submit_result(&result, ReturnCode::Ok).unwrap());
+    assert_echo(&pending.join().unwrap(), "t1", &weights);
+    drop(agent);
+    exchanger.close().unwrap();
+    assert!(!shm_exists(&name));
+}

@@ -94,6 +94,12 @@ pub enum FrameError {
     /// message was dropped).
     #[error("timed out waiting for a message")]
     Timeout,
+    /// The cancel predicate of [`FrameReceiver::recv_with_stall_cancellable`] answered `true`
+    /// while a fragmented message was arriving: the fragments received so far were consumed
+    /// and dropped; later fragments of that message are dropped by the next receive (as out
+    /// of order, or as stale by epoch).
+    #[error("receive cancelled in the middle of a message")]
+    Cancelled,
     /// The sender died or detached.
     #[error(transparent)]
     PeerLost(#[from] PeerLost),

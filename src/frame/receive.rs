@@ -149,7 +149,7 @@ impl FrameReceiver {
         consumer: &'c mut Consumer,
         deadline: Option<Instant>,
     ) -> Result<Message<'c>, FrameError> {
-        self.receive(consumer, deadline, None, None)
+        self.receive(consumer, deadline, None, None, None)
     }
 
     /// [`FrameReceiver::recv`] whose `deadline` bounds only the wait for a message to begin:
@@ -162,7 +162,23 @@ impl FrameReceiver {
         deadline: Option<Instant>,
         stall: Option<Duration>,
     ) -> Result<Message<'c>, FrameError> {
-        self.receive(consumer, deadline, None, stall)
+        self.receive(consumer, deadline, None, stall, None)
+    }
+
+    /// [`FrameReceiver::recv_with_stall`] whose wait for each further fragment of a started
+    /// message asks `cancel.0(epoch)` (with the message's `agent_epoch`) every `cancel.1` it
+    /// has waited without a fragment arriving, and stops with [`FrameError::Cancelled`] when
+    /// it answers `true` (fragments already published are always taken): a sender that gave
+    /// up mid-message (its process died and a new incarnation holds its role, or the receiver
+    /// is shutting down) need not be waited for until `stall` passes.
+    pub fn recv_with_stall_cancellable<'c>(
+        &'c mut self,
+        consumer: &'c mut Consumer,
+        deadline: Option<Instant>,
+        stall: Option<Duration>,
+        cancel: (&dyn Fn(u64) -> bool, Duration),
+    ) -> Result<Message<'c>, FrameError> {
+        self.receive(consumer, deadline, None, stall, Some(cancel))
     }
 
     /// Receives the next message into the caller's buffer: its body is copied there, fragment
@@ -178,7 +194,7 @@ impl FrameReceiver {
         deadline: Option<Instant>,
         buffer: &'c mut [u8],
     ) -> Result<Message<'c>, FrameError> {
-        self.receive(consumer, deadline, Some(buffer), None)
+        self.receive(consumer, deadline, Some(buffer), None, None)
     }
 
     pub(super) fn receive<'c>(
@@ -187,6 +203,7 @@ impl FrameReceiver {
         deadline: Option<Instant>,
         caller: Option<&'c mut [u8]>,
         stall: Option<Duration>,
+        cancel: Option<(&dyn Fn(u64) -> bool, Duration)>,
     ) -> Result<Message<'c>, FrameError> {
         let FrameReceiver {
             limits,
@@ -308,7 +325,25 @@ impl FrameReceiver {
                 Some(stall) => Instant::now().checked_add(stall),
                 None => deadline,
             };
-            let grant = consumer.peek(fragment_deadline)?;
+            let grant = match cancel {
+                None => consumer.peek(fragment_deadline)?,
+                Some((cancelled, slice)) => loop {
+                    // A fragment already published is taken whatever the predicate says:
+                    // only a wait for one is cancelled.
+                    let now = Instant::now();
+                    let slice_end = fragment_deadline.map_or(now + slice, |d| d.min(now + slice));
+                    match consumer.peek(Some(slice_end)) {
+                        Err(RecvError::Timeout)
+                            if fragment_deadline.is_none_or(|d| Instant::now() < d) =>
+                        {
+                            if cancelled(first.epoch) {
+                                return Err(FrameError::Cancelled);
+                            }
+                        }
+                        other => break other?,
+                    }
+                },
+            };
             let next = match fragment_header(&grant) {
                 Ok(h) => h,
                 Err(e) => {

@@ -85,6 +85,9 @@ struct Slot {
     message: Option<OwnedMessage>,
     fetched: bool,
     aborted: bool,
+    /// A `submit_result` for this task is under way or done: exactly one submission per task
+    /// may be accepted, so another one answers `false` at once.
+    answered: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -104,6 +107,10 @@ struct State {
     /// Whether this agent submitted anything yet (the first submission without a fetched
     /// task goes out with an empty id).
     submitted_any: bool,
+    /// Whether this agent ever fetched a task: one that did (and whose task was then aborted
+    /// or lost with its exchanger) is not a restarted trainer, and its result must never be
+    /// taken for another task's.
+    fetched_any: bool,
     last_ack: Option<AckSeen>,
 }
 
@@ -216,6 +223,7 @@ impl Agent {
                 current: None,
                 pending: None,
                 submitted_any: false,
+                fetched_any: false,
                 last_ack: None,
             }),
             outbox: Mutex::new(Some(outbox)),
@@ -280,11 +288,13 @@ impl Agent {
                 Some(c) => {
                     if let Some(message) = c.message.take() {
                         c.fetched = true;
-                        return Ok(Some(Task {
+                        let task = Task {
                             id: c.id.clone(),
                             name: c.name.clone(),
                             message,
-                        }));
+                        };
+                        st.fetched_any = true;
+                        return Ok(Some(task));
                     }
                     // A slot without data was never fetched; drop it.
                     st.promote();
@@ -313,13 +323,22 @@ impl Agent {
                 return Err(SubmitError::Closed);
             }
             let submitted_before = std::mem::replace(&mut st.submitted_any, true);
-            let target = match st.current.as_ref() {
-                Some(c) if c.fetched && !c.aborted => (c.id.clone(), c.name.clone()),
+            let fetched_any = st.fetched_any;
+            let target = match st.current.as_mut() {
+                // Another thread is submitting for this task: it alone may be accepted.
+                Some(c) if c.fetched && c.answered => return Ok(false),
+                Some(c) if c.fetched && !c.aborted => {
+                    c.answered = true;
+                    (c.id.clone(), c.name.clone())
+                }
                 Some(c) if c.fetched => {
                     st.promote();
                     return Ok(false);
                 }
-                _ if !submitted_before => (String::new(), String::new()),
+                // Only a trainer that (re)started without a task may answer with an empty id;
+                // an agent that fetched a task which was then aborted or lost answers for that
+                // task, and the answer is `false`.
+                _ if !submitted_before && !fetched_any => (String::new(), String::new()),
                 _ => return Ok(false),
             };
             (target.0, target.1, st.generation)
@@ -361,7 +380,13 @@ impl Agent {
             Err(SendError::Cancelled | SendError::PeerLost(_) | SendError::Timeout) => {
                 return self.finish_submit(&id, false);
             }
-            Err(e) => return Err(SubmitError::Send(e)),
+            Err(e) => {
+                // Nothing went out: the task may be answered again.
+                if let Some(c) = inner.shared.lock().current.as_mut().filter(|c| c.id == id) {
+                    c.answered = false;
+                }
+                return Err(SubmitError::Send(e));
+            }
         };
         let mut st = inner.shared.lock();
         loop {
@@ -458,12 +483,16 @@ impl Pump {
                 self.inner.set_status(AgentStatus::Lost);
                 continue;
             };
-            match self
-                .receiver
-                .recv_with_stall(consumer, Some(Instant::now() + slice), stall)
-            {
+            let stop = &self.inner.stop;
+            let stopping = |_epoch: u64| stop.load(Ordering::Acquire);
+            match self.receiver.recv_with_stall_cancellable(
+                consumer,
+                Some(Instant::now() + slice),
+                stall,
+                (&stopping, slice),
+            ) {
                 Ok(message) => handle(&self.inner, self.epoch, self.generation, message),
-                Err(FrameError::Timeout) => {}
+                Err(FrameError::Timeout | FrameError::Cancelled) => {}
                 Err(FrameError::PeerLost(PeerLost::Dead { .. })) => {
                     self.inner.set_status(AgentStatus::Lost)
                 }
@@ -613,6 +642,7 @@ fn on_task(inner: &Inner, epoch: u64, message: Message<'_>) {
                         message: Some(owned),
                         fetched: false,
                         aborted: false,
+                        answered: false,
                     };
                     if st.pending.is_some() {
                         st.pending = Some(slot);

@@ -374,9 +374,12 @@ impl Exchanger {
         }
         drop(st);
         self.inner.shared.notify();
-        let slice = pump_slice(&self.inner.config.wait);
-        self.inner
-            .flush_aborts(&mut self.inner.lock_outbox(), slice);
+        // Never behind a held outbox (the pump pushing an ack into a full ring): then the
+        // pump, or the next task's push, sends the queued abort.
+        if let Some(mut outbox) = self.inner.try_lock_outbox() {
+            let slice = pump_slice(&self.inner.config.wait);
+            self.inner.flush_aborts(&mut outbox, slice);
+        }
         Reply::bare(rc)
     }
 
@@ -458,13 +461,22 @@ impl Inner {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The outbox, unless another thread holds it.
+    fn try_lock_outbox(&self) -> Option<std::sync::MutexGuard<'_, Option<Outbox>>> {
+        match self.outbox.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// [`Inner::flush_aborts`], unless none are queued or a task is being pushed (which
     /// flushes them itself first).
     fn flush_aborts_if_idle(&self, slice: Duration) {
         if self.shared.lock().aborts.is_empty() {
             return;
         }
-        if let Ok(mut outbox) = self.outbox.try_lock() {
+        if let Some(mut outbox) = self.try_lock_outbox() {
             self.flush_aborts(&mut outbox, slice);
         }
     }
@@ -543,21 +555,33 @@ impl Pump {
         let slice = pump_slice(&self.core.inner.config.wait);
         let stall = Some(self.core.inner.config.agent_connection_timeout);
         let mut next_check = Instant::now();
+        // A corrupt result ring cannot be read again; a Stopped exchanger still reads (and
+        // answers) results, so that no agent waits for an ack.
+        let mut corrupt = false;
         while !self.core.inner.stop.load(Ordering::Acquire) {
-            let stopped = self.core.lock_status() == ExchangerStatus::Stopped;
             let mut peer_lost = false;
-            if stopped {
+            if corrupt {
                 std::thread::sleep(slice);
             } else {
-                match self.receiver.recv_with_stall(
+                let control = &self.core.control;
+                let stop = &self.core.inner.stop;
+                let abandoned = |epoch: u64| abandoned(control, stop, epoch);
+                match self.receiver.recv_with_stall_cancellable(
                     &mut self.consumer,
                     Some(Instant::now() + slice),
                     stall,
+                    (&abandoned, slice),
                 ) {
                     Ok(message) => self.core.handle(message),
                     Err(FrameError::Timeout) => {}
+                    // The partial message's sender was replaced (or we are closing): the
+                    // liveness check ends its incarnation now.
+                    Err(FrameError::Cancelled) => next_check = Instant::now(),
                     Err(FrameError::PeerLost(_)) => peer_lost = true,
-                    Err(FrameError::Corrupt(_)) => self.core.stop(),
+                    Err(FrameError::Corrupt(_)) => {
+                        corrupt = true;
+                        self.core.stop();
+                    }
                     // A malformed message was consumed; its task (if any) is unaffected.
                     Err(_) => {}
                 }
@@ -624,16 +648,25 @@ impl Pump {
             return;
         }
         let stall = Some(self.core.inner.config.agent_connection_timeout);
+        let slice = pump_slice(&self.core.inner.config.wait);
         loop {
             let deadline = Some(Instant::now() + Duration::from_millis(1));
-            match self
-                .receiver
-                .recv_with_stall(&mut self.consumer, deadline, stall)
-            {
+            let control = &self.core.control;
+            let stop = &self.core.inner.stop;
+            let abandoned = |epoch: u64| abandoned(control, stop, epoch);
+            match self.receiver.recv_with_stall_cancellable(
+                &mut self.consumer,
+                deadline,
+                stall,
+                (&abandoned, slice),
+            ) {
                 Ok(message) => self.core.handle(message),
-                Err(FrameError::Timeout | FrameError::PeerLost(_) | FrameError::Corrupt(_)) => {
-                    break
-                }
+                Err(
+                    FrameError::Timeout
+                    | FrameError::Cancelled
+                    | FrameError::PeerLost(_)
+                    | FrameError::Corrupt(_),
+                ) => break,
                 Err(_) => {}
             }
             self.receiver.set_min_epoch(self.core.min_epoch);
@@ -644,6 +677,13 @@ impl Pump {
             self.core.end(ended);
         }
     }
+}
+
+/// Whether a message of agent incarnation `epoch` that has begun arriving will never be
+/// completed: another incarnation attached since (the sender died; its successor holds the
+/// role, so the ring wait cannot see the death), or the exchanger is closing.
+fn abandoned(control: &LinkControl, stop: &AtomicBool, epoch: u64) -> bool {
+    stop.load(Ordering::Acquire) || control.peer_epoch_and_pid().0 != epoch
 }
 
 impl PumpCore {
@@ -664,14 +704,33 @@ impl PumpCore {
         }
     }
 
+    /// Enters Stopped; on entering it, says `bye` to the bound incarnation, so that an agent
+    /// waiting for an ack (or a task) returns "closed" instead of waiting for our process to
+    /// exit.
     fn stop(&self) {
         self.inner.halted.store(true, Ordering::Release);
         let mut st = self.inner.shared.lock();
-        if st.status != ExchangerStatus::Closed {
+        let entered = !matches!(
+            st.status,
+            ExchangerStatus::Stopped | ExchangerStatus::Closed
+        );
+        if entered {
             st.status = ExchangerStatus::Stopped;
         }
         drop(st);
         self.inner.shared.notify();
+        if entered {
+            self.say_bye(self.bound);
+        }
+    }
+
+    /// Pushes `bye` to incarnation `epoch` (none: 0), best effort.
+    fn say_bye(&self, epoch: u64) {
+        if epoch != 0 {
+            let _ = self
+                .inner
+                .send(&Envelope::new(MessageKind::Bye).with_epoch(epoch));
+        }
     }
 
     fn adopt(&mut self, epoch: u64) {
@@ -679,6 +738,10 @@ impl PumpCore {
         self.min_epoch = epoch.max(self.min_epoch);
         self.inner.bound.store(epoch, Ordering::Release);
         self.set_status(ExchangerStatus::Connected { epoch });
+        if self.lock_status() == ExchangerStatus::Stopped {
+            // An agent attaching to a stopped exchanger learns it at once.
+            self.say_bye(epoch);
+        }
     }
 
     /// Incarnation `epoch` ended: its in-flight task is redelivered or failed.
@@ -760,12 +823,19 @@ impl PumpCore {
         // "missing data".
         let (has_data, has_meta) = (message.has_dxo(), !message.meta().is_empty());
         let mut st = self.inner.shared.lock();
+        // A stopped exchanger completes nothing (its `execute` answers TASK_ABORTED), but
+        // still answers, so that no agent waits for an ack.
+        let stopped = matches!(
+            st.status,
+            ExchangerStatus::Stopped | ExchangerStatus::Closed
+        );
         let in_flight = st
             .task
             .as_ref()
-            .filter(|t| t.outcome.is_none() && (id.is_empty() || id == t.id))
+            .filter(|t| !stopped && t.outcome.is_none() && (id.is_empty() || id == t.id))
             .map(|t| (t.id.clone(), t.app_defined));
         let (attributed, ack_rc) = match in_flight {
+            None if stopped => (id, ReturnCode::TaskAborted),
             Some((task_id, app_defined)) => {
                 let kind = result_data_kind(app_defined, message.meta());
                 let rc = message.rc();
@@ -797,7 +867,11 @@ impl PumpCore {
                     t.outcome = Some(outcome);
                     t.acking = true;
                 }
-                st.last_completed = Some(task_id.clone());
+                // Only an accepted result makes a resubmission a harmless duplicate; after an
+                // invalid one, a corrected resubmission must not be acked as accepted.
+                if ack_rc == ReturnCode::Ok {
+                    st.last_completed = Some(task_id.clone());
+                }
                 (task_id, ack_rc)
             }
             None if !id.is_empty() && st.last_completed.as_deref() == Some(id.as_str()) => {

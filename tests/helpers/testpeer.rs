@@ -29,6 +29,9 @@
 //! - `raw-agent-stall NAME`: attach a raw link as agent and never read from it.
 //! - `raw-result-then-hang NAME`: attach a raw link as agent, receive one task, ack it, send
 //!   its result, print `SENT`, then hang.
+//! - `raw-partial-result-then-hang NAME`: attach a raw link as agent, receive one task, ack
+//!   it, send only the first fragment of a 4 MiB result (then give the message up), print
+//!   `SENT`, then hang.
 //! - `exchanger-task NAME`: create an `Exchanger`, print `READY`, execute task `t1`, print
 //!   `REPLY <rc>`, then wait until stdin closes.
 
@@ -194,6 +197,7 @@ mod peer {
             "agent-hold-task",
             "raw-agent-stall",
             "raw-result-then-hang",
+            "raw-partial-result-then-hang",
             "exchanger-task",
         ];
 
@@ -304,6 +308,46 @@ mod peer {
                         .with_task(task.task_id(), task.task_name())
                         .with_epoch(epoch);
                     sender.send(tx, &envelope, Some(&result), deadline())?;
+                    println!("SENT");
+                    wait_for_stdin_close();
+                }
+                "raw-partial-result-then-hang" => {
+                    let mut link = raw_agent(name)?;
+                    let epoch = link.epoch();
+                    println!("READY");
+                    let mut receiver = FrameReceiver::default();
+                    receiver.set_min_epoch(epoch);
+                    let (tx, rx) = link.split();
+                    let task = receiver.recv(rx, deadline())?.into_owned()?;
+                    let mut sender = FrameSender::new();
+                    let ack = Envelope::new(MessageKind::TaskAck)
+                        .with_task(task.task_id(), "")
+                        .with_epoch(epoch)
+                        .with_reply_to(task.sequence());
+                    sender.send(tx, &ack, None, deadline())?;
+                    let big = vec![0.25f32; 1 << 20];
+                    let result = Dxo::new(DataKind::WeightDiff)
+                        .with_tensor("w", &[big.len() as u64], &big)?
+                        .with_meta("task", task.task_id());
+                    let envelope = Envelope::new(MessageKind::Result)
+                        .with_task(task.task_id(), task.task_name())
+                        .with_epoch(epoch);
+                    // Asked before each fragment: the first goes out, the rest never does.
+                    let asked = std::cell::Cell::new(0u32);
+                    let give_up = || {
+                        asked.set(asked.get() + 1);
+                        asked.get() > 1
+                    };
+                    let sent = sender.send_cancellable(
+                        tx,
+                        &envelope,
+                        Some(&result),
+                        deadline(),
+                        Some((&give_up, Duration::from_millis(5))),
+                    );
+                    if !matches!(sent, Err(shmex::frame::SendError::Cancelled)) {
+                        return Err(format!("expected a cancelled send, got {sent:?}").into());
+                    }
                     println!("SENT");
                     wait_for_stdin_close();
                 }
