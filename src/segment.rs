@@ -64,6 +64,21 @@ pub enum NameError {
         /// The rejected name.
         name: String,
     },
+    /// [`SegmentName::for_agent`] was given an empty site name.
+    #[error("the site name of a link must not be empty")]
+    EmptySite,
+    /// [`SegmentName::for_agent`] was given an empty agent id.
+    #[error("the agent id of a link must not be empty")]
+    EmptyAgentId,
+    /// [`SegmentName::for_agent`] was given a site name holding `.`, which would make the
+    /// boundary between site and agent id ambiguous.
+    #[error(
+        "the site name of a link holds '.' at byte {index}; '.' is allowed only in the agent id"
+    )]
+    DotInSite {
+        /// Byte index of the first `.` in the site name.
+        index: usize,
+    },
 }
 
 impl SegmentName {
@@ -93,7 +108,23 @@ impl SegmentName {
 
     /// The name of the link between a site and one of its agents: `shmex.<site>.<agent_id>`
     /// (FLARE names the agent `<site>.-<agent_id>`; ours is the same pair, validated).
+    ///
+    /// The scheme is injective: the site name may not hold `.` ([`NameError::DotInSite`]),
+    /// so the first `.` after the prefix always ends the site, and two different
+    /// `(site, agent_id)` pairs never name the same link. The agent id may hold `.` (not
+    /// `..`). Both parts must be non-empty ([`NameError::EmptySite`],
+    /// [`NameError::EmptyAgentId`]) and use only `[A-Za-z0-9._-]`; the whole name is
+    /// checked as by [`SegmentName::new`] (at most [`MAX_NAME_LEN`] bytes).
     pub fn for_agent(site: &str, agent_id: &str) -> Result<SegmentName, NameError> {
+        if site.is_empty() {
+            return Err(NameError::EmptySite);
+        }
+        if agent_id.is_empty() {
+            return Err(NameError::EmptyAgentId);
+        }
+        if let Some(index) = site.find('.') {
+            return Err(NameError::DotInSite { index });
+        }
         SegmentName::new(format!("{NAME_PREFIX}{site}.{agent_id}"))
     }
 
@@ -528,6 +559,40 @@ mod tests {
             SegmentName::new("shmex.ä"),
             Err(NameError::BadCharacter { found: 'ä', .. })
         ));
+    }
+
+    #[test]
+    fn different_site_agent_pairs_never_share_a_name_and_empty_parts_are_refused() {
+        // Before the fix both pairs gave `shmex.site-1.a.b`.
+        let first = SegmentName::for_agent("site-1.a", "b");
+        let second = SegmentName::for_agent("site-1", "a.b");
+        assert!(
+            !matches!((&first, &second), (Ok(a), Ok(b)) if a == b),
+            "two pairs share a link: {first:?} {second:?}"
+        );
+        assert!(matches!(
+            second,
+            Ok(ref name) if name.as_str() == "shmex.site-1.a.b"
+        ));
+        assert!(matches!(first, Err(NameError::DotInSite { index: 6 })));
+        assert!(matches!(
+            SegmentName::for_agent("site", ""),
+            Err(NameError::EmptyAgentId)
+        ));
+        assert!(matches!(
+            SegmentName::for_agent("", "agent"),
+            Err(NameError::EmptySite)
+        ));
+        // A leading dot in the agent id would form `..`: refused, not a different site.
+        assert!(matches!(
+            SegmentName::for_agent("site", ".x"),
+            Err(NameError::DotDot { .. })
+        ));
+        // Dots stay allowed in the agent id, where they cannot move the boundary.
+        assert_eq!(
+            SegmentName::for_agent("site-1", "a.b").unwrap().as_str(),
+            "shmex.site-1.a.b"
+        );
     }
 
     #[test]
