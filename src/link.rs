@@ -661,6 +661,30 @@ mod tests {
     }
 
     #[test]
+    fn attach_refuses_a_symlink_planted_at_the_name() {
+        let real = unique("symlink-real");
+        let planted = unique("symlink-planted");
+        let exchanger = Link::create(&real, &small()).unwrap();
+        let link_path = format!("/dev/shm/{}", planted.as_str());
+        let _ = std::fs::remove_file(&link_path);
+        std::os::unix::fs::symlink(format!("/dev/shm/{}", real.as_str()), &link_path).unwrap();
+        let options = AttachOptions {
+            attach_timeout: Duration::ZERO,
+            ..AttachOptions::default()
+        };
+        let got = Link::attach(&planted, &options);
+        let _ = std::fs::remove_file(&link_path);
+        drop(exchanger);
+        assert!(
+            matches!(
+                got,
+                Err(LinkAttachError::Open(OpenError::SymlinkRefused { .. }))
+            ),
+            "{got:?}"
+        );
+    }
+
+    #[test]
     fn invalid_capacity_is_a_typed_error() {
         assert!(matches!(
             Link::in_process(&CreateOptions::default().ring_capacity(0)),
