@@ -495,6 +495,11 @@ pub enum Liveness {
     },
 }
 
+/// How long a side may read "absent" while its role lock is held before the word counts as
+/// corrupt: a process attaching holds the lock for the instant before it publishes
+/// "attached", and nothing else leaves a locked side absent.
+pub const ATTACH_WINDOW: Duration = Duration::from_millis(500);
+
 /// Watches one side of a link and turns its side block and role lock into [`Liveness`]
 /// verdicts. Staleness needs memory of past observations, so the monitor is stateful.
 #[derive(Debug)]
@@ -504,6 +509,8 @@ pub struct PeerMonitor {
     last_heartbeat: u64,
     last_epoch: u64,
     last_change: Instant,
+    /// Since when the side has read "absent" while its role lock is held.
+    absent_while_locked: Option<Instant>,
 }
 
 impl PeerMonitor {
@@ -521,6 +528,7 @@ impl PeerMonitor {
             last_heartbeat: heartbeat,
             last_epoch: epoch,
             last_change: Instant::now(),
+            absent_while_locked: None,
         }
     }
 
@@ -530,6 +538,12 @@ impl PeerMonitor {
     }
 
     /// The side's current verdict; `stale_after` is how long a still heartbeat is tolerated.
+    ///
+    /// The role lock is the witness for the state word: a word no shmex process writes is
+    /// [`Liveness::Corrupt`] while the lock is held (or on a heap segment, which has no
+    /// locks) and [`Liveness::Dead`] once it is released; "absent" while the lock is held for
+    /// longer than [`ATTACH_WINDOW`] is [`Liveness::Corrupt`] too, since only a process in the
+    /// middle of attaching leaves its locked side absent.
     pub fn verdict(&mut self, stale_after: Duration) -> Liveness {
         let Some(control) = control_block(&self.segment) else {
             return Liveness::Corrupt { state_word: 0 };
@@ -541,11 +555,30 @@ impl PeerMonitor {
             self.last_epoch = side.epoch;
             self.last_change = now;
         }
+        let corrupt = Liveness::Corrupt {
+            state_word: side.state_word,
+        };
+        if side.state != Some(SideState::Absent) {
+            self.absent_while_locked = None;
+        }
         match side.state {
-            None => Liveness::Corrupt {
-                state_word: side.state_word,
+            None => match role_lock_held(&self.segment, self.role) {
+                // The process that held the role is gone; what it left says nothing more.
+                Ok(Some(false)) => Liveness::Dead { pid: side.pid },
+                _ => corrupt,
             },
-            Some(SideState::Absent) => Liveness::Absent,
+            Some(SideState::Absent) => {
+                if !matches!(role_lock_held(&self.segment, self.role), Ok(Some(true))) {
+                    self.absent_while_locked = None;
+                    return Liveness::Absent;
+                }
+                let since = *self.absent_while_locked.get_or_insert(now);
+                if now.saturating_duration_since(since) >= ATTACH_WINDOW {
+                    corrupt
+                } else {
+                    Liveness::Absent
+                }
+            }
             Some(SideState::Closed) => Liveness::Closed,
             Some(SideState::Attached) => {
                 if matches!(role_lock_held(&self.segment, self.role), Ok(Some(false))) {
@@ -761,6 +794,48 @@ mod tests {
             Liveness::Stale { silent_for } => assert!(silent_for >= Duration::from_millis(20)),
             other => panic!("expected Stale, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_state_word_contradicting_a_held_role_lock_is_corrupt() {
+        let name = crate::segment::SegmentName::new(format!(
+            "shmex.test.control.corrupt.{}",
+            std::process::id()
+        ))
+        .unwrap();
+        let plan = SegmentPlan::new(8192, 8192).unwrap();
+        let created = Segment::create(&name, plan.segment_len, true, false).unwrap();
+        initialize(&created, &plan);
+        let opened = Arc::new(Segment::open(&name, false).unwrap());
+        created.unlink().unwrap();
+        let agent = Attachment::attach(Arc::clone(&opened), Role::Agent, Duration::from_secs(3600))
+            .unwrap();
+        let mut monitor = PeerMonitor::new(Arc::new(created), Role::Agent);
+        assert_eq!(monitor.verdict(Duration::from_secs(60)), Liveness::Alive);
+        let state = &control_block(&opened).unwrap().sides[Role::Agent.index()].state;
+        state.store(u32::MAX, Ordering::Release);
+        assert_eq!(
+            monitor.verdict(Duration::from_secs(60)),
+            Liveness::Corrupt {
+                state_word: u32::MAX
+            }
+        );
+        // "Absent" under a held lock: tolerated for the attach window, then corrupt.
+        state.store(0, Ordering::Release);
+        assert_eq!(monitor.verdict(Duration::from_secs(60)), Liveness::Absent);
+        std::thread::sleep(ATTACH_WINDOW);
+        assert_eq!(
+            monitor.verdict(Duration::from_secs(60)),
+            Liveness::Corrupt { state_word: 0 }
+        );
+        // Once the lock is gone, a scribbled word is a dead peer, not a corrupt live one.
+        let pid = snapshot(control_block(&opened).unwrap(), Role::Agent).pid;
+        drop(agent);
+        state.store(u32::MAX, Ordering::Release);
+        assert_eq!(
+            monitor.verdict(Duration::from_secs(60)),
+            Liveness::Dead { pid }
+        );
     }
 
     #[test]

@@ -332,6 +332,7 @@ impl Coded for sys::SysError {
             sys::SysError::NotFound { .. } => ErrorCode::NotFound,
             sys::SysError::PermissionDenied { .. } => ErrorCode::PermissionDenied,
             sys::SysError::NoSpace { .. } => ErrorCode::NoSpace,
+            sys::SysError::SymlinkRefused { .. } => ErrorCode::PermissionDenied,
             sys::SysError::Os { .. } => ErrorCode::Os,
         }
     }
@@ -359,6 +360,9 @@ impl Coded for OpenError {
         match self {
             OpenError::NotFound { .. } => ErrorCode::NotFound,
             OpenError::BadLength { .. } => ErrorCode::Corrupt,
+            OpenError::SymlinkRefused { .. } | OpenError::NotOwner { .. } => {
+                ErrorCode::PermissionDenied
+            }
             OpenError::Sys { source, .. } => source.code(),
         }
     }
@@ -398,7 +402,7 @@ impl Coded for link::LinkCreateError {
         use link::LinkCreateError as E;
         match self {
             E::Capacity { source, .. } => source.code(),
-            E::TooLarge => ErrorCode::InvalidConfig,
+            E::TooLarge | E::RingTooSmall { .. } => ErrorCode::InvalidConfig,
             E::Segment(e) => e.code(),
             E::Attach(e) => e.code(),
             E::Ring(_) => ErrorCode::Corrupt,
@@ -411,6 +415,7 @@ impl Coded for link::LinkAttachError {
         use link::LinkAttachError as E;
         match self {
             E::Timeout { .. } => ErrorCode::Timeout,
+            E::RingTooSmall { .. } => ErrorCode::Corrupt,
             E::Open(e) => e.code(),
             E::Layout(e) => e.code(),
             E::Attach(e) => e.code(),

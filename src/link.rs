@@ -37,15 +37,23 @@ use crate::signal::{self, Signals, WaitStrategy};
 /// stay cheap in `/dev/shm`.
 pub const DEFAULT_RING_CAPACITY: u64 = 16 << 20;
 
+/// Smallest data bytes of a link's ring: room for a 64-byte fragment header, the ring's record
+/// header and a useful body, so that every message the frame layer sends (fragmented if need
+/// be) fits. Smaller capacities are refused at creation ([`LinkCreateError::RingTooSmall`])
+/// and when attaching ([`LinkAttachError::RingTooSmall`]).
+pub const MIN_RING_CAPACITY: u64 = 4096;
+
 /// Default interval of the heartbeat each side advances.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Options for [`Link::create`] (the exchanger side). Ring sizes are fixed at creation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreateOptions {
-    /// Data bytes of the task ring (exchanger → agent). Default [`DEFAULT_RING_CAPACITY`].
+    /// Data bytes of the task ring (exchanger → agent), at least [`MIN_RING_CAPACITY`].
+    /// Default [`DEFAULT_RING_CAPACITY`].
     pub task_ring_capacity: u64,
-    /// Data bytes of the result ring (agent → exchanger). Default [`DEFAULT_RING_CAPACITY`].
+    /// Data bytes of the result ring (agent → exchanger), at least [`MIN_RING_CAPACITY`].
+    /// Default [`DEFAULT_RING_CAPACITY`].
     pub result_ring_capacity: u64,
     /// Interval of our heartbeat. Default [`DEFAULT_HEARTBEAT_INTERVAL`].
     pub heartbeat_interval: Duration,
@@ -92,6 +100,18 @@ impl CreateOptions {
                 source,
             }
         })?;
+        for (ring, capacity) in [
+            ("task", self.task_ring_capacity),
+            ("result", self.result_ring_capacity),
+        ] {
+            if capacity < MIN_RING_CAPACITY {
+                return Err(LinkCreateError::RingTooSmall {
+                    ring,
+                    capacity,
+                    min: MIN_RING_CAPACITY,
+                });
+            }
+        }
         SegmentPlan::new(self.task_ring_capacity, self.result_ring_capacity)
             .filter(|plan| usize::try_from(plan.segment_len).is_ok())
             .ok_or(LinkCreateError::TooLarge)
@@ -133,6 +153,17 @@ pub enum LinkCreateError {
         /// What is wrong.
         source: CapacityError,
     },
+    /// A ring capacity is valid for a bare ring but below [`MIN_RING_CAPACITY`], too small
+    /// for the frames a link carries.
+    #[error("{ring} ring capacity {capacity} is below the link minimum of {min} bytes")]
+    RingTooSmall {
+        /// "task" or "result".
+        ring: &'static str,
+        /// The capacity asked for.
+        capacity: u64,
+        /// [`MIN_RING_CAPACITY`].
+        min: u64,
+    },
     /// The segment would not fit this process's address space.
     #[error("ring capacities add up to more than the address space holds")]
     TooLarge,
@@ -169,6 +200,17 @@ pub enum LinkAttachError {
     /// The agent role could not be taken (another agent is attached).
     #[error(transparent)]
     Attach(#[from] AttachError),
+    /// A ring of the segment is smaller than [`MIN_RING_CAPACITY`] (made by a creator that
+    /// did not check it): frames cannot cross it.
+    #[error("{ring} ring capacity {capacity} is below the link minimum of {min} bytes")]
+    RingTooSmall {
+        /// "task" or "result".
+        ring: &'static str,
+        /// The segment's capacity.
+        capacity: u64,
+        /// [`MIN_RING_CAPACITY`].
+        min: u64,
+    },
     /// A ring's positions are corrupt.
     #[error("ring: {0}")]
     Ring(#[from] RingCorruption),
@@ -312,6 +354,18 @@ impl Link {
             let reason = match Segment::open(name, options.populate) {
                 Ok(segment) => {
                     let plan = control::validate(&segment, remaining)?;
+                    for (ring, capacity) in [
+                        ("task", plan.task_ring_capacity),
+                        ("result", plan.result_ring_capacity),
+                    ] {
+                        if capacity < MIN_RING_CAPACITY {
+                            return Err(LinkAttachError::RingTooSmall {
+                                ring,
+                                capacity,
+                                min: MIN_RING_CAPACITY,
+                            });
+                        }
+                    }
                     if control::role_lock_held(&segment, Role::Exchanger).map_err(|source| {
                         OpenError::Sys {
                             name: name.clone(),
@@ -580,6 +634,53 @@ mod tests {
         assert_eq!(
             exchanger.peer_liveness(Duration::from_secs(60)),
             Liveness::Alive
+        );
+    }
+
+    #[test]
+    fn attach_refuses_a_segment_whose_ring_is_below_the_link_minimum() {
+        // A creator that did not check (another build, a tool) made a 128-byte task ring.
+        let name = unique("tiny-ring");
+        let plan = SegmentPlan::new(128, MIN_RING_CAPACITY).unwrap();
+        let segment = Segment::create(&name, plan.segment_len, true, false).unwrap();
+        control::initialize(&segment, &plan);
+        let options = AttachOptions {
+            attach_timeout: Duration::ZERO,
+            ..AttachOptions::default()
+        };
+        let got = Link::attach(&name, &options);
+        segment.unlink().unwrap();
+        assert!(matches!(
+            got,
+            Err(LinkAttachError::RingTooSmall {
+                ring: "task",
+                capacity: 128,
+                min: MIN_RING_CAPACITY,
+            })
+        ));
+    }
+
+    #[test]
+    fn attach_refuses_a_symlink_planted_at_the_name() {
+        let real = unique("symlink-real");
+        let planted = unique("symlink-planted");
+        let exchanger = Link::create(&real, &small()).unwrap();
+        let link_path = format!("/dev/shm/{}", planted.as_str());
+        let _ = std::fs::remove_file(&link_path);
+        std::os::unix::fs::symlink(format!("/dev/shm/{}", real.as_str()), &link_path).unwrap();
+        let options = AttachOptions {
+            attach_timeout: Duration::ZERO,
+            ..AttachOptions::default()
+        };
+        let got = Link::attach(&planted, &options);
+        let _ = std::fs::remove_file(&link_path);
+        drop(exchanger);
+        assert!(
+            matches!(
+                got,
+                Err(LinkAttachError::Open(OpenError::SymlinkRefused { .. }))
+            ),
+            "{got:?}"
         );
     }
 

@@ -64,6 +64,21 @@ pub enum NameError {
         /// The rejected name.
         name: String,
     },
+    /// [`SegmentName::for_agent`] was given an empty site name.
+    #[error("the site name of a link must not be empty")]
+    EmptySite,
+    /// [`SegmentName::for_agent`] was given an empty agent id.
+    #[error("the agent id of a link must not be empty")]
+    EmptyAgentId,
+    /// [`SegmentName::for_agent`] was given a site name holding `.`, which would make the
+    /// boundary between site and agent id ambiguous.
+    #[error(
+        "the site name of a link holds '.' at byte {index}; '.' is allowed only in the agent id"
+    )]
+    DotInSite {
+        /// Byte index of the first `.` in the site name.
+        index: usize,
+    },
 }
 
 impl SegmentName {
@@ -93,7 +108,23 @@ impl SegmentName {
 
     /// The name of the link between a site and one of its agents: `shmex.<site>.<agent_id>`
     /// (FLARE names the agent `<site>.-<agent_id>`; ours is the same pair, validated).
+    ///
+    /// The scheme is injective: the site name may not hold `.` ([`NameError::DotInSite`]),
+    /// so the first `.` after the prefix always ends the site, and two different
+    /// `(site, agent_id)` pairs never name the same link. The agent id may hold `.` (not
+    /// `..`). Both parts must be non-empty ([`NameError::EmptySite`],
+    /// [`NameError::EmptyAgentId`]) and use only `[A-Za-z0-9._-]`; the whole name is
+    /// checked as by [`SegmentName::new`] (at most [`MAX_NAME_LEN`] bytes).
     pub fn for_agent(site: &str, agent_id: &str) -> Result<SegmentName, NameError> {
+        if site.is_empty() {
+            return Err(NameError::EmptySite);
+        }
+        if agent_id.is_empty() {
+            return Err(NameError::EmptyAgentId);
+        }
+        if let Some(index) = site.find('.') {
+            return Err(NameError::DotInSite { index });
+        }
         SegmentName::new(format!("{NAME_PREFIX}{site}.{agent_id}"))
     }
 
@@ -169,6 +200,23 @@ pub enum OpenError {
         /// Its length in bytes.
         len: u64,
     },
+    /// The name is a symbolic link: refused, never followed (someone may have planted it to
+    /// redirect us to another object).
+    #[error("segment {name} is a symbolic link; refused")]
+    SymlinkRefused {
+        /// The segment's name.
+        name: SegmentName,
+    },
+    /// The segment belongs to another user: it was not made by an exchanger of ours.
+    #[error("segment {name} belongs to uid {owner_uid}, not to us (uid {our_uid})")]
+    NotOwner {
+        /// The segment's name.
+        name: SegmentName,
+        /// The uid owning the segment.
+        owner_uid: u32,
+        /// Our effective uid.
+        our_uid: u32,
+    },
     /// An OS call failed.
     #[error("segment {name}: {source}")]
     Sys {
@@ -177,6 +225,15 @@ pub enum OpenError {
         /// The OS error.
         source: SysError,
     },
+}
+
+/// Refuses a segment owned by a uid other than ours: `Err((owner_uid, our_uid))`.
+fn check_owner(owner_uid: u32, our_uid: u32) -> Result<(), (u32, u32)> {
+    if owner_uid == our_uid {
+        Ok(())
+    } else {
+        Err((owner_uid, our_uid))
+    }
 }
 
 /// What backs a segment's bytes.
@@ -299,15 +356,27 @@ impl Segment {
 
     /// Opens and maps an existing named segment (whole file). Its contents are not validated
     /// here; see `control::validate`.
+    ///
+    /// A symbolic link at the name is refused, not followed ([`OpenError::SymlinkRefused`]),
+    /// and so is a segment owned by another user ([`OpenError::NotOwner`]).
     pub fn open(name: &SegmentName, populate: bool) -> Result<Segment, OpenError> {
         let sys_err = |source: SysError| match source {
             SysError::NotFound { .. } => OpenError::NotFound { name: name.clone() },
+            SysError::SymlinkRefused { .. } => OpenError::SymlinkRefused { name: name.clone() },
             source => OpenError::Sys {
                 name: name.clone(),
                 source,
             },
         };
         let fd = sys::shm_open_existing(name.as_str()).map_err(sys_err)?;
+        let owner_uid = sys::file_owner_uid(&fd).map_err(sys_err)?;
+        check_owner(owner_uid, sys::effective_uid()).map_err(|(owner_uid, our_uid)| {
+            OpenError::NotOwner {
+                name: name.clone(),
+                owner_uid,
+                our_uid,
+            }
+        })?;
         let len = sys::file_len(&fd).map_err(sys_err)?;
         if len < PAGE as u64 || usize::try_from(len).is_err() {
             return Err(OpenError::BadLength {
@@ -531,6 +600,40 @@ mod tests {
     }
 
     #[test]
+    fn different_site_agent_pairs_never_share_a_name_and_empty_parts_are_refused() {
+        // Before the fix both pairs gave `shmex.site-1.a.b`.
+        let first = SegmentName::for_agent("site-1.a", "b");
+        let second = SegmentName::for_agent("site-1", "a.b");
+        assert!(
+            !matches!((&first, &second), (Ok(a), Ok(b)) if a == b),
+            "two pairs share a link: {first:?} {second:?}"
+        );
+        assert!(matches!(
+            second,
+            Ok(ref name) if name.as_str() == "shmex.site-1.a.b"
+        ));
+        assert!(matches!(first, Err(NameError::DotInSite { index: 6 })));
+        assert!(matches!(
+            SegmentName::for_agent("site", ""),
+            Err(NameError::EmptyAgentId)
+        ));
+        assert!(matches!(
+            SegmentName::for_agent("", "agent"),
+            Err(NameError::EmptySite)
+        ));
+        // A leading dot in the agent id would form `..`: refused, not a different site.
+        assert!(matches!(
+            SegmentName::for_agent("site", ".x"),
+            Err(NameError::DotDot { .. })
+        ));
+        // Dots stay allowed in the agent id, where they cannot move the boundary.
+        assert_eq!(
+            SegmentName::for_agent("site-1", "a.b").unwrap().as_str(),
+            "shmex.site-1.a.b"
+        );
+    }
+
+    #[test]
     fn live_owner_is_refused_and_dead_owner_reclaimed() {
         let name = unique("reclaim");
         let first = Segment::create(&name, 8192, true, false).unwrap();
@@ -581,6 +684,41 @@ mod tests {
         // SAFETY: as above.
         let seen = unsafe { opened.as_ptr().wrapping_add(5000).read_volatile() };
         assert_eq!(seen, 7);
+    }
+
+    #[test]
+    fn a_symlink_planted_at_a_segment_name_is_refused_not_followed() {
+        let target = unique("symlink-target");
+        let planted = unique("symlink-planted");
+        let created = Segment::create(&target, 8192, true, false).unwrap();
+        let link_path = format!("/dev/shm/{}", planted.as_str());
+        let _ = std::fs::remove_file(&link_path);
+        std::os::unix::fs::symlink(format!("/dev/shm/{}", target.as_str()), &link_path).unwrap();
+        let opened = Segment::open(&planted, false);
+        let probed = owner_lock_held(&planted);
+        let _ = std::fs::remove_file(&link_path);
+        created.unlink().unwrap();
+        assert!(
+            matches!(opened, Err(OpenError::SymlinkRefused { ref name }) if *name == planted),
+            "the symlink was followed: {opened:?}"
+        );
+        assert!(
+            matches!(probed, Err(SysError::SymlinkRefused { .. })),
+            "the symlink was followed: {probed:?}"
+        );
+    }
+
+    #[test]
+    fn a_segment_of_another_uid_is_refused_and_ours_accepted() {
+        assert_eq!(check_owner(1000, 1000), Ok(()));
+        assert_eq!(check_owner(0, 1000), Err((0, 1000)));
+        assert_eq!(check_owner(1000, 0), Err((1000, 0)));
+        // A real segment is ours.
+        let name = unique("owner");
+        let created = Segment::create(&name, 8192, true, false).unwrap();
+        let opened = Segment::open(&name, false);
+        created.unlink().unwrap();
+        assert!(opened.is_ok(), "{opened:?}");
     }
 
     #[test]

@@ -49,6 +49,13 @@ pub enum SysError {
         /// Bytes asked for.
         bytes: u64,
     },
+    /// The name is a symbolic link, which shmex never follows (`ELOOP` from an
+    /// `O_NOFOLLOW` open): someone planted it to redirect us to another object.
+    #[error("{call}: the name is a symbolic link (refused, not followed)")]
+    SymlinkRefused {
+        /// The failing call.
+        call: &'static str,
+    },
     /// Any other errno, kept raw.
     #[error("{call}: {source}")]
     Os {
@@ -66,6 +73,7 @@ impl SysError {
             Errno::NOENT => SysError::NotFound { call },
             Errno::ACCESS | Errno::PERM => SysError::PermissionDenied { call },
             Errno::NOSPC | Errno::NOMEM | Errno::FBIG => SysError::NoSpace { call, bytes },
+            Errno::LOOP => SysError::SymlinkRefused { call },
             other => SysError::Os {
                 call,
                 source: io::Error::from_raw_os_error(other.raw_os_error()),
@@ -89,7 +97,25 @@ pub fn shm_create_exclusive(name: &str) -> Result<OwnedFd, SysError> {
     .map_err(|e| SysError::from_errno("shm_open(O_CREAT|O_EXCL)", e, 0))
 }
 
-/// Opens an existing shared-memory object for reading and writing.
+/// Opens an existing shared-memory object for reading and writing, never through a symbolic
+/// link: a link planted at the name yields [`SysError::SymlinkRefused`].
+///
+/// On Linux this opens `/dev/shm/<name>` with `O_NOFOLLOW | O_CLOEXEC` (rustix's `shm::open`
+/// is a plain open there, without `O_NOFOLLOW`). Elsewhere it is `shm_open`, whose objects
+/// are not files a third party can replace with a link on the systems we know.
+#[cfg(target_os = "linux")]
+pub fn shm_open_existing(name: &str) -> Result<OwnedFd, SysError> {
+    use rustix::fs::OFlags;
+    rustix::fs::open(
+        format!("/dev/shm/{name}").as_str(),
+        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| SysError::from_errno("open(/dev/shm, O_NOFOLLOW)", e, 0))
+}
+
+/// Opens an existing shared-memory object for reading and writing (portable fallback).
+#[cfg(not(target_os = "linux"))]
 pub fn shm_open_existing(name: &str) -> Result<OwnedFd, SysError> {
     shm::open(shm_path(name).as_str(), shm::OFlags::RDWR, Mode::empty())
         .map_err(|e| SysError::from_errno("shm_open", e, 0))
@@ -120,6 +146,17 @@ pub fn reserve(fd: &OwnedFd, len: u64) -> Result<(), SysError> {
 pub fn file_len(fd: &OwnedFd) -> Result<u64, SysError> {
     let stat = rustix::fs::fstat(fd).map_err(|e| SysError::from_errno("fstat", e, 0))?;
     Ok(u64::try_from(stat.st_size).unwrap_or(0))
+}
+
+/// The user id owning an open file.
+pub fn file_owner_uid(fd: &OwnedFd) -> Result<u32, SysError> {
+    let stat = rustix::fs::fstat(fd).map_err(|e| SysError::from_errno("fstat", e, 0))?;
+    Ok(stat.st_uid)
+}
+
+/// This process's effective user id.
+pub fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
 }
 
 /// Identity of an open file (device and inode): two descriptors with the same identity refer

@@ -519,10 +519,12 @@ impl Pump {
                 self.inner.set_status(AgentStatus::Connected);
             }
             Liveness::Stale { .. } => self.inner.set_status(AgentStatus::Disconnected),
-            Liveness::Dead { .. } | Liveness::Corrupt { .. } => {
-                self.inner.set_status(AgentStatus::Lost)
+            Liveness::Dead { .. } => self.inner.set_status(AgentStatus::Lost),
+            // The exchanger's side contradicts its role lock: the link is corrupt, and
+            // re-attaching would find the same segment (docs/protocol.md §8).
+            Liveness::Closed | Liveness::Corrupt { .. } => {
+                self.inner.set_status(AgentStatus::Closed)
             }
-            Liveness::Closed => self.inner.set_status(AgentStatus::Closed),
             Liveness::Absent => {}
         }
         self.check_heartbeat_timeout();

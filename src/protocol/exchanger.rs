@@ -626,9 +626,24 @@ impl Pump {
                         .set_status(ExchangerStatus::Disconnected { epoch });
                 }
             }
-            Liveness::Dead { .. } | Liveness::Closed | Liveness::Corrupt { .. } => {
+            Liveness::Dead { .. } | Liveness::Closed => {
                 self.drain_and_end();
                 self.core.set_status(ExchangerStatus::NoAgent);
+            }
+            // The agent's side contradicts its role lock: the link is corrupt. Stop (execute
+            // returns TASK_ABORTED) and say `bye`, so the agent's blocked calls end too
+            // (docs/protocol.md §8).
+            Liveness::Corrupt { .. } => {
+                if !matches!(
+                    self.core.lock_status(),
+                    ExchangerStatus::Stopped | ExchangerStatus::Closed
+                ) {
+                    self.core.stop();
+                    let bound = self.core.bound;
+                    if bound != 0 {
+                        let _ = inner.send(&Envelope::new(MessageKind::Bye).with_epoch(bound));
+                    }
+                }
             }
             Liveness::Absent => self.core.set_status(ExchangerStatus::NoAgent),
         }
