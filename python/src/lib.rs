@@ -299,7 +299,7 @@ fn abort_requested(abort: &Option<Py<PyAny>>, py: Python<'_>) -> PyResult<bool> 
 // Received messages.
 
 /// A received task or result: owns the message; its tensors are viewed in place.
-#[pyclass(name = "_Message", module = "shmex._shmex", frozen)]
+#[pyclass(name = "_Message", module = "shmex._shmex", frozen, weakref)]
 struct Message {
     message: OwnedMessage,
 }
