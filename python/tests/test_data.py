@@ -44,7 +44,9 @@ def random_array(dtype: str, shape: tuple[int, ...], rng: np.random.Generator) -
         return rng.integers(0, 2, size=shape).astype(np.bool_)
     if dtype == "bf16":
         return shmex.BF16(rng.integers(0, 2**16, size=shape, dtype=np.uint16))
-    raw = rng.integers(0, 256, size=(*shape, np.dtype(NUMPY_DTYPES[dtype]).itemsize), dtype=np.uint8)
+    raw = rng.integers(
+        0, 256, size=(*shape, np.dtype(NUMPY_DTYPES[dtype]).itemsize), dtype=np.uint8
+    )
     return raw.view(NUMPY_DTYPES[dtype]).reshape(shape)
 
 
@@ -206,10 +208,14 @@ arrays = st.tuples(
     st.integers(0, 2**32 - 1),
 )
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False,
-        allow_infinity=False) | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-        max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=10,
 )
 
@@ -225,17 +231,23 @@ def test_property_arbitrary_arrays_and_meta_round_trip(link: tuple[str, str], pe
             except shmex.AgentClosed:
                 return
             if task is not None:
-                received.append((task.data, task.meta))  # type: ignore[arg-type]
+                received.append((task.data, task.meta))
                 agent.submit_result(resend(task), task.meta)
 
     with shmex.Exchanger(*link) as ex:
         p = peer(link, trainer)
 
-        @settings(max_examples=60, deadline=None,
-                  suppress_health_check=[HealthCheck.function_scoped_fixture])
-        @given(st.dictionaries(names, arrays, min_size=1, max_size=5),
-               st.dictionaries(st.text(max_size=8).filter(lambda k: k != "data_kind"), json_values,
-                               max_size=4))
+        @settings(
+            max_examples=60,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture],
+        )
+        @given(
+            st.dictionaries(names, arrays, min_size=1, max_size=5),
+            st.dictionaries(
+                st.text(max_size=8).filter(lambda k: k != "data_kind"), json_values, max_size=4
+            ),
+        )
         def round_trip(spec: dict[str, Any], meta: dict[str, Any]) -> None:
             rng = np.random.default_rng(0)
             data = {}
@@ -247,11 +259,11 @@ def test_property_arbitrary_arrays_and_meta_round_trip(link: tuple[str, str], pe
             task_data, task_meta = received[-1]
             for got in (task_data, reply.data):
                 assert isinstance(got, dict)
-                assert {n: bits(a) for n, a in got.items()} == {
-                    n: bits(a) for n, a in data.items()}
+                assert {n: bits(a) for n, a in got.items()} == {n: bits(a) for n, a in data.items()}
             for got_meta in (task_meta, reply.meta):
-                assert {k: v for k, v in got_meta.items() if k not in
-                        ("data_kind",)} == {k: v for k, v in meta.items() if k != "data_kind"}
+                assert {k: v for k, v in got_meta.items() if k not in ("data_kind",)} == {
+                    k: v for k, v in meta.items() if k != "data_kind"
+                }
 
         round_trip()
         stop.set()
