@@ -4,13 +4,13 @@
 //! and converts arguments (numpy arrays, meta dicts, FLARE's names) and calls the private
 //! classes here, which only
 //! - build a [`Dxo`] over the caller's array memory (no copy until the ring),
-//! - run each blocking protocol call with the GIL released, in slices of [`SLICE`] so that
+//! - run each blocking protocol call with the GIL released, in slices of `SLICE` so that
 //!   Ctrl-C (Python's signal handlers) and the caller's abort event are answered,
-//! - hand received messages back as [`Message`] objects that own the [`OwnedMessage`]; the
+//! - hand received messages back as `Message` objects that own the [`OwnedMessage`]; the
 //!   Python side views its tensors as numpy arrays whose base keeps that object alive,
 //! - map every Rust error to a Python exception by an exhaustive `match`.
 //!
-//! No panic crosses into Python: every entry point runs under [`guarded`], and every helper
+//! No panic crosses into Python: every entry point runs under `guarded`, and every helper
 //! thread under `catch_unwind`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
