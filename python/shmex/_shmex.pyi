@@ -1,0 +1,110 @@
+"""Stubs of the compiled module ``shmex._shmex`` (private: use the ``shmex`` package)."""
+
+from typing import Optional, Protocol
+
+import numpy as np
+
+SEGMENT_PREFIX: str
+DEFAULT_RING_CAPACITY: int
+RETURN_CODES: list[str]
+DATA_KINDS: list[str]
+
+class ShmexError(Exception):
+    """Base class of the errors shmex raises."""
+
+class AgentClosed(ShmexError):
+    """The agent is closed (FLARE's ``AgentClosed``)."""
+
+class CallStateError(ShmexError):
+    """A call made in the wrong state (FLARE's ``CallStateError``)."""
+
+class _AbortEvent(Protocol):
+    def is_set(self) -> bool: ...
+
+_OutTensor = tuple[str, str, list[int], np.ndarray]
+
+class _Message:
+    """A received task or result; owns the memory its tensors are viewed in."""
+
+    def data_kind(self) -> Optional[str]:
+        """The data kind name, or None when the message carries no DXO."""
+    def meta_json(self) -> str:
+        """The meta dictionary as JSON text."""
+    def opaque(self) -> bytes:
+        """The opaque bytes (a copy; empty when there are none)."""
+    def tensors(self) -> list[tuple[str, str, list[int], int, int]]:
+        """``(name, dtype, shape, address, nbytes)`` of each tensor in this object's memory."""
+
+class _Exchanger:
+    """The FL-client side; ``shmex.Exchanger`` wraps it."""
+
+    def __init__(
+        self,
+        site: str,
+        agent_id: str,
+        send_task_timeout: float,
+        resend_task_interval: float,
+        agent_connection_timeout: float,
+        agent_heartbeat_timeout: Optional[float],
+        agent_heartbeat_interval: float,
+        agent_ack_timeout: float,
+        result_timeout: Optional[float],
+        on_agent_restart: str,
+        task_ring_capacity: int,
+        result_ring_capacity: int,
+        reclaim_stale: bool,
+    ) -> None: ...
+    def name(self) -> str:
+        """The segment's name."""
+    def status(self) -> str:
+        """The exchanger's view of the agent."""
+    def redeliveries(self) -> int:
+        """How many times a task was sent again to a restarted agent."""
+    def execute(
+        self,
+        task_name: str,
+        task_id: str,
+        data_kind: str,
+        meta_json: str,
+        tensors: list[_OutTensor],
+        opaque: Optional[np.ndarray],
+        current_round: Optional[int],
+        total_round: Optional[int],
+        abort: Optional[_AbortEvent],
+        timeout: Optional[float],
+    ) -> tuple[str, Optional[str], Optional[_Message]]:
+        """Sends a task and waits for its result: ``(rc, data_kind, message)``."""
+    def close(self) -> None:
+        """Says bye to the agent and removes the segment."""
+
+class _Agent:
+    """The trainer side; ``shmex.Agent`` wraps it."""
+
+    def __init__(
+        self,
+        site: str,
+        agent_id: str,
+        submit_result_timeout: float,
+        flare_site_connection_timeout: float,
+        flare_site_heartbeat_timeout: Optional[float],
+        resend_result_interval: float,
+        attach_timeout: float,
+        heartbeat_interval: float,
+    ) -> None: ...
+    def status(self) -> str:
+        """The agent's view of the exchanger."""
+    def is_aborted(self) -> bool:
+        """Whether the current task was aborted."""
+    def get_task(self, timeout: Optional[float]) -> Optional[tuple[str, str, _Message]]:
+        """Fetches the next task: ``(task_id, task_name, message)`` or None on timeout."""
+    def submit_result(
+        self,
+        return_code: str,
+        data_kind: str,
+        meta_json: str,
+        tensors: list[_OutTensor],
+        opaque: Optional[np.ndarray],
+    ) -> bool:
+        """Submits the current task's result; returns whether it was accepted."""
+    def close(self) -> None:
+        """Detaches."""
