@@ -178,18 +178,29 @@ pub enum LinkCreateError {
     Ring(#[from] RingCorruption),
 }
 
+/// What an agent waiting in [`Link::attach`] last saw at the name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AttachWait {
+    /// No segment of that name.
+    #[error("no segment")]
+    NoSegment,
+    /// A segment whose owner died (a new exchanger will reclaim the name).
+    #[error("owner dead")]
+    OwnerDead,
+}
+
 /// Why [`Link::attach`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkAttachError {
     /// No live, initialised segment appeared within the attach timeout.
-    #[error("no live exchanger on {name} after {waited:?}: {reason}")]
+    #[error("no live exchanger on {name} after {waited:?}: {last_seen}")]
     Timeout {
         /// The segment's name.
         name: SegmentName,
         /// How long we waited.
         waited: Duration,
-        /// What was last seen: "no segment", "owner dead", or the layout error.
-        reason: String,
+        /// What was last seen at the name.
+        last_seen: AttachWait,
     },
     /// The segment exists but could not be opened.
     #[error(transparent)]
@@ -374,7 +385,7 @@ impl Link {
                     })? == Some(false)
                     {
                         // The owner died; a new exchanger will reclaim the name.
-                        "owner dead".to_string()
+                        AttachWait::OwnerDead
                     } else {
                         return Link::assemble(
                             Arc::new(segment),
@@ -386,14 +397,14 @@ impl Link {
                         .map_err(AssembleError::into_attach);
                     }
                 }
-                Err(OpenError::NotFound { .. }) => "no segment".to_string(),
+                Err(OpenError::NotFound { .. }) => AttachWait::NoSegment,
                 Err(e) => return Err(e.into()),
             };
             if remaining.is_zero() {
                 return Err(LinkAttachError::Timeout {
                     name: name.clone(),
                     waited,
-                    reason,
+                    last_seen: reason,
                 });
             }
             std::thread::sleep(Duration::from_millis(5).min(remaining));
@@ -735,7 +746,9 @@ mod tests {
             ..AttachOptions::default()
         };
         match Link::attach(&unique("absent"), &options) {
-            Err(LinkAttachError::Timeout { reason, .. }) => assert_eq!(reason, "no segment"),
+            Err(LinkAttachError::Timeout { last_seen, .. }) => {
+                assert_eq!(last_seen, AttachWait::NoSegment)
+            }
             other => panic!("expected a timeout, got {other:?}"),
         }
     }

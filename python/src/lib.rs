@@ -24,7 +24,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use serde_json::{Map, Value};
 use shmex::frame::{DType, DataKind, Dxo, DxoError, OwnedMessage, ReturnCode, SendError};
-use shmex::link::LinkAttachError;
+use shmex::error::{Coded, ErrorCode};
 use shmex::protocol::{
     AbortSignal, Agent, AgentAttachError, AgentConfig, AgentStatus, CloseError, Exchanger,
     ExchangerConfig, ExchangerCreateError, ExchangerStatus, GetTaskError, Headers, RestartPolicy,
@@ -352,15 +352,48 @@ struct PyExchanger {
     exchanger: Arc<Exchanger>,
 }
 
+/// The Python exception for a core error: its class chosen by the error's code (an
+/// exhaustive match, so a new code does not build until it has a class), its text
+/// `"{context}: {error}"`, and the code's name in its `code` attribute.
+fn coded_error(context: &str, e: &dyn Coded) -> PyErr {
+    let code = e.code();
+    let text = format!("{context}: {e}");
+    let err = match code {
+        ErrorCode::InvalidData
+        | ErrorCode::TooLarge
+        | ErrorCode::InvalidName
+        | ErrorCode::InvalidConfig
+        | ErrorCode::NoSuchTensor
+        | ErrorCode::WrongDType
+        | ErrorCode::Misaligned
+        | ErrorCode::InvalidBool => PyValueError::new_err(text),
+        ErrorCode::Closed => AgentClosed::new_err(text),
+        ErrorCode::CallState => CallStateError::new_err(text),
+        ErrorCode::Timeout
+        | ErrorCode::PeerDead
+        | ErrorCode::Corrupt
+        | ErrorCode::Malformed
+        | ErrorCode::OverLimit
+        | ErrorCode::OutOfMemory
+        | ErrorCode::BufferTooSmall
+        | ErrorCode::Cancelled
+        | ErrorCode::AlreadyExists
+        | ErrorCode::NotFound
+        | ErrorCode::PermissionDenied
+        | ErrorCode::NoSpace
+        | ErrorCode::VersionMismatch
+        | ErrorCode::InUse
+        | ErrorCode::Os => ShmexError::new_err(text),
+    };
+    Python::attach(|py| {
+        // Best effort: an exception object that refuses attributes keeps its text.
+        let _ = err.value(py).setattr("code", code.name());
+    });
+    err
+}
+
 fn create_error(e: ExchangerCreateError) -> PyErr {
-    match e {
-        ExchangerCreateError::Link(e) => {
-            ShmexError::new_err(format!("cannot create the link: {e}"))
-        }
-        ExchangerCreateError::Spawn(e) => {
-            ShmexError::new_err(format!("cannot start the exchanger: {e}"))
-        }
-    }
+    coded_error("cannot create the exchanger", &e)
 }
 
 fn exchanger_status(status: ExchangerStatus) -> &'static str {
@@ -541,18 +574,12 @@ struct PyAgent {
 }
 
 fn attach_error(e: AgentAttachError) -> PyErr {
-    match e {
-        AgentAttachError::Link(e) => match e {
-            LinkAttachError::Timeout { .. } => {
-                ShmexError::new_err(format!("no exchanger to attach to: {e}"))
-            }
-            LinkAttachError::Open(_)
-            | LinkAttachError::Layout(_)
-            | LinkAttachError::Attach(_)
-            | LinkAttachError::Ring(_) => ShmexError::new_err(format!("cannot attach: {e}")),
-        },
-        AgentAttachError::Spawn(e) => ShmexError::new_err(format!("cannot start the agent: {e}")),
-    }
+    let context = if e.is_timeout() {
+        "no exchanger to attach to"
+    } else {
+        "cannot attach"
+    };
+    coded_error(context, &e)
 }
 
 fn agent_status(status: AgentStatus) -> &'static str {
@@ -565,15 +592,7 @@ fn agent_status(status: AgentStatus) -> &'static str {
 }
 
 fn send_error(e: SendError) -> PyErr {
-    match e {
-        SendError::Encode(_) | SendError::TooLargeForLoan { .. } => {
-            PyValueError::new_err(e.to_string())
-        }
-        SendError::Corrupt(_)
-        | SendError::PeerLost(_)
-        | SendError::Timeout
-        | SendError::Cancelled => ShmexError::new_err(e.to_string()),
-    }
+    coded_error("cannot send", &e)
 }
 
 #[pymethods]
