@@ -243,13 +243,9 @@ struct EchoSession {
 impl EchoSession {
     fn start(tag: &str, spin: Duration) -> Res<EchoSession> {
         let name = unique_name(&format!("echo-{tag}"))?;
-        let options = CreateOptions {
-            wait: WaitStrategy {
-                spin,
-                ..WaitStrategy::default()
-            },
-            ..CreateOptions::default().ring_capacity(1 << 20)
-        };
+        let options = CreateOptions::default()
+            .ring_capacity(1 << 20)
+            .wait(WaitStrategy::default().spin(spin));
         let link = Link::create(&name, &options)?;
         let peer = Peer::spawn(
             "echo",
@@ -476,11 +472,9 @@ fn child_main(mode: &str, args: &[String]) -> Res<()> {
 }
 
 fn child_attach(name: &str, wait: WaitStrategy) -> Res<Link> {
-    let options = AttachOptions {
-        attach_timeout: Duration::from_secs(10),
-        wait,
-        ..AttachOptions::default()
-    };
+    let options = AttachOptions::default()
+        .attach_timeout(Duration::from_secs(10))
+        .wait(wait);
     let link = Link::attach(&SegmentName::new(name.to_string())?, &options)?;
     println!("ready");
     Ok(link)
@@ -518,10 +512,7 @@ fn child_sink(name: &str, max: usize) -> Res<()> {
 
 /// Echoes every record until [`QUIT`].
 fn child_echo(name: &str, spin: Duration) -> Res<()> {
-    let wait = WaitStrategy {
-        spin,
-        ..WaitStrategy::default()
-    };
+    let wait = WaitStrategy::default().spin(spin);
     let mut link = child_attach(name, wait)?;
     let mut ping = Vec::with_capacity(16);
     loop {

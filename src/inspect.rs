@@ -4,12 +4,12 @@
 //! print and do.
 //!
 //! Everything read here was written by other processes and is untrusted: values are decoded
-//! with the same checks an opener makes ([`control::validate`]), inconsistencies are collected
+//! with the same checks an opener makes (`control::validate`), inconsistencies are collected
 //! as [`SegmentReport::problems`] instead of being acted on, and nothing read from the segment
 //! sizes an allocation or an index.
 //!
 //! Liveness comes from the operating system, as everywhere in shmex: a side is alive while its
-//! process holds the OFD lock on its byte of the segment ([`control::role_lock_held`]), and
+//! process holds the OFD lock on its byte of the segment (`control::role_lock_held`), and
 //! the segment's owner while it holds the owner lock ([`segment::owner_lock_held`]). The
 //! heartbeat is watched over a short window only to tell a responsive side from a hung one.
 #![deny(unsafe_code)]
@@ -18,10 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::control::{self, Liveness, PeerMonitor, SideSnapshot};
-use crate::layout::{Role, SegmentPlan, CONTROL_LEN, OWNER_LOCK_BYTE, RING_MAGIC};
+use crate::layout::{Role, SegmentPlan, OWNER_LOCK_BYTE};
 use crate::segment::{self, OpenError, Reclaim, Segment, SegmentName};
 use crate::sync::Ordering;
 use crate::sys::{self, LockAttempt, SysError};
+
+pub use crate::layout::{CONTROL_LEN, LAYOUT_VERSION, MAGIC, RING_MAGIC};
+pub use crate::sys::unix_millis;
 
 /// Longest heartbeat-watch window [`observe`] derives from the intervals the sides announce
 /// (an announced interval is untrusted: a scribbled one must not make `list` hang).
@@ -140,7 +143,7 @@ pub struct SegmentReport {
     pub owner_lock_held: Option<bool>,
     /// The header fields; `None` if the segment could not be mapped.
     pub header: Option<HeaderFields>,
-    /// The layout the header describes, if it passed every check of [`control::validate`].
+    /// The layout the header describes, if it passed every check of `control::validate`.
     pub plan: Option<SegmentPlan>,
     /// Both sides, exchanger first; empty if the segment could not be mapped.
     pub sides: Vec<SideReport>,

@@ -89,13 +89,13 @@ impl Role {
         }
     }
 
-    /// Index of this role's side block in [`ControlBlock::sides`].
+    /// Index of this role's side block in the control block's `sides`.
     pub const fn index(self) -> usize {
         self as usize
     }
 
     /// Byte of the segment file this role holds an OFD write lock on while it is attached
-    /// (0 for the exchanger, 1 for the agent; [`OWNER_LOCK_BYTE`] is the segment owner's).
+    /// (0 for the exchanger, 1 for the agent; `OWNER_LOCK_BYTE` is the segment owner's).
     pub const fn lock_byte(self) -> u64 {
         self as u64
     }
@@ -109,7 +109,7 @@ impl Role {
     }
 }
 
-/// Values of [`SideBlock::state`].
+/// Values of `SideBlock::state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SideState {
     /// No process of this role has attached yet.

@@ -25,10 +25,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::control::{
-    self, AttachError, Attachment, LayoutError, Liveness, LockPeerCheck, PeerMonitor,
-};
-use crate::layout::{Role, SegmentPlan, RING_HEADER_LEN};
+use crate::control::{self, AttachError, Attachment, LayoutError, LockPeerCheck, PeerMonitor};
+use crate::layout::{SegmentPlan, RING_HEADER_LEN};
+
+pub use crate::control::{Liveness, SideSnapshot};
+pub use crate::layout::{Role, SideState};
 use crate::ring::{self, CapacityError, Consumer, Producer, RingCorruption};
 use crate::segment::{self, OpenError, Segment, SegmentName};
 use crate::signal::{self, Signals, WaitStrategy};
@@ -43,11 +44,18 @@ pub const DEFAULT_RING_CAPACITY: u64 = 16 << 20;
 /// and when attaching ([`LinkAttachError::RingTooSmall`]).
 pub const MIN_RING_CAPACITY: u64 = 4096;
 
-/// Default interval of the heartbeat each side advances.
-pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default interval of the heartbeat each side advances: FLARE's `agent_heartbeat_interval`
+/// (5 s), the protocol's default too. Liveness does not wait for it: a dead process is noticed
+/// through its OS lock.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Default time an agent waits for a live exchanger to appear: FLARE's
+/// `flare_site_connection_timeout` (60 s), the protocol's default too.
+pub const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Options for [`Link::create`] (the exchanger side). Ring sizes are fixed at creation.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CreateOptions {
     /// Data bytes of the task ring (exchanger → agent), at least [`MIN_RING_CAPACITY`].
     /// Default [`DEFAULT_RING_CAPACITY`].
@@ -64,6 +72,51 @@ pub struct CreateOptions {
     pub reclaim_stale: bool,
     /// Pre-fault the segment's pages at creation (default `true`).
     pub populate: bool,
+}
+
+/// Setters, one per field (the struct is `#[non_exhaustive]`: build it from `default()`).
+impl CreateOptions {
+    /// Sets [`CreateOptions::task_ring_capacity`].
+    #[must_use]
+    pub fn task_ring_capacity(mut self, task_ring_capacity: u64) -> Self {
+        self.task_ring_capacity = task_ring_capacity;
+        self
+    }
+
+    /// Sets [`CreateOptions::result_ring_capacity`].
+    #[must_use]
+    pub fn result_ring_capacity(mut self, result_ring_capacity: u64) -> Self {
+        self.result_ring_capacity = result_ring_capacity;
+        self
+    }
+
+    /// Sets [`CreateOptions::heartbeat_interval`].
+    #[must_use]
+    pub fn heartbeat_interval(mut self, heartbeat_interval: Duration) -> Self {
+        self.heartbeat_interval = heartbeat_interval;
+        self
+    }
+
+    /// Sets [`CreateOptions::wait`].
+    #[must_use]
+    pub fn wait(mut self, wait: WaitStrategy) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Sets [`CreateOptions::reclaim_stale`].
+    #[must_use]
+    pub fn reclaim_stale(mut self, reclaim_stale: bool) -> Self {
+        self.reclaim_stale = reclaim_stale;
+        self
+    }
+
+    /// Sets [`CreateOptions::populate`].
+    #[must_use]
+    pub fn populate(mut self, populate: bool) -> Self {
+        self.populate = populate;
+        self
+    }
 }
 
 impl Default for CreateOptions {
@@ -120,8 +173,10 @@ impl CreateOptions {
 
 /// Options for [`Link::attach`] (the agent side).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AttachOptions {
-    /// How long to wait for the exchanger to create and initialise the segment (default 10 s).
+    /// How long to wait for the exchanger to create and initialise the segment (default
+    /// [`DEFAULT_ATTACH_TIMEOUT`], 60 s).
     pub attach_timeout: Duration,
     /// Interval of our heartbeat. Default [`DEFAULT_HEARTBEAT_INTERVAL`].
     pub heartbeat_interval: Duration,
@@ -131,10 +186,41 @@ pub struct AttachOptions {
     pub populate: bool,
 }
 
+/// Setters, one per field (the struct is `#[non_exhaustive]`: build it from `default()`).
+impl AttachOptions {
+    /// Sets [`AttachOptions::attach_timeout`].
+    #[must_use]
+    pub fn attach_timeout(mut self, attach_timeout: Duration) -> Self {
+        self.attach_timeout = attach_timeout;
+        self
+    }
+
+    /// Sets [`AttachOptions::heartbeat_interval`].
+    #[must_use]
+    pub fn heartbeat_interval(mut self, heartbeat_interval: Duration) -> Self {
+        self.heartbeat_interval = heartbeat_interval;
+        self
+    }
+
+    /// Sets [`AttachOptions::wait`].
+    #[must_use]
+    pub fn wait(mut self, wait: WaitStrategy) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Sets [`AttachOptions::populate`].
+    #[must_use]
+    pub fn populate(mut self, populate: bool) -> Self {
+        self.populate = populate;
+        self
+    }
+}
+
 impl Default for AttachOptions {
     fn default() -> Self {
         AttachOptions {
-            attach_timeout: Duration::from_secs(10),
+            attach_timeout: DEFAULT_ATTACH_TIMEOUT,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             wait: WaitStrategy::default(),
             populate: true,
@@ -296,7 +382,7 @@ impl LinkControl {
     }
 
     /// A snapshot of one side's block in the control block (untrusted values, as read).
-    pub fn side(&self, role: Role) -> Option<control::SideSnapshot> {
+    pub fn side(&self, role: Role) -> Option<SideSnapshot> {
         control::control_block(self.attachment.segment()).map(|c| control::snapshot(c, role))
     }
 
@@ -524,7 +610,7 @@ impl Link {
     }
 
     /// A snapshot of one side's block in the control block (untrusted values, as read).
-    pub fn side(&self, role: Role) -> Option<control::SideSnapshot> {
+    pub fn side(&self, role: Role) -> Option<SideSnapshot> {
         self.control.side(role)
     }
 

@@ -11,8 +11,8 @@
 //! from shared memory only when the copy says the ring is full (producer) or empty
 //! (consumer).
 //!
-//! The data region holds records aligned to [`RECORD_ALIGN`]. A record is a 64-byte slot whose
-//! first 16 bytes are a [`RecordHeader`] (`len`, `check = record_check(position, len)`),
+//! The data region holds records aligned to `RECORD_ALIGN`. A record is a 64-byte slot whose
+//! first 16 bytes are a `RecordHeader` (`len`, `check = record_check(position, len)`),
 //! followed by the payload padded to a multiple of 64, so every payload is 64-byte aligned. A
 //! record never wraps: when it does not fit before the end of the region, the producer first
 //! publishes a padding record (`len = RECORD_PADDING | bytes_to_end`) and continues at
@@ -72,7 +72,7 @@ pub enum CapacityError {
     Unaligned {
         /// The refused capacity.
         capacity: u64,
-        /// The required alignment ([`RECORD_ALIGN`]).
+        /// The required alignment (`RECORD_ALIGN`).
         align: u64,
     },
     /// The capacity cannot hold a record with a 64-byte payload.
@@ -94,7 +94,7 @@ pub enum CapacityError {
 }
 
 /// Checks that `capacity` can be used as the data size of a ring: non-zero, a multiple of
-/// [`RECORD_ALIGN`], at least [`MIN_CAPACITY`] and at most [`MAX_CAPACITY`].
+/// `RECORD_ALIGN`, at least [`MIN_CAPACITY`] and at most [`MAX_CAPACITY`].
 pub fn validate_capacity(capacity: u64) -> Result<(), CapacityError> {
     if capacity == 0 {
         return Err(CapacityError::Zero);
@@ -176,12 +176,12 @@ pub enum RingCorruption {
         /// The ring's capacity.
         capacity: u64,
     },
-    /// A position loaded from shared memory is not a multiple of [`RECORD_ALIGN`].
+    /// A position loaded from shared memory is not a multiple of `RECORD_ALIGN`.
     #[error("ring position {position} is not a multiple of {align}")]
     MisalignedPosition {
         /// The position loaded from shared memory.
         position: u64,
-        /// [`RECORD_ALIGN`].
+        /// `RECORD_ALIGN`.
         align: u64,
     },
     /// The record header's check word does not match its position and length.
@@ -565,7 +565,7 @@ impl Producer {
     /// Rust reference to the data bytes held elsewhere; at most one `Producer` may exist per
     /// ring at a time.
     #[cfg(not(loom))]
-    pub unsafe fn from_raw(
+    pub(crate) unsafe fn from_raw(
         header: NonNull<RingHeader>,
         data: NonNull<u8>,
         capacity: u64,
@@ -745,7 +745,7 @@ impl WriteGrant<'_> {
         self.len == 0
     }
 
-    /// Start of the payload, aligned to [`RECORD_ALIGN`]; valid for `len()` bytes of writes.
+    /// Start of the payload, aligned to `RECORD_ALIGN`; valid for `len()` bytes of writes.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.ptr
     }
@@ -970,7 +970,7 @@ impl Consumer {
     /// Rust reference to the data bytes held elsewhere; at most one `Consumer` may exist per
     /// ring at a time.
     #[cfg(not(loom))]
-    pub unsafe fn from_raw(
+    pub(crate) unsafe fn from_raw(
         header: NonNull<RingHeader>,
         data: NonNull<u8>,
         capacity: u64,
@@ -1126,7 +1126,7 @@ impl ReadGrant<'_> {
         self.len == 0
     }
 
-    /// Start of the payload, aligned to [`RECORD_ALIGN`]; valid for `len()` bytes of reads
+    /// Start of the payload, aligned to `RECORD_ALIGN`; valid for `len()` bytes of reads
     /// until the grant is released or dropped.
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr

@@ -4,7 +4,7 @@
 //! `/dev/shm`.
 //!
 //! Ownership is decided by the operating system, not by pids: the creator holds an OFD write
-//! lock on byte [`OWNER_LOCK_BYTE`] of the segment for as long as it has the segment open. A
+//! lock on byte `OWNER_LOCK_BYTE` of the segment for as long as it has the segment open. A
 //! segment whose owner lock can be taken has a dead owner and may be reclaimed; one whose lock
 //! is held is never touched. Every unlink by name first checks that the name still refers to
 //! the object in hand, so a process never removes a segment another process created since.

@@ -56,7 +56,7 @@ pub trait WaitWord: Send + Sync + 'static {
     fn wake(&self, word: &AtomicU32);
 }
 
-/// The Linux futex (shared, never `FUTEX_PRIVATE`), through [`crate::sys`].
+/// The Linux futex (shared, never `FUTEX_PRIVATE`), through `crate::sys`.
 #[cfg(all(target_os = "linux", not(loom)))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Futex;
@@ -193,12 +193,30 @@ pub fn notify(word: &AtomicU32, waiter: &dyn WaitWord) {
 
 /// How a blocking call waits: spin first, then sleep in slices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WaitStrategy {
     /// How long to busy-poll before sleeping (default 50 µs). Zero sleeps at once.
     pub spin: Duration,
     /// The longest single sleep, and the interval between peer-liveness checks while asleep
     /// (default 10 ms). Should be non-zero.
     pub poll_interval: Duration,
+}
+
+/// Setters, one per field (the struct is `#[non_exhaustive]`: build it from `default()`).
+impl WaitStrategy {
+    /// Sets [`WaitStrategy::spin`].
+    #[must_use]
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// Sets [`WaitStrategy::poll_interval`].
+    #[must_use]
+    pub fn poll_interval(mut self, poll_interval: Duration) -> Self {
+        self.poll_interval = poll_interval;
+        self
+    }
 }
 
 impl WaitStrategy {

@@ -62,12 +62,10 @@ fn model() -> Dxo<'static> {
 }
 
 fn agent_config() -> AgentConfig {
-    AgentConfig {
-        attach_timeout: Duration::from_secs(10),
-        heartbeat_interval: Duration::from_millis(20),
-        wait: quick_wait(),
-        ..AgentConfig::default()
-    }
+    AgentConfig::default()
+        .attach_timeout(Duration::from_secs(10))
+        .heartbeat_interval(Duration::from_millis(20))
+        .wait(quick_wait())
 }
 
 /// Overwrites `role`'s state word through a mapping of our own, as a third process would.

@@ -534,10 +534,7 @@ fn limits_are_enforced_before_allocating() {
         )
     });
 
-    let small = Limits {
-        max_tensors: 1,
-        ..Limits::default()
-    };
+    let small = Limits::default().max_tensors(1);
     let (mut tx, mut rx) = ring_pair(1 << 20);
     FrameSender::new()
         .send(&mut tx, &task("t"), Some(&sample_dxo(&data)), soon())
@@ -551,10 +548,7 @@ fn limits_are_enforced_before_allocating() {
             max: 1
         })
     ));
-    let limits = Limits {
-        max_meta_len: 4,
-        ..Limits::default()
-    };
+    let limits = Limits::default().max_meta_len(4);
     FrameSender::new()
         .send(&mut tx, &task("t"), Some(&sample_dxo(&data)), soon())
         .unwrap();

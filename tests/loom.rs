@@ -15,10 +15,9 @@ fn signals() -> Signals {
     Signals {
         waiter: Arc::new(LoomFutex::new()),
         peer: Arc::new(NoPeerCheck),
-        strategy: WaitStrategy {
-            spin: Duration::ZERO,
-            poll_interval: Duration::from_millis(10),
-        },
+        strategy: WaitStrategy::default()
+            .spin(Duration::ZERO)
+            .poll_interval(Duration::from_millis(10)),
     }
 }
 

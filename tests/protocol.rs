@@ -32,12 +32,10 @@ fn unique(tag: &str) -> SegmentName {
 }
 
 fn agent_config() -> AgentConfig {
-    AgentConfig {
-        attach_timeout: Duration::from_secs(10),
-        heartbeat_interval: Duration::from_millis(20),
-        wait: quick_wait(),
-        ..AgentConfig::default()
-    }
+    AgentConfig::default()
+        .attach_timeout(Duration::from_secs(10))
+        .heartbeat_interval(Duration::from_millis(20))
+        .wait(quick_wait())
 }
 
 fn create(tag: &str) -> Exchanger {
@@ -117,10 +115,7 @@ struct RawAgent {
 
 impl RawAgent {
     fn attach(exchanger: &Exchanger) -> RawAgent {
-        let options = AttachOptions {
-            heartbeat_interval: Duration::from_millis(20),
-            ..AttachOptions::default()
-        };
+        let options = AttachOptions::default().heartbeat_interval(Duration::from_millis(20));
         let link = Link::attach(exchanger.name(), &options).unwrap();
         let mut receiver = FrameReceiver::default();
         receiver.set_min_epoch(link.epoch());
@@ -202,10 +197,9 @@ struct RawExchanger {
 
 impl RawExchanger {
     fn create(tag: &str, heartbeat_interval: Duration) -> RawExchanger {
-        let options = CreateOptions {
-            heartbeat_interval,
-            ..CreateOptions::default().ring_capacity(1 << 20)
-        };
+        let options = CreateOptions::default()
+            .ring_capacity(1 << 20)
+            .heartbeat_interval(heartbeat_interval);
         RawExchanger {
             link: Link::create(&unique(tag), &options).unwrap(),
             sender: FrameSender::new(),
@@ -614,10 +608,7 @@ fn result_data_kind_defaults_to_weights() {
 
 /// An agent whose heartbeat never moves after attaching (its beater sleeps for an hour).
 fn stalled_agent(exchanger: &Exchanger) -> Link {
-    let options = AttachOptions {
-        heartbeat_interval: Duration::from_secs(3600),
-        ..AttachOptions::default()
-    };
+    let options = AttachOptions::default().heartbeat_interval(Duration::from_secs(3600));
     Link::attach(exchanger.name(), &options).unwrap()
 }
 
@@ -625,10 +616,7 @@ fn stalled_agent(exchanger: &Exchanger) -> Link {
 fn stalled_agent_is_disconnected_after_connection_timeout() {
     let exchanger = create_with(
         "e9-stalled",
-        ExchangerConfig {
-            agent_connection_timeout: Duration::from_millis(200),
-            ..exchanger_config()
-        },
+        exchanger_config().agent_connection_timeout(Duration::from_millis(200)),
     );
     let stalled = stalled_agent(&exchanger);
     let epoch = stalled.epoch();
@@ -646,11 +634,9 @@ fn stalled_agent_is_disconnected_after_connection_timeout() {
 fn stalled_agent_is_dead_after_heartbeat_timeout() {
     let exchanger = Arc::new(create_with(
         "e9-dead",
-        ExchangerConfig {
-            agent_connection_timeout: Duration::from_millis(100),
-            agent_heartbeat_timeout: Some(Duration::from_millis(300)),
-            ..exchanger_config()
-        },
+        exchanger_config()
+            .agent_connection_timeout(Duration::from_millis(100))
+            .agent_heartbeat_timeout(Some(Duration::from_millis(300))),
     ));
     let stalled = stalled_agent(&exchanger);
     let pending = spawn_execute(&exchanger, "t1", watchdog());
@@ -688,10 +674,7 @@ fn in_flight_task_is_redelivered_to_restarted_agent() {
 fn result_timeout_returns_timeout_and_aborts_agent() {
     let exchanger = Arc::new(create_with(
         "e9-timeout",
-        ExchangerConfig {
-            result_timeout: Some(Duration::from_millis(100)),
-            ..exchanger_config()
-        },
+        exchanger_config().result_timeout(Some(Duration::from_millis(100))),
     ));
     let agent = attach(&exchanger);
     let pending = spawn_execute(&exchanger, "t1", watchdog());
@@ -882,10 +865,7 @@ fn stalled_exchanger_makes_agent_disconnected() {
     let raw = RawExchanger::create("a5-stalled", Duration::from_secs(3600));
     let agent = Agent::attach(
         &raw.name(),
-        AgentConfig {
-            flare_site_connection_timeout: Duration::from_millis(150),
-            ..agent_config()
-        },
+        agent_config().flare_site_connection_timeout(Duration::from_millis(150)),
     )
     .unwrap();
     eventually("disconnected", || {
@@ -898,11 +878,9 @@ fn exchanger_silence_past_heartbeat_timeout_closes_agent() {
     let raw = RawExchanger::create("a5-silence", Duration::from_secs(3600));
     let agent = Agent::attach(
         &raw.name(),
-        AgentConfig {
-            flare_site_connection_timeout: Duration::from_millis(100),
-            flare_site_heartbeat_timeout: Some(Duration::from_millis(250)),
-            ..agent_config()
-        },
+        agent_config()
+            .flare_site_connection_timeout(Duration::from_millis(100))
+            .flare_site_heartbeat_timeout(Some(Duration::from_millis(250))),
     )
     .unwrap();
     assert_closed(&agent);
@@ -1006,17 +984,16 @@ fn r2_same_id_after_abort_is_delivered_again() {
 
 #[test]
 fn r3_new_incarnation_seen_during_drain_is_not_ended() {
-    let config = ExchangerConfig {
-        agent_heartbeat_interval: Duration::from_millis(20),
-        wait: shmex::signal::WaitStrategy {
-            spin: Duration::from_micros(20),
-            poll_interval: Duration::from_millis(100),
-        },
-        task_ring_capacity: 4096,
-        result_ring_capacity: 1 << 20,
-        agent_ack_timeout: Duration::from_millis(300),
-        ..ExchangerConfig::default()
-    };
+    let config = ExchangerConfig::default()
+        .agent_heartbeat_interval(Duration::from_millis(20))
+        .wait(
+            shmex::signal::WaitStrategy::default()
+                .spin(Duration::from_micros(20))
+                .poll_interval(Duration::from_millis(100)),
+        )
+        .task_ring_capacity(4096)
+        .result_ring_capacity(1 << 20)
+        .agent_ack_timeout(Duration::from_millis(300));
     let ex = Arc::new(Exchanger::create(&unique("r3"), config).unwrap());
     let result = model().with_meta("n", 1);
     // Incarnation 1 sends results for unknown tasks and never reads: its acks fill the
@@ -1075,10 +1052,7 @@ fn r3_new_incarnation_seen_during_drain_is_not_ended() {
 
 #[test]
 fn r7_result_timeout_bounds_execute_without_task_ack() {
-    let config = ExchangerConfig {
-        result_timeout: Some(Duration::from_millis(500)),
-        ..exchanger_config()
-    };
+    let config = exchanger_config().result_timeout(Some(Duration::from_millis(500)));
     let ex = Arc::new(Exchanger::create(&unique("r7"), config).unwrap());
     let _silent = RawAgent::attach(&ex); // attached and beating, never reads or acks
     let start = Instant::now();
@@ -1106,10 +1080,7 @@ fn finished_within_watchdog<T>(handle: std::thread::JoinHandle<T>, what: &str) -
 
 /// A raw agent attached with `heartbeat_interval` (an hour: its heartbeat never moves).
 fn raw_agent_with_heartbeat(exchanger: &Exchanger, heartbeat_interval: Duration) -> RawAgent {
-    let options = AttachOptions {
-        heartbeat_interval,
-        ..AttachOptions::default()
-    };
+    let options = AttachOptions::default().heartbeat_interval(heartbeat_interval);
     let link = Link::attach(exchanger.name(), &options).unwrap();
     let mut receiver = FrameReceiver::default();
     receiver.set_min_epoch(link.epoch());
@@ -1121,11 +1092,9 @@ fn raw_agent_with_heartbeat(exchanger: &Exchanger, heartbeat_interval: Duration)
 }
 
 fn stopping_config() -> ExchangerConfig {
-    ExchangerConfig {
-        agent_connection_timeout: Duration::from_millis(100),
-        agent_heartbeat_timeout: Some(Duration::from_millis(300)),
-        ..exchanger_config()
-    }
+    exchanger_config()
+        .agent_connection_timeout(Duration::from_millis(100))
+        .agent_heartbeat_timeout(Some(Duration::from_millis(300)))
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1138,10 +1107,7 @@ fn d1_stopped_exchanger_says_bye_and_a_submitting_agent_returns() {
     let agent = Arc::new(
         Agent::attach(
             ex.name(),
-            AgentConfig {
-                heartbeat_interval: Duration::from_secs(3600),
-                ..agent_config()
-            },
+            agent_config().heartbeat_interval(Duration::from_secs(3600)),
         )
         .unwrap(),
     );
@@ -1193,11 +1159,9 @@ fn d1_stopped_exchanger_answers_results_invalid() {
 
 #[test]
 fn d2_abort_returns_while_the_pump_is_blocked_pushing_an_ack() {
-    let config = ExchangerConfig {
-        task_ring_capacity: 4096,
-        agent_ack_timeout: Duration::from_secs(3600),
-        ..exchanger_config()
-    };
+    let config = exchanger_config()
+        .task_ring_capacity(4096)
+        .agent_ack_timeout(Duration::from_secs(3600));
     let ex = Arc::new(create_with("d2", config));
     let mut raw = RawAgent::attach(&ex);
     let abort = AbortSignal::new();
@@ -1373,10 +1337,7 @@ fn send_first_fragment(
 
 #[test]
 fn d6_exchanger_close_returns_while_a_result_is_half_received() {
-    let config = ExchangerConfig {
-        agent_connection_timeout: Duration::from_secs(3600),
-        ..exchanger_config()
-    };
+    let config = exchanger_config().agent_connection_timeout(Duration::from_secs(3600));
     let ex = Arc::new(create_with("d6x", config));
     let mut raw = RawAgent::attach(&ex);
     eventually("bound", || {
@@ -1398,10 +1359,7 @@ fn d6_agent_close_returns_while_a_task_is_half_received() {
     let agent = Arc::new(
         Agent::attach(
             &raw.name(),
-            AgentConfig {
-                flare_site_connection_timeout: Duration::from_secs(3600),
-                ..agent_config()
-            },
+            agent_config().flare_site_connection_timeout(Duration::from_secs(3600)),
         )
         .unwrap(),
     );

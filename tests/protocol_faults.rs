@@ -126,10 +126,7 @@ fn bytes_of(weights: &[f32]) -> &[u8] {
 
 #[test]
 fn fail_policy_returns_execution_exception_on_agent_death() {
-    let config = ExchangerConfig {
-        on_agent_restart: RestartPolicy::Fail,
-        ..config()
-    };
+    let config = config().on_agent_restart(RestartPolicy::Fail);
     let exchanger = Arc::new(Exchanger::create(&unique("failpolicy"), config).unwrap());
     let pending = kill_agent_holding_task(&exchanger, "fail");
     assert_eq!(pending.join().unwrap().rc, ReturnCode::ExecutionException);
@@ -182,12 +179,10 @@ fn nothing_from_old_incarnation_reaches_new_agent() {
 // ---------------------------------------------------------------- exchanger killed
 
 fn agent_config() -> AgentConfig {
-    AgentConfig {
-        attach_timeout: Duration::from_secs(30),
-        heartbeat_interval: Duration::from_millis(20),
-        wait: quick_wait(),
-        ..AgentConfig::default()
-    }
+    AgentConfig::default()
+        .attach_timeout(Duration::from_secs(30))
+        .heartbeat_interval(Duration::from_millis(20))
+        .wait(quick_wait())
 }
 
 /// An agent holding task `t1` from an exchanger process that was then SIGKILLed.
@@ -262,11 +257,9 @@ fn killed_exchanger_is_reclaimed_and_waiting_agent_serves_new_one() {
 
 #[test]
 fn stopped_agent_is_disconnected_then_dead_after_heartbeat_timeout() {
-    let config = ExchangerConfig {
-        agent_connection_timeout: Duration::from_millis(300),
-        agent_heartbeat_timeout: Some(Duration::from_millis(1500)),
-        ..config()
-    };
+    let config = config()
+        .agent_connection_timeout(Duration::from_millis(300))
+        .agent_heartbeat_timeout(Some(Duration::from_millis(1500)));
     let exchanger = Arc::new(Exchanger::create(&unique("sigstop"), config).unwrap());
     let mut agent = Peer::spawn(&["agent-serve", exchanger.name().as_str()]);
     agent.expect_line("READY");
@@ -491,16 +484,15 @@ fn d5_result_of_killed_exchangers_task_never_completes_new_task() {
 #[test]
 fn d6_agent_killed_mid_result_and_replaced_at_once_gets_the_task_again() {
     let name = unique("d6");
-    let config = ExchangerConfig {
-        agent_connection_timeout: Duration::from_secs(3600),
-        // The ring wait probes the agent's role lock only every second: the replacement
-        // attaches well within that.
-        wait: shmex::signal::WaitStrategy {
-            spin: Duration::from_micros(20),
-            poll_interval: Duration::from_secs(1),
-        },
-        ..config()
-    };
+    // The ring wait probes the agent's role lock only every second: the replacement
+    // attaches well within that.
+    let config = config()
+        .agent_connection_timeout(Duration::from_secs(3600))
+        .wait(
+            shmex::signal::WaitStrategy::default()
+                .spin(Duration::from_micros(20))
+                .poll_interval(Duration::from_secs(1)),
+        );
     let exchanger = Arc::new(Exchanger::create(&name, config).unwrap());
     let mut old = Peer::spawn(&["raw-partial-result-then-hang", name.as_str()]);
     old.expect_line("READY");

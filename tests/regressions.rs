@@ -33,10 +33,9 @@ fn a_record_published_just_before_the_peer_leaves_is_delivered_not_lost() {
     let check = Arc::new(LeavesAfterLastRecord(Mutex::new(None)));
     let signals = Signals {
         peer: check.clone(),
-        strategy: WaitStrategy {
-            spin: Duration::ZERO,
-            poll_interval: Duration::from_millis(1),
-        },
+        strategy: WaitStrategy::default()
+            .spin(Duration::ZERO)
+            .poll_interval(Duration::from_millis(1)),
         ..Signals::in_process()
     };
     let (producer, mut consumer) = ring::in_process(4096, signals).unwrap();
@@ -145,10 +144,9 @@ fn unlink_leaves_a_segment_created_since_under_the_same_name() {
 
 #[test]
 fn a_zero_heartbeat_interval_is_raised_not_spun_on() {
-    let options = CreateOptions {
-        heartbeat_interval: Duration::ZERO,
-        ..CreateOptions::default().ring_capacity(64 * 1024)
-    };
+    let options = CreateOptions::default()
+        .ring_capacity(64 * 1024)
+        .heartbeat_interval(Duration::ZERO);
     let (exchanger, _agent) = Link::in_process(&options).unwrap();
     let side = exchanger.side(shmex::layout::Role::Exchanger).unwrap();
     assert_eq!(

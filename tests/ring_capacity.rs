@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use shmex::frame::{DataKind, Dxo, ReturnCode};
 use shmex::link::{LinkCreateError, MIN_RING_CAPACITY};
-use shmex::protocol::{
-    Agent, AgentConfig, Exchanger, ExchangerConfig, ExchangerCreateError, Headers,
-};
+use shmex::protocol::{Agent, AgentConfig, Exchanger, ExchangerCreateError, Headers};
 
 mod common;
 
@@ -18,11 +16,9 @@ use common::{quick_exchanger_config, quick_wait, unique_name, watchdog_abort, WA
 #[test]
 fn a_ring_too_small_for_a_fragment_is_refused_at_create_with_a_typed_error() {
     for (tag, task, result) in [("task", 128, 1 << 20), ("result", 1 << 20, 128)] {
-        let config = ExchangerConfig {
-            task_ring_capacity: task,
-            result_ring_capacity: result,
-            ..quick_exchanger_config()
-        };
+        let config = quick_exchanger_config()
+            .task_ring_capacity(task)
+            .result_ring_capacity(result);
         match Exchanger::create(&unique_name("cap", tag), config) {
             Err(ExchangerCreateError::Link(LinkCreateError::RingTooSmall {
                 ring,
@@ -40,23 +36,19 @@ fn a_ring_too_small_for_a_fragment_is_refused_at_create_with_a_typed_error() {
 
 #[test]
 fn a_multi_fragment_message_crosses_rings_of_the_minimum_capacity_intact() {
-    let config = ExchangerConfig {
-        task_ring_capacity: MIN_RING_CAPACITY,
-        result_ring_capacity: MIN_RING_CAPACITY,
-        ..quick_exchanger_config()
-    };
+    let config = quick_exchanger_config()
+        .task_ring_capacity(MIN_RING_CAPACITY)
+        .result_ring_capacity(MIN_RING_CAPACITY);
     let exchanger = Exchanger::create(&unique_name("cap", "min"), config).unwrap();
     // 64 KiB of distinct values: sixteen times the ring, so many fragments each way.
     let weights: Vec<f32> = (0..16 * 1024).map(|i| i as f32).collect();
     let task = Dxo::new(DataKind::Weights)
         .with_tensor("w", &[weights.len() as u64], &weights)
         .unwrap();
-    let agent_config = AgentConfig {
-        attach_timeout: Duration::from_secs(10),
-        heartbeat_interval: Duration::from_millis(20),
-        wait: quick_wait(),
-        ..AgentConfig::default()
-    };
+    let agent_config = AgentConfig::default()
+        .attach_timeout(Duration::from_secs(10))
+        .heartbeat_interval(Duration::from_millis(20))
+        .wait(quick_wait());
     let reply = std::thread::scope(|s| {
         let name = exchanger.name().clone();
         let agent = s.spawn(move || {

@@ -827,14 +827,10 @@ fn echo_session(
     mode: &str,
 ) -> Res<(Link, Peer)> {
     let name = unique_name(transport)?;
-    let wait = WaitStrategy {
-        spin,
-        ..WaitStrategy::default()
-    };
-    let options = CreateOptions {
-        wait,
-        ..CreateOptions::default().ring_capacity(MIB as u64)
-    };
+    let wait = WaitStrategy::default().spin(spin);
+    let options = CreateOptions::default()
+        .ring_capacity(MIB as u64)
+        .wait(wait);
     let link = Link::create(&name, &options)?;
     let mut peer = Peer::spawn(
         &config.launcher,
@@ -1161,13 +1157,9 @@ impl LoanSession {
     fn start(config: &Config, sizes: &[usize]) -> Res<LoanSession> {
         let largest = *sizes.iter().max().ok_or("no hand-off sizes")?;
         let name = unique_name("loan")?;
-        let options = CreateOptions {
-            wait: WaitStrategy {
-                spin: ACTIVE_SPIN,
-                ..WaitStrategy::default()
-            },
-            ..CreateOptions::default().ring_capacity(shmex_cli::harness::loan_ring(largest) as u64)
-        };
+        let options = CreateOptions::default()
+            .ring_capacity(shmex_cli::harness::loan_ring(largest) as u64)
+            .wait(WaitStrategy::default().spin(ACTIVE_SPIN));
         let link = Link::create(&name, &options)?;
         let mut peer = Peer::spawn(&config.launcher, "loan-echo", &[name.as_str().to_string()])?;
         peer.expect("ready")?;
@@ -1527,10 +1519,7 @@ fn child_uds_echo(path: &str) -> Res<()> {
 }
 
 fn child_shmex_echo(name: &str, spin: Duration) -> Res<()> {
-    let wait = WaitStrategy {
-        spin,
-        ..WaitStrategy::default()
-    };
+    let wait = WaitStrategy::default().spin(spin);
     let mut link = child_attach(name, wait)?;
     let mut ping = Vec::with_capacity(64);
     loop {
@@ -1598,10 +1587,7 @@ fn child_model_sink(name: &str, total: usize, count: usize, variant: &str) -> Re
 }
 
 fn child_loan_echo(name: &str) -> Res<()> {
-    let wait = WaitStrategy {
-        spin: ACTIVE_SPIN,
-        ..WaitStrategy::default()
-    };
+    let wait = WaitStrategy::default().spin(ACTIVE_SPIN);
     let mut link = child_attach(name, wait)?;
     let mut sender = FrameSender::new();
     let mut receiver = FrameReceiver::default();
@@ -1651,10 +1637,7 @@ fn child_loan_echo(name: &str) -> Res<()> {
 }
 
 fn child_task_echo(name: &str, spin: Duration) -> Res<()> {
-    let wait = WaitStrategy {
-        spin,
-        ..WaitStrategy::default()
-    };
+    let wait = WaitStrategy::default().spin(spin);
     let mut link = child_attach(name, wait)?;
     let mut sender = FrameSender::new();
     let mut receiver = FrameReceiver::default();
@@ -1807,15 +1790,10 @@ fn protocol_session(
     ring: u64,
 ) -> Res<(Exchanger, Peer)> {
     let name = unique_name(transport)?;
-    let exchanger_config = ExchangerConfig {
-        wait: WaitStrategy {
-            spin,
-            ..WaitStrategy::default()
-        },
-        task_ring_capacity: ring,
-        result_ring_capacity: ring,
-        ..ExchangerConfig::default()
-    };
+    let exchanger_config = ExchangerConfig::default()
+        .wait(WaitStrategy::default().spin(spin))
+        .task_ring_capacity(ring)
+        .result_ring_capacity(ring);
     let exchanger = Exchanger::create(&name, exchanger_config)?;
     let mut peer = Peer::spawn(
         &config.launcher,
@@ -1972,14 +1950,9 @@ fn bench_protocol_model(config: &Config, report: &mut Report) -> Res<()> {
 /// An `Agent` answering every task with a WEIGHT_DIFF result of the task's own tensors (sent
 /// from the received task, no copy first) until the exchanger says `bye`.
 fn child_protocol_agent(name: &str, spin: Duration) -> Res<()> {
-    let config = AgentConfig {
-        attach_timeout: PEER_TIMEOUT,
-        wait: WaitStrategy {
-            spin,
-            ..WaitStrategy::default()
-        },
-        ..AgentConfig::default()
-    };
+    let config = AgentConfig::default()
+        .attach_timeout(PEER_TIMEOUT)
+        .wait(WaitStrategy::default().spin(spin));
     let agent = Agent::attach(&SegmentName::new(name)?, config)?;
     println!("ready");
     loop {

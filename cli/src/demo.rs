@@ -93,11 +93,9 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
     }
 
     let name = SegmentName::new(format!("shmex.demo.{}", std::process::id()))?;
-    let config = ExchangerConfig {
-        task_ring_capacity: ring as u64,
-        result_ring_capacity: ring as u64,
-        ..ExchangerConfig::default()
-    };
+    let config = ExchangerConfig::default()
+        .task_ring_capacity(ring as u64)
+        .result_ring_capacity(ring as u64);
     let exchanger = Exchanger::create(&name, config)?;
     let (_, cpus) = harness::pick_cpus().map_err(|e| Failure::new(e.to_string()))?;
     let launcher = Launcher::current_exe(&[CHILD_COMMAND], None).map_err(child_error)?;

@@ -669,11 +669,9 @@ pub fn say_bye(sender: &mut FrameSender, link: &mut Link, peer: &mut Peer) -> Re
 /// Attaches to segment `name` as the agent with `wait`, and prints `ready`.
 pub fn child_attach(name: &str, wait: WaitStrategy) -> Res<Link> {
     let name = SegmentName::new(name.to_string())?;
-    let options = AttachOptions {
-        attach_timeout: Duration::from_secs(10),
-        wait,
-        ..AttachOptions::default()
-    };
+    let options = AttachOptions::default()
+        .attach_timeout(Duration::from_secs(10))
+        .wait(wait);
     let link = Link::attach(&name, &options)?;
     println!("ready");
     Ok(link)
@@ -736,10 +734,9 @@ impl LoanTransfer {
     /// `loan-sink` child.
     pub fn start(launcher: &Launcher, transport: &str, max: usize) -> Res<LoanTransfer> {
         let name = unique_name("bench", transport)?;
-        let options = CreateOptions {
-            result_ring_capacity: 64 * KIB as u64,
-            ..CreateOptions::default().ring_capacity(loan_ring(max) as u64)
-        };
+        let options = CreateOptions::default()
+            .ring_capacity(loan_ring(max) as u64)
+            .result_ring_capacity(64 * KIB as u64);
         let link = Link::create(&name, &options)?;
         let mut peer = Peer::spawn(launcher, "loan-sink", &[name.as_str().to_string()])?;
         peer.expect("ready")?;

@@ -205,11 +205,9 @@ mod tests {
     #[test]
     fn a_round_through_the_protocol_is_verified() {
         let name = SegmentName::new(format!("shmex.test.demo.{}", std::process::id())).unwrap();
-        let config = ExchangerConfig {
-            task_ring_capacity: 64 * 1024,
-            result_ring_capacity: 64 * 1024,
-            ..ExchangerConfig::default()
-        };
+        let config = ExchangerConfig::default()
+            .task_ring_capacity(64 * 1024)
+            .result_ring_capacity(64 * 1024);
         let exchanger = Exchanger::create(&name, config).unwrap();
         let agent = Agent::attach(&name, AgentConfig::default()).unwrap();
         let model = Model::new(256 * 1024, 7);

@@ -4,9 +4,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use clap::Args;
-use shmex::control::Liveness;
 use shmex::inspect::{self, Occupancy, Removal, SegmentReport, SideReport};
-use shmex::layout::{CONTROL_LEN, LAYOUT_VERSION, MAGIC, RING_MAGIC};
+use shmex::inspect::{CONTROL_LEN, LAYOUT_VERSION, MAGIC, RING_MAGIC};
+use shmex::link::Liveness;
 use shmex::segment::{self, SegmentName};
 
 use crate::format;
@@ -205,7 +205,7 @@ fn describe(report: &SegmentReport) -> String {
     };
     let _ = writeln!(out, "contents  {verdict}");
     if let Some(h) = &report.header {
-        let now = shmex::sys::unix_millis();
+        let now = shmex::inspect::unix_millis();
         let _ = writeln!(out, "\nheader");
         let _ = writeln!(
             out,

@@ -23,8 +23,8 @@ use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use serde_json::{Map, Value};
-use shmex::frame::{DType, DataKind, Dxo, DxoError, OwnedMessage, ReturnCode, SendError};
 use shmex::error::{Coded, ErrorCode};
+use shmex::frame::{DType, DataKind, Dxo, DxoError, OwnedMessage, ReturnCode, SendError};
 use shmex::protocol::{
     AbortSignal, Agent, AgentAttachError, AgentConfig, AgentStatus, CloseError, Exchanger,
     ExchangerConfig, ExchangerCreateError, ExchangerStatus, GetTaskError, Headers, RestartPolicy,
@@ -443,29 +443,27 @@ impl PyExchanger {
                 }
             };
             // Struct update from the default: fields the binding does not set keep it.
-            let config = ExchangerConfig {
-                send_task_timeout: seconds("send_task_timeout", send_task_timeout)?,
-                resend_task_interval: seconds("resend_task_interval", resend_task_interval)?,
-                agent_connection_timeout: seconds(
+            let config = ExchangerConfig::default()
+                .send_task_timeout(seconds("send_task_timeout", send_task_timeout)?)
+                .resend_task_interval(seconds("resend_task_interval", resend_task_interval)?)
+                .agent_connection_timeout(seconds(
                     "agent_connection_timeout",
                     agent_connection_timeout,
-                )?,
-                agent_heartbeat_timeout: optional_seconds(
+                )?)
+                .agent_heartbeat_timeout(optional_seconds(
                     "agent_heartbeat_timeout",
                     agent_heartbeat_timeout,
-                )?,
-                agent_heartbeat_interval: seconds(
+                )?)
+                .agent_heartbeat_interval(seconds(
                     "agent_heartbeat_interval",
                     agent_heartbeat_interval,
-                )?,
-                agent_ack_timeout: seconds("agent_ack_timeout", agent_ack_timeout)?,
-                result_timeout: optional_seconds("result_timeout", result_timeout)?,
-                on_agent_restart,
-                task_ring_capacity,
-                result_ring_capacity,
-                reclaim_stale,
-                ..ExchangerConfig::default()
-            };
+                )?)
+                .agent_ack_timeout(seconds("agent_ack_timeout", agent_ack_timeout)?)
+                .result_timeout(optional_seconds("result_timeout", result_timeout)?)
+                .on_agent_restart(on_agent_restart)
+                .task_ring_capacity(task_ring_capacity)
+                .result_ring_capacity(result_ring_capacity)
+                .reclaim_stale(reclaim_stale);
             let exchanger = py
                 .detach(|| Exchanger::create(&name, config))
                 .map_err(create_error)?;
@@ -616,21 +614,19 @@ impl PyAgent {
     ) -> PyResult<PyAgent> {
         guarded(|| {
             let name = segment_name(site, agent_id)?;
-            let config = AgentConfig {
-                submit_result_timeout: seconds("submit_result_timeout", submit_result_timeout)?,
-                flare_site_connection_timeout: seconds(
+            let config = AgentConfig::default()
+                .submit_result_timeout(seconds("submit_result_timeout", submit_result_timeout)?)
+                .flare_site_connection_timeout(seconds(
                     "flare_site_connection_timeout",
                     flare_site_connection_timeout,
-                )?,
-                flare_site_heartbeat_timeout: optional_seconds(
+                )?)
+                .flare_site_heartbeat_timeout(optional_seconds(
                     "flare_site_heartbeat_timeout",
                     flare_site_heartbeat_timeout,
-                )?,
-                resend_result_interval: seconds("resend_result_interval", resend_result_interval)?,
-                attach_timeout: seconds("attach_timeout", attach_timeout)?,
-                heartbeat_interval: seconds("heartbeat_interval", heartbeat_interval)?,
-                ..AgentConfig::default()
-            };
+                )?)
+                .resend_result_interval(seconds("resend_result_interval", resend_result_interval)?)
+                .attach_timeout(seconds("attach_timeout", attach_timeout)?)
+                .heartbeat_interval(seconds("heartbeat_interval", heartbeat_interval)?);
             // Interrupted: the attach finishes on its own (within attach_timeout) and the
             // agent it made is dropped, which detaches.
             let agent = run_blocking(

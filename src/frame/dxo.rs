@@ -151,6 +151,42 @@ impl<'a> Dxo<'a> {
         shape: &[u64],
         bytes: &'a [u8],
     ) -> Result<Dxo<'a>, DxoError> {
+        self.push_tensor_bytes(name, dtype, shape, bytes)?;
+        Ok(self)
+    }
+
+    /// Adds a tensor of elements `T` in place, so that a DXO can be built in a loop:
+    ///
+    /// ```
+    /// use shmex::frame::{DataKind, Dxo};
+    /// # fn main() -> Result<(), shmex::frame::DxoError> {
+    /// let layers = vec![vec![0.5f32; 16]; 3];
+    /// let names: Vec<String> = (0..layers.len()).map(|i| format!("layer{i}.weight")).collect();
+    /// let mut dxo = Dxo::new(DataKind::Weights);
+    /// for (name, layer) in names.iter().zip(&layers) {
+    ///     dxo.push_tensor(name.as_str(), &[16], layer)?;
+    /// }
+    /// assert_eq!(dxo.tensors().len(), 3);
+    /// # Ok(()) }
+    /// ```
+    pub fn push_tensor<T: Element>(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[u64],
+        data: &'a [T],
+    ) -> Result<(), DxoError> {
+        self.push_tensor_bytes(name, T::DTYPE, shape, data.as_bytes())
+    }
+
+    /// Adds a tensor given as raw bytes of `dtype` elements, in place; on an error the DXO is
+    /// unchanged.
+    pub fn push_tensor_bytes(
+        &mut self,
+        name: impl Into<String>,
+        dtype: DType,
+        shape: &[u64],
+        bytes: &'a [u8],
+    ) -> Result<(), DxoError> {
         let name = name.into();
         check_tensor_spec(&name, dtype, shape, Some(bytes.len()))?;
         if !self.names.insert(name.clone()) {
@@ -162,7 +198,7 @@ impl<'a> Dxo<'a> {
             shape: shape.to_vec(),
             bytes,
         });
-        Ok(self)
+        Ok(())
     }
 
     /// Attaches opaque bytes (APP_DEFINED only).

@@ -92,6 +92,7 @@ impl<'a> Envelope<'a> {
 
 /// Limits a receiver enforces on incoming messages, before allocating anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest message body, in bytes (default 16 GiB).
     pub max_message_len: u64,
@@ -103,6 +104,44 @@ pub struct Limits {
     pub max_meta_len: u32,
     /// Longest task id or task name, in bytes (default 1,024).
     pub max_task_field_len: u32,
+}
+
+/// Setters, one per field (the struct is `#[non_exhaustive]`: build it from `default()`).
+impl Limits {
+    /// Sets [`Limits::max_message_len`].
+    #[must_use]
+    pub fn max_message_len(mut self, max_message_len: u64) -> Self {
+        self.max_message_len = max_message_len;
+        self
+    }
+
+    /// Sets [`Limits::max_tensors`].
+    #[must_use]
+    pub fn max_tensors(mut self, max_tensors: u32) -> Self {
+        self.max_tensors = max_tensors;
+        self
+    }
+
+    /// Sets [`Limits::max_name_len`].
+    #[must_use]
+    pub fn max_name_len(mut self, max_name_len: u32) -> Self {
+        self.max_name_len = max_name_len;
+        self
+    }
+
+    /// Sets [`Limits::max_meta_len`].
+    #[must_use]
+    pub fn max_meta_len(mut self, max_meta_len: u32) -> Self {
+        self.max_meta_len = max_meta_len;
+        self
+    }
+
+    /// Sets [`Limits::max_task_field_len`].
+    #[must_use]
+    pub fn max_task_field_len(mut self, max_task_field_len: u32) -> Self {
+        self.max_task_field_len = max_task_field_len;
+        self
+    }
 }
 
 impl Default for Limits {

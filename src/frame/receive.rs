@@ -104,6 +104,21 @@ pub struct FrameReceiver {
     /// Where an [`OwnedMessage`] taken from the reassembly buffer returns that buffer when
     /// dropped, so the next large message reuses its pages instead of faulting in new ones.
     pub(super) returned: Arc<Mutex<AlignedBuf>>,
+    /// The message the last receive began and did not deliver.
+    pub(super) dropped: Option<DroppedMessage>,
+}
+
+/// A message a receive began (its first fragment was read) and then refused or gave up:
+/// what the receiver knows of it, so that a protocol can answer its sender
+/// ([`FrameReceiver::dropped`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DroppedMessage {
+    /// Its sequence number.
+    pub sequence: u64,
+    /// Its kind (`None`: a kind this version does not define).
+    pub kind: Option<MessageKind>,
+    /// The agent epoch it carried.
+    pub epoch: u64,
 }
 
 /// What a receiver keeps from one message to the next: the last body parsed in full (a copy
@@ -128,6 +143,13 @@ impl FrameReceiver {
     /// The limits enforced.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// After a receive that failed: the message it had begun and dropped (over a limit,
+    /// malformed, its sender gone quiet or replaced mid-message), if it had begun one. `None`
+    /// after a receive that delivered a message, or that failed before a message began.
+    pub fn dropped(&self) -> Option<DroppedMessage> {
+        self.dropped
     }
 
     /// From now on, consumes and drops without parsing every fragment stamped with an epoch
@@ -212,8 +234,10 @@ impl FrameReceiver {
             min_epoch,
             stale_dropped,
             returned,
+            dropped,
         } = self;
         let limits = *limits;
+        *dropped = None;
         let first = loop {
             let grant = consumer.peek(deadline)?;
             match fragment_header(&grant) {
@@ -228,7 +252,13 @@ impl FrameReceiver {
                 }
             }
         };
-        if first.flags & FLAG_FIRST == 0 {
+        if first.flags & FLAG_FIRST != 0 {
+            *dropped = Some(DroppedMessage {
+                sequence: first.sequence,
+                kind: MessageKind::from_code(first.kind.into()),
+                epoch: first.epoch,
+            });
+        } else {
             discard_next(consumer)?;
             return Err(FrameError::OutOfOrder(OrderProblem::MissingFirst {
                 sequence: first.sequence,
@@ -264,6 +294,7 @@ impl FrameReceiver {
             return match parsed {
                 Ok(mut parsed) => {
                     parsed.epoch = first.epoch;
+                    *dropped = None;
                     Ok(Message {
                         storage: Storage::Ring(Some(grant)),
                         kind,
@@ -393,6 +424,7 @@ impl FrameReceiver {
             }
             None => Storage::Assembled(assembly, returned),
         };
+        *dropped = None;
         Ok(Message {
             storage,
             kind,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::frame::Limits;
-use crate::link::DEFAULT_RING_CAPACITY;
+use crate::link::{DEFAULT_ATTACH_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_RING_CAPACITY};
 use crate::signal::WaitStrategy;
 
 /// What the exchanger does with the in-flight task when the agent incarnation it was sent to
@@ -20,6 +20,7 @@ pub enum RestartPolicy {
 
 /// Options of [`super::Exchanger::create`]. `Default` gives FLARE's `IPCExchanger` defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ExchangerConfig {
     /// FLARE's wait for the agent's `task_ack` before the ack counts as late
     /// (`send_task_timeout`, 5 s). Accepted for FLARE parity and not read: a late ack is not
@@ -65,6 +66,100 @@ pub struct ExchangerConfig {
     pub reclaim_stale: bool,
 }
 
+/// Setters, one per field (the struct is `#[non_exhaustive]`: build it from `default()`).
+impl ExchangerConfig {
+    /// Sets [`ExchangerConfig::send_task_timeout`].
+    #[must_use]
+    pub fn send_task_timeout(mut self, send_task_timeout: Duration) -> Self {
+        self.send_task_timeout = send_task_timeout;
+        self
+    }
+
+    /// Sets [`ExchangerConfig::resend_task_interval`].
+    #[must_use]
+    pub fn resend_task_interval(mut self, resend_task_interval: Duration) -> Self {
+        self.resend_task_interval = resend_task_interval;
+        self
+    }
+
+    /// Sets [`ExchangerConfig::agent_connection_timeout`].
+    #[must_use]
+    pub fn agent_connection_timeout(mut self, agent_connection_timeout: Duration) -> Self {
+        self.agent_connection_timeout = agent_connection_timeout;
+        self
+    }
+
+    /// Sets [`ExchangerConfig::agent_heartbeat_timeout`].
+    #[must_use]
+    pub fn agent_heartbeat_timeout(mut self, agent_heartbeat_timeout: Option<Duration>) -> Self {
+        self.agent_heartbeat_timeout = agent_heartbeat_timeout;
+        self
+    }
+
+    /// Sets [`ExchangerConfig::agent_heartbeat_interval`].
+    #[must_use]
+    pub fn agent_heartbeat_interval(mut self, agent_heartbeat_interval: Duration) -> Self {
+        self.agent_heartbeat_interval = agent_heartbeat_interval;
+        self
+    }
+
+    /// Sets [`ExchangerConfig::agent_ack_timeout`].
+    #[must_use]
+    pub fn agent_ack_timeout(mut self, agent_ack_timeout: Duration) -> Self {
+        self.agent_ack_timeout = agent_ack_timeout;
+        self
+    }
+
+    /// Sets [`ExchangerConfig::result_timeout`].
+    #[must_use]
+    pub fn result_timeout(mut self, result_timeout: Option<Duration>) -> Self {
+        self.result_timeout = result_timeout;
+        self
+    }
+
+    /// Sets [`ExchangerConfig::on_agent_restart`].
+    #[must_use]
+    pub fn on_agent_restart(mut self, on_agent_restart: RestartPolicy) -> Self {
+        self.on_agent_restart = on_agent_restart;
+        self
+    }
+
+    /// Sets [`ExchangerConfig::wait`].
+    #[must_use]
+    pub fn wait(mut self, wait: WaitStrategy) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Sets [`ExchangerConfig::task_ring_capacity`].
+    #[must_use]
+    pub fn task_ring_capacity(mut self, task_ring_capacity: u64) -> Self {
+        self.task_ring_capacity = task_ring_capacity;
+        self
+    }
+
+    /// Sets [`ExchangerConfig::result_ring_capacity`].
+    #[must_use]
+    pub fn result_ring_capacity(mut self, result_ring_capacity: u64) -> Self {
+        self.result_ring_capacity = result_ring_capacity;
+        self
+    }
+
+    /// Sets [`ExchangerConfig::limits`].
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets [`ExchangerConfig::reclaim_stale`].
+    #[must_use]
+    pub fn reclaim_stale(mut self, reclaim_stale: bool) -> Self {
+        self.reclaim_stale = reclaim_stale;
+        self
+    }
+}
+
 impl Default for ExchangerConfig {
     fn default() -> Self {
         ExchangerConfig {
@@ -72,7 +167,7 @@ impl Default for ExchangerConfig {
             resend_task_interval: Duration::from_secs(2),
             agent_connection_timeout: Duration::from_secs(60),
             agent_heartbeat_timeout: None,
-            agent_heartbeat_interval: Duration::from_secs(5),
+            agent_heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             agent_ack_timeout: Duration::from_secs(5),
             result_timeout: None,
             on_agent_restart: RestartPolicy::Redeliver,
@@ -87,6 +182,7 @@ impl Default for ExchangerConfig {
 
 /// Options of [`super::Agent::attach`]. `Default` gives FLARE's `IPCAgent` defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AgentConfig {
     /// FLARE's wait for the `result_ack` (`submit_result_timeout`, 30 s). Here it bounds
     /// pushing an answer into the exchanger's ring (the agent's `task_ack`); `submit_result`
@@ -114,6 +210,71 @@ pub struct AgentConfig {
     pub limits: Limits,
 }
 
+/// Setters, one per field (the struct is `#[non_exhaustive]`: build it from `default()`).
+impl AgentConfig {
+    /// Sets [`AgentConfig::submit_result_timeout`].
+    #[must_use]
+    pub fn submit_result_timeout(mut self, submit_result_timeout: Duration) -> Self {
+        self.submit_result_timeout = submit_result_timeout;
+        self
+    }
+
+    /// Sets [`AgentConfig::flare_site_connection_timeout`].
+    #[must_use]
+    pub fn flare_site_connection_timeout(
+        mut self,
+        flare_site_connection_timeout: Duration,
+    ) -> Self {
+        self.flare_site_connection_timeout = flare_site_connection_timeout;
+        self
+    }
+
+    /// Sets [`AgentConfig::flare_site_heartbeat_timeout`].
+    #[must_use]
+    pub fn flare_site_heartbeat_timeout(
+        mut self,
+        flare_site_heartbeat_timeout: Option<Duration>,
+    ) -> Self {
+        self.flare_site_heartbeat_timeout = flare_site_heartbeat_timeout;
+        self
+    }
+
+    /// Sets [`AgentConfig::resend_result_interval`].
+    #[must_use]
+    pub fn resend_result_interval(mut self, resend_result_interval: Duration) -> Self {
+        self.resend_result_interval = resend_result_interval;
+        self
+    }
+
+    /// Sets [`AgentConfig::attach_timeout`].
+    #[must_use]
+    pub fn attach_timeout(mut self, attach_timeout: Duration) -> Self {
+        self.attach_timeout = attach_timeout;
+        self
+    }
+
+    /// Sets [`AgentConfig::heartbeat_interval`].
+    #[must_use]
+    pub fn heartbeat_interval(mut self, heartbeat_interval: Duration) -> Self {
+        self.heartbeat_interval = heartbeat_interval;
+        self
+    }
+
+    /// Sets [`AgentConfig::wait`].
+    #[must_use]
+    pub fn wait(mut self, wait: WaitStrategy) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Sets [`AgentConfig::limits`].
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
@@ -121,8 +282,8 @@ impl Default for AgentConfig {
             flare_site_connection_timeout: Duration::from_secs(60),
             flare_site_heartbeat_timeout: None,
             resend_result_interval: Duration::from_secs(2),
-            attach_timeout: Duration::from_secs(60),
-            heartbeat_interval: Duration::from_secs(5),
+            attach_timeout: DEFAULT_ATTACH_TIMEOUT,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             wait: WaitStrategy::default(),
             limits: Limits::default(),
         }

@@ -256,14 +256,18 @@ impl Exchanger {
     /// `BAD_REQUEST_DATA`.
     ///
     /// The task's meta is the DXO's plus `data_kind`, and `current_round`/`total_round`
-    /// from `headers`.
-    pub fn execute(
+    /// from `headers`. `abort` is `None` when the caller never aborts (the common case) or
+    /// `&signal` for an [`AbortSignal`] another thread may trigger:
+    /// `exchanger.execute("train", &dxo, &headers, None)`.
+    pub fn execute<'a>(
         &self,
         task_name: &str,
         dxo: &Dxo<'_>,
         headers: &Headers,
-        abort: &AbortSignal,
+        abort: impl Into<Option<&'a AbortSignal>>,
     ) -> Reply {
+        let never = AbortSignal::new();
+        let abort = abort.into().unwrap_or(&never);
         if headers.task_id.is_empty() {
             return Reply::bare(ReturnCode::BadTaskData);
         }

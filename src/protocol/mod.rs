@@ -17,7 +17,7 @@
 //!
 //! ```no_run
 //! use shmex::frame::{DataKind, Dxo, ReturnCode};
-//! use shmex::protocol::{AbortSignal, Agent, AgentConfig, Exchanger, ExchangerConfig, Headers};
+//! use shmex::protocol::{Agent, AgentConfig, Exchanger, ExchangerConfig, Headers};
 //! use shmex::segment::SegmentName;
 //! use std::time::Duration;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,7 +26,7 @@
 //! let exchanger = Exchanger::create(&name, ExchangerConfig::default())?;
 //! let weights = vec![0.5f32; 1024];
 //! let task = Dxo::new(DataKind::Weights).with_tensor("w", &[1024], &weights)?;
-//! let reply = exchanger.execute("train", &task, &Headers::new("task-1"), &AbortSignal::new());
+//! let reply = exchanger.execute("train", &task, &Headers::new("task-1"), None);
 //! assert_eq!(reply.rc, ReturnCode::Ok);
 //!
 //! // Trainer process:

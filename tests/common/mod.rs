@@ -20,21 +20,18 @@ pub fn unique_name(family: &str, tag: &str) -> SegmentName {
 
 /// Short waits for protocol tests: spin 20 µs, liveness checked every 5 ms.
 pub fn quick_wait() -> WaitStrategy {
-    WaitStrategy {
-        spin: Duration::from_micros(20),
-        poll_interval: Duration::from_millis(5),
-    }
+    WaitStrategy::default()
+        .spin(Duration::from_micros(20))
+        .poll_interval(Duration::from_millis(5))
 }
 
 /// An exchanger with 1 MiB rings, a 20 ms heartbeat and [`quick_wait`].
 pub fn quick_exchanger_config() -> ExchangerConfig {
-    ExchangerConfig {
-        agent_heartbeat_interval: Duration::from_millis(20),
-        wait: quick_wait(),
-        task_ring_capacity: 1 << 20,
-        result_ring_capacity: 1 << 20,
-        ..ExchangerConfig::default()
-    }
+    ExchangerConfig::default()
+        .agent_heartbeat_interval(Duration::from_millis(20))
+        .wait(quick_wait())
+        .task_ring_capacity(1 << 20)
+        .result_ring_capacity(1 << 20)
 }
 
 /// An abort signal that fires after `after`, so a hung `execute` fails the test instead of

@@ -202,27 +202,21 @@ mod peer {
         ];
 
         fn wait() -> WaitStrategy {
-            WaitStrategy {
-                spin: Duration::from_micros(20),
-                poll_interval: Duration::from_millis(5),
-            }
+            WaitStrategy::default()
+                .spin(Duration::from_micros(20))
+                .poll_interval(Duration::from_millis(5))
         }
 
         fn agent(name: &SegmentName) -> Result<Agent> {
-            let config = AgentConfig {
-                attach_timeout: Duration::from_secs(60),
-                heartbeat_interval: Duration::from_millis(20),
-                wait: wait(),
-                ..AgentConfig::default()
-            };
+            let config = AgentConfig::default()
+                .attach_timeout(Duration::from_secs(60))
+                .heartbeat_interval(Duration::from_millis(20))
+                .wait(wait());
             Ok(Agent::attach(name, config)?)
         }
 
         fn raw_agent(name: &SegmentName) -> Result<Link> {
-            let options = AttachOptions {
-                heartbeat_interval: Duration::from_millis(20),
-                ..AttachOptions::default()
-            };
+            let options = AttachOptions::default().heartbeat_interval(Duration::from_millis(20));
             Ok(Link::attach(name, &options)?)
         }
 
@@ -352,13 +346,11 @@ mod peer {
                     wait_for_stdin_close();
                 }
                 "exchanger-task" => {
-                    let config = ExchangerConfig {
-                        agent_heartbeat_interval: Duration::from_millis(20),
-                        wait: wait(),
-                        task_ring_capacity: 1 << 20,
-                        result_ring_capacity: 1 << 20,
-                        ..ExchangerConfig::default()
-                    };
+                    let config = ExchangerConfig::default()
+                        .agent_heartbeat_interval(Duration::from_millis(20))
+                        .wait(wait())
+                        .task_ring_capacity(1 << 20)
+                        .result_ring_capacity(1 << 20);
                     let exchanger = Exchanger::create(name, config)?;
                     println!("READY");
                     let weights = [1.0f32, 2.0, 3.0, 4.0];
