@@ -1373,3 +1373,92 @@ fn d6_agent_close_returns_while_a_task_is_half_received() {
     let close = std::thread::spawn(move || closing.close());
     finished_within_watchdog(close, "Agent::close");
 }
+
+/// Task fields over the agent's limits (a task id or a tensor name longer than it takes, meta
+/// nested deeper than JSON parsing allows, meta longer than its limit, more tensors than it
+/// takes): the agent refuses the task and answers, and `execute` returns BAD_REQUEST_DATA
+/// (before, the agent dropped what it could not parse and `execute` waited forever; the
+/// watchdog's TASK_ABORTED would show that). The link stays usable for the next task.
+#[test]
+fn tasks_over_the_agents_limits_are_answered_bad_request_data() {
+    let ex = Arc::new(create("overlimit"));
+    let limits = shmex::frame::Limits::default()
+        .max_meta_len(64 << 10)
+        .max_tensors(1_000);
+    let agent = Agent::attach(ex.name(), agent_config().limits(limits)).unwrap();
+    let long_id = "i".repeat(5_000);
+    let long_name = "n".repeat(2_000);
+    let mut nested = serde_json::json!(1);
+    for _ in 0..300 {
+        nested = serde_json::json!([nested]);
+    }
+    let big_meta = "m".repeat(100 << 10);
+    let many: Vec<String> = (0..1_001).map(|i| format!("t{i}")).collect();
+    let one = [0.5f32];
+    let mut too_many = Dxo::new(DataKind::Weights);
+    for name in &many {
+        too_many.push_tensor(name.as_str(), &[1], &one).unwrap();
+    }
+    let cases: Vec<(&str, Dxo<'_>, String)> = vec![
+        ("long task id", model(), long_id),
+        (
+            "long tensor name",
+            Dxo::new(DataKind::Weights)
+                .with_tensor(long_name.as_str(), &[4], &WEIGHTS)
+                .unwrap(),
+            "t-name".into(),
+        ),
+        (
+            "nested meta",
+            model().with_meta("deep", nested),
+            "t-nested".into(),
+        ),
+        (
+            "long meta",
+            model().with_meta("big", big_meta),
+            "t-meta".into(),
+        ),
+        ("too many tensors", too_many, "t-many".into()),
+    ];
+    for (what, dxo, id) in cases {
+        let reply = ex.execute("train", &dxo, &Headers::new(id), &watchdog());
+        assert_eq!(reply.rc, ReturnCode::BadRequestData, "{what}");
+    }
+    // The next valid task goes through.
+    let pending = spawn_execute(&ex, "ok", watchdog());
+    let task = get(&agent);
+    assert_eq!(task.id, "ok");
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+}
+
+/// A result over the exchanger's limits is refused and answered `invalid`: `submit_result`
+/// returns false instead of waiting forever, and `execute` returns EXECUTION_EXCEPTION (an
+/// invalid result, DESIGN §5 item 6) instead of waiting forever.
+#[test]
+fn result_over_the_exchangers_limits_is_answered_invalid() {
+    let config = exchanger_config().limits(shmex::frame::Limits::default().max_meta_len(1_024));
+    let ex = Arc::new(create_with("overlimit-result", config));
+    let agent = attach(&ex);
+    let pending = spawn_execute(&ex, "t1", watchdog());
+    let task = get(&agent);
+    assert_eq!(task.id, "t1");
+    // On a thread, with a watchdog: before the fix, this submission waited forever.
+    let agent = Arc::new(agent);
+    let submitter = Arc::clone(&agent);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let too_big = diff().with_meta("notes", "x".repeat(4_096));
+        let _ = tx.send(submitter.submit_result(&too_big, ReturnCode::Ok).unwrap());
+    });
+    let accepted = rx
+        .recv_timeout(WATCHDOG)
+        .expect("submit_result returned before the watchdog");
+    assert!(!accepted);
+    assert_eq!(join(pending).rc, ReturnCode::ExecutionException);
+    // The link stays usable.
+    let pending = spawn_execute(&ex, "t2", watchdog());
+    assert_eq!(get(&agent).id, "t2");
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+}

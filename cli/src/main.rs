@@ -17,6 +17,11 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "shmex", version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    /// Log what the library does to stderr: -v for attach/detach, lost peers, redeliveries and
+    /// dropped messages; -vv for more. `RUST_LOG` (e.g. `RUST_LOG=shmex=debug`) overrides.
+    /// Without either, only warnings and errors are shown.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,6 +89,14 @@ impl<E: std::error::Error> From<E> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .init();
     let outcome = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::List(args) => segments::list(&args),

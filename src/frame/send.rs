@@ -219,6 +219,12 @@ impl FrameSender {
         self
     }
 
+    /// The sequence number the next message sent will get (a protocol can expect its answer
+    /// before sending).
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence.max(1)
+    }
+
     /// Whether fragments carry a checksum ([`FrameSender::with_checksum`]).
     pub fn checksum(&self) -> bool {
         self.checksum

@@ -154,9 +154,23 @@ impl Inner {
                 }
                 st.pending = None;
             }
+            let was = st.status;
             st.status = status;
             drop(st);
             self.shared.notify();
+            let name = &self.name;
+            match status {
+                AgentStatus::Connected => log::info!("shmex agent {name}: exchanger connected"),
+                AgentStatus::Disconnected => log::warn!(
+                    "shmex agent {name}: exchanger silent for {:?} or more: disconnected",
+                    self.config.flare_site_connection_timeout
+                ),
+                AgentStatus::Lost => log::warn!(
+                    "shmex agent {name}: exchanger process died ({was:?} before); the current \
+                     task is aborted, waiting for a new exchanger"
+                ),
+                AgentStatus::Closed => log::info!("shmex agent {name}: closed ({was:?} before)"),
+            }
         }
     }
 }
@@ -216,6 +230,7 @@ impl Agent {
         let link = Link::attach(name, &attach_options(&config, config.attach_timeout))?;
         let (outbox, receive_half) = split_link(link, 0);
         let epoch = outbox.epoch;
+        log::info!("shmex agent {name}: attached as incarnation {epoch}");
         let inner = Arc::new(Inner {
             shared: Shared::new(State {
                 status: AgentStatus::Connected,
@@ -388,6 +403,8 @@ impl Agent {
                 return Err(SubmitError::Send(e));
             }
         };
+        let sent_at = Instant::now();
+        let mut warned_late = false;
         let mut st = inner.shared.lock();
         loop {
             // The ack first: an exchanger that answered and then said `bye` accepted it.
@@ -410,7 +427,16 @@ impl Agent {
                 drop(st);
                 return self.finish_submit(&id, false);
             }
-            // A late ack only makes us keep checking (the ring is lossless).
+            // A late ack only makes us keep checking (the ring is lossless); FLARE logs it.
+            if !warned_late && sent_at.elapsed() >= inner.config.submit_result_timeout {
+                warned_late = true;
+                log::warn!(
+                    "shmex agent {}: no result_ack for task {id:?} after submit_result_timeout \
+                     ({:?}); still waiting",
+                    inner.name,
+                    inner.config.submit_result_timeout
+                );
+            }
             st = inner.shared.wait(st, slice, None);
         }
     }
@@ -485,27 +511,67 @@ impl Pump {
             };
             let stop = &self.inner.stop;
             let stopping = |_epoch: u64| stop.load(Ordering::Acquire);
-            match self.receiver.recv_with_stall_cancellable(
+            let failed = match self.receiver.recv_with_stall_cancellable(
                 consumer,
                 Some(Instant::now() + slice),
                 stall,
                 (&stopping, slice),
             ) {
-                Ok(message) => handle(&self.inner, self.epoch, self.generation, message),
-                Err(FrameError::Timeout | FrameError::Cancelled) => {}
-                Err(FrameError::PeerLost(PeerLost::Dead { .. })) => {
-                    self.inner.set_status(AgentStatus::Lost)
+                Ok(message) => {
+                    handle(&self.inner, self.epoch, self.generation, message);
+                    None
                 }
-                Err(FrameError::PeerLost(PeerLost::Closed)) | Err(FrameError::Corrupt(_)) => {
-                    self.inner.set_status(AgentStatus::Closed)
-                }
-                // A malformed task was consumed; nothing to answer (its sequence is unknown).
-                Err(_) => {}
+                Err(e) => Some(e),
+            };
+            if let Some(e) = failed {
+                self.on_receive_error(e);
             }
             if Instant::now() >= next_check {
                 self.check_liveness();
                 next_check = Instant::now() + slice;
             }
+        }
+    }
+
+    /// A receive failed: the peer's loss ends or suspends the link; a message that began and
+    /// was refused (over the limits, malformed, its sender gone quiet mid-message) is logged,
+    /// and a task is answered BAD_REQUEST_DATA so that the exchanger's `execute` ends (FLARE's
+    /// agent answers an invalid request).
+    fn on_receive_error(&mut self, e: FrameError) {
+        match e {
+            FrameError::PeerLost(PeerLost::Dead { .. }) => self.inner.set_status(AgentStatus::Lost),
+            FrameError::PeerLost(PeerLost::Closed) => self.inner.set_status(AgentStatus::Closed),
+            FrameError::Corrupt(ref c) => {
+                log::error!(
+                    "shmex agent {}: task ring corrupt ({c}); closing",
+                    self.inner.name
+                );
+                self.inner.set_status(AgentStatus::Closed)
+            }
+            _ => {}
+        }
+        match self.receiver.dropped() {
+            Some(d) if d.kind == Some(MessageKind::Task) && d.epoch == self.epoch => {
+                log::warn!(
+                    "shmex agent {}: task message {} refused ({e}); answered BAD_REQUEST_DATA",
+                    self.inner.name,
+                    d.sequence
+                );
+                send_task_ack(
+                    &self.inner,
+                    self.epoch,
+                    "",
+                    ReturnCode::BadRequestData,
+                    d.sequence,
+                );
+            }
+            Some(d) => log::warn!(
+                "shmex agent {}: message {} dropped ({e})",
+                self.inner.name,
+                d.sequence
+            ),
+            None if matches!(e, FrameError::Timeout | FrameError::Cancelled) => {}
+            None => log::warn!("shmex agent {}: record dropped ({e})", self.inner.name),
         }
     }
 
@@ -519,12 +585,24 @@ impl Pump {
                 self.inner.set_status(AgentStatus::Connected);
             }
             Liveness::Stale { .. } => self.inner.set_status(AgentStatus::Disconnected),
-            Liveness::Dead { .. } => self.inner.set_status(AgentStatus::Lost),
+            Liveness::Dead { pid } => {
+                log::warn!(
+                    "shmex agent {}: exchanger pid {pid} died; last heartbeat seen {:?} ago",
+                    self.inner.name,
+                    self.last_alive.elapsed()
+                );
+                self.inner.set_status(AgentStatus::Lost)
+            }
             // The exchanger's side contradicts its role lock: the link is corrupt, and
             // re-attaching would find the same segment (docs/protocol.md §8).
-            Liveness::Closed | Liveness::Corrupt { .. } => {
+            Liveness::Corrupt { .. } => {
+                log::error!(
+                    "shmex agent {}: the exchanger's side of the segment is corrupt; closing",
+                    self.inner.name
+                );
                 self.inner.set_status(AgentStatus::Closed)
             }
+            Liveness::Closed => self.inner.set_status(AgentStatus::Closed),
             Liveness::Absent => {}
         }
         self.check_heartbeat_timeout();
@@ -532,7 +610,12 @@ impl Pump {
 
     fn check_heartbeat_timeout(&self) {
         if let Some(limit) = self.inner.config.flare_site_heartbeat_timeout {
-            if self.last_alive.elapsed() >= limit {
+            if self.last_alive.elapsed() >= limit && !self.inner.shared.lock().is_closed() {
+                log::warn!(
+                    "shmex agent {}: exchanger silent past flare_site_heartbeat_timeout \
+                     ({limit:?}); closing",
+                    self.inner.name
+                );
                 self.inner.set_status(AgentStatus::Closed);
             }
         }
@@ -554,6 +637,10 @@ impl Pump {
         self.generation += 1;
         let (outbox, receive_half) = split_link(link, self.generation);
         let epoch = outbox.epoch;
+        log::info!(
+            "shmex agent {}: attached to a new exchanger as incarnation {epoch}",
+            self.inner.name
+        );
         self.epoch = epoch;
         self.last_alive = Instant::now();
         self.receiver = FrameReceiver::new(self.inner.config.limits);
@@ -666,11 +753,16 @@ fn on_task(inner: &Inner, epoch: u64, message: Message<'_>) {
     } else {
         ReturnCode::BadRequestData
     };
+    send_task_ack(inner, epoch, &id, rc, sequence);
+}
+
+/// Answers the task message `reply_to` (task `id`, empty if it could not be read) with `rc`.
+fn send_task_ack(inner: &Inner, epoch: u64, id: &str, rc: ReturnCode, reply_to: u64) {
     let ack = Envelope::new(MessageKind::TaskAck)
-        .with_task(&id, "")
+        .with_task(id, "")
         .with_rc(rc)
         .with_epoch(epoch)
-        .with_reply_to(sequence);
+        .with_reply_to(reply_to);
     let mut outbox = inner.lock_outbox();
     if let Some(outbox) = outbox.as_mut() {
         // Best effort: an exchanger that died needs no ack.

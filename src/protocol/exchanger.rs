@@ -12,8 +12,8 @@ use super::{
 };
 use crate::control::Liveness;
 use crate::frame::{
-    DataKind, Dxo, Envelope, FrameError, FrameReceiver, FrameSender, Message, MessageKind,
-    OwnedMessage, ReturnCode, SendError,
+    DataKind, DroppedMessage, Dxo, Envelope, FrameError, FrameReceiver, FrameSender, Message,
+    MessageKind, OwnedMessage, ReturnCode, SendError,
 };
 use crate::link::{CreateOptions, Link, LinkControl, LinkCreateError, LinkParts};
 use crate::ring::{Consumer, Producer};
@@ -119,6 +119,9 @@ struct InFlight {
     /// pushed: `execute` waits, so that the next task follows the ack in the ring (the agent
     /// would otherwise see the next task first and take its own task as superseded).
     acking: bool,
+    /// The sequence number of the task message last pushed: an agent that could not read the
+    /// task answers it by this number alone.
+    sequence: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -149,6 +152,8 @@ struct Inner {
     halted: AtomicBool,
     /// Tells the pump to exit.
     stop: AtomicBool,
+    /// The segment's name, for the log.
+    name: SegmentName,
 }
 
 /// The FL-client side of the task protocol: creates the link, sends one task at a time and
@@ -170,6 +175,27 @@ impl std::fmt::Debug for Exchanger {
     }
 }
 
+/// FLARE warns when the heartbeat cannot keep the agent from looking disconnected (or dead):
+/// an interval not shorter than the timeouts it feeds.
+fn warn_heartbeat_settings(name: &SegmentName, config: &ExchangerConfig) {
+    let interval = config.agent_heartbeat_interval;
+    let timeouts = [
+        (
+            "agent_connection_timeout",
+            Some(config.agent_connection_timeout),
+        ),
+        ("agent_heartbeat_timeout", config.agent_heartbeat_timeout),
+    ];
+    for (what, timeout) in timeouts {
+        if let Some(timeout) = timeout.filter(|t| interval >= *t) {
+            log::warn!(
+                "shmex exchanger {name}: agent_heartbeat_interval ({interval:?}) is not shorter \
+                 than {what} ({timeout:?}): a live agent may be taken for a silent one"
+            );
+        }
+    }
+}
+
 impl Exchanger {
     /// Creates the link `name` (reclaiming a dead owner's segment) and starts the pump.
     pub fn create(
@@ -184,6 +210,7 @@ impl Exchanger {
             reclaim_stale: config.reclaim_stale,
             populate: true,
         };
+        warn_heartbeat_settings(name, &config);
         let LinkParts {
             producer,
             consumer,
@@ -204,6 +231,7 @@ impl Exchanger {
             bound: AtomicU64::new(0),
             halted: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            name: name.clone(),
             config,
         });
         let mut pump = Pump {
@@ -299,12 +327,14 @@ impl Exchanger {
                 phase: Phase::WaitAgent,
                 outcome: None,
                 acking: false,
+                sequence: None,
             });
         }
         let slice = pump_slice(&self.inner.config.wait);
         // `result_timeout` counts from the first push, so a task whose ack never comes (a
         // stalled agent, a lost ack) ends too.
         let mut first_push: Option<Instant> = None;
+        let mut warned_late_ack = false;
         loop {
             let mut st = self.inner.shared.lock();
             let status = st.status;
@@ -359,7 +389,21 @@ impl Exchanger {
                     }
                 }
                 // A late ack only makes us keep checking (docs/protocol.md §5).
-                Phase::Running { .. } | Phase::Sending { .. } => {}
+                Phase::Sending { .. } => {
+                    // FLARE logs a task_ack later than send_task_timeout; the task stays.
+                    let late = first_push
+                        .is_some_and(|p| p.elapsed() >= self.inner.config.send_task_timeout);
+                    if late && !warned_late_ack {
+                        warned_late_ack = true;
+                        log::warn!(
+                            "shmex exchanger {}: no task_ack for task {id:?} after \
+                             send_task_timeout ({:?}); still waiting",
+                            self.name,
+                            self.inner.config.send_task_timeout
+                        );
+                    }
+                }
+                Phase::Running { .. } => {}
             }
             drop(self.inner.shared.wait(st, slice, None));
         }
@@ -410,6 +454,11 @@ impl Exchanger {
         let Some(outbox) = outbox.as_mut() else {
             return Err(SendError::Cancelled);
         };
+        // Known before the push, so that an answer arriving at once finds it.
+        let sequence = outbox.sender.next_sequence();
+        if let Some(t) = inner.shared.lock().task.as_mut().filter(|t| t.id == id) {
+            t.sequence = Some(sequence);
+        }
         outbox
             .sender
             .send_cancellable(
@@ -570,24 +619,39 @@ impl Pump {
                 let control = &self.core.control;
                 let stop = &self.core.inner.stop;
                 let abandoned = |epoch: u64| abandoned(control, stop, epoch);
-                match self.receiver.recv_with_stall_cancellable(
+                let failed = match self.receiver.recv_with_stall_cancellable(
                     &mut self.consumer,
                     Some(Instant::now() + slice),
                     stall,
                     (&abandoned, slice),
                 ) {
-                    Ok(message) => self.core.handle(message),
-                    Err(FrameError::Timeout) => {}
+                    Ok(message) => {
+                        self.core.handle(message);
+                        None
+                    }
+                    Err(e) => Some(e),
+                };
+                let dropped = self.receiver.dropped();
+                match failed {
+                    None => {}
+                    Some(FrameError::Timeout) if dropped.is_none() => {}
                     // The partial message's sender was replaced (or we are closing): the
                     // liveness check ends its incarnation now.
-                    Err(FrameError::Cancelled) => next_check = Instant::now(),
-                    Err(FrameError::PeerLost(_)) => peer_lost = true,
-                    Err(FrameError::Corrupt(_)) => {
+                    Some(FrameError::Cancelled) => next_check = Instant::now(),
+                    Some(FrameError::PeerLost(_)) => peer_lost = true,
+                    Some(FrameError::Corrupt(c)) => {
+                        log::error!(
+                            "shmex exchanger {}: result ring corrupt ({c})",
+                            self.core.inner.name
+                        );
                         corrupt = true;
                         self.core.stop();
                     }
-                    // A malformed message was consumed; its task (if any) is unaffected.
-                    Err(_) => {}
+                    // A message that began and was refused (over the limits, malformed): a
+                    // result is answered `invalid`, so the agent's submit_result returns
+                    // false; its task (if any) is unaffected. A result whose sender went quiet
+                    // mid-message for `agent_connection_timeout` likewise.
+                    Some(e) => self.core.on_dropped(dropped, &e),
                 }
             }
             if peer_lost {
@@ -626,11 +690,33 @@ impl Pump {
                     self.core.last_alive = now;
                     self.core.set_status(ExchangerStatus::Connected { epoch });
                 } else {
+                    if self.core.lock_status() == (ExchangerStatus::Connected { epoch }) {
+                        log::warn!(
+                            "shmex exchanger {}: agent silent for {:?} or more: disconnected",
+                            inner.name,
+                            config.agent_connection_timeout
+                        );
+                    }
                     self.core
                         .set_status(ExchangerStatus::Disconnected { epoch });
                 }
             }
-            Liveness::Dead { .. } | Liveness::Closed => {
+            Liveness::Dead { pid } => {
+                if self.core.bound != 0 {
+                    log::warn!(
+                        "shmex exchanger {}: agent pid {pid} died; noticed {:?} after its last \
+                         heartbeat",
+                        inner.name,
+                        now.saturating_duration_since(self.core.last_alive)
+                    );
+                }
+                self.drain_and_end();
+                self.core.set_status(ExchangerStatus::NoAgent);
+            }
+            Liveness::Closed => {
+                if self.core.bound != 0 {
+                    log::info!("shmex exchanger {}: agent detached", inner.name);
+                }
                 self.drain_and_end();
                 self.core.set_status(ExchangerStatus::NoAgent);
             }
@@ -642,6 +728,11 @@ impl Pump {
                     self.core.lock_status(),
                     ExchangerStatus::Stopped | ExchangerStatus::Closed
                 ) {
+                    log::error!(
+                        "shmex exchanger {}: the agent's side of the segment contradicts its \
+                         role lock: corrupt",
+                        inner.name
+                    );
                     self.core.stop();
                     let bound = self.core.bound;
                     if bound != 0 {
@@ -735,6 +826,11 @@ impl PumpCore {
         );
         if entered {
             st.status = ExchangerStatus::Stopped;
+            log::error!(
+                "shmex exchanger {}: stopped (agent silent past agent_heartbeat_timeout, or \
+                 the link is corrupt); execute returns TASK_ABORTED",
+                self.inner.name
+            );
         }
         drop(st);
         self.inner.shared.notify();
@@ -753,6 +849,11 @@ impl PumpCore {
     }
 
     fn adopt(&mut self, epoch: u64) {
+        let (_, pid) = self.control.peer_epoch_and_pid();
+        log::info!(
+            "shmex exchanger {}: agent incarnation {epoch} (pid {pid}) attached",
+            self.inner.name
+        );
         self.bound = epoch;
         self.min_epoch = epoch.max(self.min_epoch);
         self.inner.bound.store(epoch, Ordering::Release);
@@ -773,10 +874,22 @@ impl PumpCore {
             if t.outcome.is_none() && t.phase.epoch() == Some(epoch) {
                 match self.inner.config.on_agent_restart {
                     RestartPolicy::Redeliver => {
+                        log::warn!(
+                            "shmex exchanger {}: agent incarnation {epoch} ended with task \
+                             {:?} unanswered; it goes to the next incarnation",
+                            self.inner.name,
+                            t.id
+                        );
                         t.phase = Phase::WaitAgent;
                         st.redeliveries += 1;
                     }
                     RestartPolicy::Fail => {
+                        log::warn!(
+                            "shmex exchanger {}: agent incarnation {epoch} ended with task \
+                             {:?} unanswered: EXECUTION_EXCEPTION",
+                            self.inner.name,
+                            t.id
+                        );
                         t.outcome = Some(Reply::bare(ReturnCode::ExecutionException));
                     }
                 }
@@ -813,6 +926,44 @@ impl PumpCore {
         }
     }
 
+    /// A receive failed after a message began: a result is answered `invalid` (by its
+    /// sequence number: its task id could not be read) and, as an invalid result for the task
+    /// in flight (DESIGN §5 item 6), ends that task with EXECUTION_EXCEPTION; anything else is
+    /// logged.
+    fn on_dropped(&self, dropped: Option<DroppedMessage>, e: &FrameError) {
+        match dropped {
+            Some(d) if d.kind == Some(MessageKind::Result) && d.epoch == self.bound => {
+                log::warn!(
+                    "shmex exchanger {}: result message {} refused ({e}); answered invalid",
+                    self.inner.name,
+                    d.sequence
+                );
+                let mut st = self.inner.shared.lock();
+                if let Some(t) = st
+                    .task
+                    .as_mut()
+                    .filter(|t| t.outcome.is_none() && t.phase.epoch() == Some(d.epoch))
+                {
+                    t.outcome = Some(Reply::bare(ReturnCode::ExecutionException));
+                }
+                drop(st);
+                self.inner.shared.notify();
+                let ack = Envelope::new(MessageKind::ResultAck)
+                    .with_rc(ReturnCode::ExecutionResultError)
+                    .with_epoch(d.epoch)
+                    .with_reply_to(d.sequence);
+                // Best effort: an agent that died meanwhile needs no answer.
+                let _ = self.inner.send(&ack);
+            }
+            Some(d) => log::warn!(
+                "shmex exchanger {}: message {} dropped ({e})",
+                self.inner.name,
+                d.sequence
+            ),
+            None => log::warn!("shmex exchanger {}: record dropped ({e})", self.inner.name),
+        }
+    }
+
     fn on_task_ack(&self, message: &Message<'_>) {
         let epoch = message.epoch();
         let mut st = self.inner.shared.lock();
@@ -821,12 +972,22 @@ impl PumpCore {
             t.phase,
             Phase::Sending { epoch: e } if e == epoch
         );
-        if !sent_here || t.id != message.task_id() || t.outcome.is_some() {
+        // An agent that could not read the task answers with an empty id and the task
+        // message's sequence number.
+        let ours = t.id == message.task_id()
+            || (message.task_id().is_empty() && t.sequence == Some(message.reply_to()));
+        if !sent_here || !ours || t.outcome.is_some() {
             return;
         }
         if message.rc() == ReturnCode::Ok {
             t.phase = Phase::Running { epoch };
         } else {
+            log::warn!(
+                "shmex exchanger {}: agent refused task {:?} ({}): BAD_REQUEST_DATA",
+                self.inner.name,
+                t.id,
+                message.rc()
+            );
             t.outcome = Some(Reply::bare(ReturnCode::BadRequestData));
         }
         drop(st);
