@@ -21,7 +21,9 @@ use crate::frame::{DxoError, FrameError, LoanError, SendError, ViewError};
 use crate::protocol::{
     AgentAttachError, CloseError, ExchangerCreateError, GetTaskError, SubmitError,
 };
-use crate::ring::{CapacityError, RecvError, ReserveError, RingCorruption, TryReserveError};
+use crate::ring::{
+    CapacityError, RecvError, ReserveError, RingCorruption, StaleReservation, TryReserveError,
+};
 use crate::segment::{CreateError, NameError, OpenError};
 use crate::signal::PeerLost;
 use crate::stream::{MalformedStream, StreamRecvError};
@@ -199,6 +201,12 @@ impl Coded for RingCorruption {
     }
 }
 
+impl Coded for StaleReservation {
+    fn code(&self) -> ErrorCode {
+        ErrorCode::CallState
+    }
+}
+
 impl Coded for CapacityError {
     fn code(&self) -> ErrorCode {
         match self {
@@ -304,6 +312,7 @@ impl Coded for ViewError {
             ViewError::WrongDType { .. } => ErrorCode::WrongDType,
             ViewError::Misaligned => ErrorCode::Misaligned,
             ViewError::InvalidBool => ErrorCode::InvalidBool,
+            ViewError::StaleLoan => ErrorCode::CallState,
         }
     }
 }
