@@ -473,6 +473,8 @@ impl Coded for SubmitError {
         match self {
             SubmitError::Closed => ErrorCode::Closed,
             SubmitError::Send(e) => e.code(),
+            SubmitError::Spec(e) => e.code(),
+            SubmitError::NotAnswerable | SubmitError::LoanOutstanding => ErrorCode::CallState,
         }
     }
 }

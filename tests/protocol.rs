@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shmex::frame::{
-    DataKind, Dxo, Envelope, FrameReceiver, FrameSender, MessageKind, OwnedMessage, ReturnCode,
+    DType, DataKind, Dxo, Envelope, FrameReceiver, FrameSender, LoanSpec, MessageKind,
+    OwnedMessage, ReturnCode,
 };
 use shmex::link::{AttachOptions, CreateOptions, Link};
 use shmex::protocol::{
     AbortSignal, Agent, AgentConfig, AgentStatus, Exchanger, ExchangerConfig, ExchangerStatus,
-    GetTaskError, Headers, Reply, RestartPolicy, SubmitError,
+    GetTaskError, Headers, Reply, RestartPolicy, ResultLoan, SubmitError,
 };
 use shmex::segment::SegmentName;
 
@@ -1414,4 +1415,233 @@ fn d6_agent_close_returns_while_a_task_is_half_received() {
     let closing = Arc::clone(&agent);
     let close = std::thread::spawn(move || closing.close());
     finished_within_watchdog(close, "Agent::close");
+}
+
+// ---------------------------------------------------------------- loans (issue 9)
+
+fn result_spec() -> LoanSpec {
+    LoanSpec::new(DataKind::WeightDiff)
+        .tensor("w", DType::F32, &[4])
+        .meta("loaned", true)
+}
+
+/// Takes a loan for the fetched task and fills `w` with `values`.
+fn filled_loan(agent: &Agent, values: [f32; 4]) -> ResultLoan {
+    let mut loan = agent.loan_result(&result_spec()).unwrap();
+    let w = loan.index_of("w").unwrap();
+    loan.tensor_mut::<f32>(w).unwrap().copy_from_slice(&values);
+    loan
+}
+
+/// Whether a message of `kind` arrives at the raw exchanger within `ms` milliseconds.
+fn raw_sees(raw: &mut RawExchanger, kind: MessageKind, ms: u64) -> bool {
+    let end = Instant::now() + Duration::from_millis(ms);
+    while Instant::now() < end {
+        if let Ok(m) = raw.receiver.recv(raw.link.receiver(), Some(end)) {
+            if m.kind() == kind {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn loaned_result_is_accepted_and_its_tensors_arrive() {
+    let exchanger = Arc::new(create("loanres"));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    let agent = attach(&exchanger);
+    let task = get(&agent);
+    let mut loan = filled_loan(&agent, [9.0, 8.0, 7.0, 6.0]);
+    assert_eq!(loan.task_id(), "t1");
+    assert_eq!(loan.tensor_count(), 1);
+    assert!(loan.tensor_mut::<f64>(0).is_err(), "dtype checked");
+    assert!(loan.commit(ReturnCode::Ok).unwrap());
+    let reply = join(pending);
+    assert_eq!(reply.rc, ReturnCode::Ok);
+    assert_eq!(reply.data_kind, Some(DataKind::WeightDiff));
+    let result = reply.result.unwrap();
+    assert_eq!(result.task_id(), task.id);
+    assert_eq!(result.meta()["loaned"], true);
+    assert_eq!(result.meta()["data_kind"], "WEIGHT_DIFF");
+    let w = result.tensor_by_name("w").unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(w, [9.0, 8.0, 7.0, 6.0]);
+}
+
+#[test]
+fn loaned_result_with_error_rc_is_the_bare_reply() {
+    let exchanger = Arc::new(create("loanrc"));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    let agent = attach(&exchanger);
+    get(&agent);
+    let loan = filled_loan(&agent, [0.0; 4]);
+    assert!(loan.commit(ReturnCode::ExecutionException).unwrap());
+    assert_eq!(join(pending).rc, ReturnCode::ExecutionException);
+}
+
+#[test]
+fn loaned_result_for_aborted_task_is_false_and_sends_nothing() {
+    let (mut raw, agent) = fetched("loanabort");
+    let loan = filled_loan(&agent, [1.0; 4]);
+    raw.abort("t1");
+    eventually("the agent learns of the abort", || agent.is_aborted());
+    assert!(!loan.commit(ReturnCode::Ok).unwrap());
+    assert!(
+        !raw_sees(&mut raw, MessageKind::Result, 200),
+        "nothing sent"
+    );
+    assert!(
+        !agent.submit_result(&diff(), ReturnCode::Ok).unwrap(),
+        "the aborted task stays unanswerable"
+    );
+}
+
+#[test]
+fn loan_and_copy_submission_for_one_task_accept_exactly_one() {
+    // Loan first: the copy submission and a second loan are refused without sending.
+    let (mut raw, agent) = fetched("loancopy");
+    let loan = filled_loan(&agent, [1.0; 4]);
+    assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert!(matches!(
+        agent.loan_result(&result_spec()),
+        Err(SubmitError::NotAnswerable)
+    ));
+    let verdict = std::thread::scope(|s| {
+        let commit = s.spawn(|| loan.commit(ReturnCode::Ok).unwrap());
+        raw.answer_result(ReturnCode::Ok, "t1");
+        commit.join().unwrap()
+    });
+    assert!(verdict);
+    assert!(
+        !raw_sees(&mut raw, MessageKind::Result, 100),
+        "one result only"
+    );
+    assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+
+    // Copy first (sent, not yet acked): the loan is refused.
+    let (mut raw, agent) = fetched("copyloan");
+    std::thread::scope(|s| {
+        let submit = s.spawn(|| agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+        let result = raw.recv();
+        assert_eq!(result.kind(), MessageKind::Result);
+        assert!(matches!(
+            agent.loan_result(&result_spec()),
+            Err(SubmitError::NotAnswerable)
+        ));
+        raw.send(
+            Envelope::new(MessageKind::ResultAck)
+                .with_task("t1", "")
+                .with_rc(ReturnCode::Ok)
+                .with_reply_to(result.sequence()),
+            None,
+        );
+        assert!(submit.join().unwrap());
+    });
+}
+
+#[test]
+fn concurrent_loans_and_copies_for_one_task_accept_exactly_one() {
+    let exchanger = Arc::new(create("loanrace"));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    let agent = attach(&exchanger);
+    get(&agent);
+    let verdicts: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let agent = &agent;
+                s.spawn(move || {
+                    if i % 2 == 0 {
+                        match agent.loan_result(&result_spec()) {
+                            Ok(loan) => loan.commit(ReturnCode::Ok).unwrap(),
+                            Err(SubmitError::NotAnswerable | SubmitError::LoanOutstanding) => false,
+                            Err(e) => panic!("{e}"),
+                        }
+                    } else {
+                        match agent.submit_result(&diff(), ReturnCode::Ok) {
+                            Ok(v) => v,
+                            Err(SubmitError::LoanOutstanding) => false,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(verdicts.iter().filter(|v| **v).count(), 1, "{verdicts:?}");
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+}
+
+#[test]
+fn dropped_loan_leaves_the_task_answerable_by_copy() {
+    let exchanger = Arc::new(create("loandrop"));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    let agent = attach(&exchanger);
+    get(&agent);
+    drop(filled_loan(&agent, [5.0; 4]));
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    let reply = join(pending);
+    assert_eq!(reply.rc, ReturnCode::Ok);
+    let w = reply
+        .result
+        .unwrap()
+        .tensor_by_name("w")
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    assert_eq!(w, WEIGHTS, "the copy's data, not the abandoned loan's");
+}
+
+#[test]
+fn pump_applies_abort_tasks_and_bye_while_a_loan_is_held() {
+    let exchanger = Arc::new(create("loanpump"));
+    let abort = AbortSignal::new();
+    let pending = spawn_execute(&exchanger, "t1", abort.clone());
+    let agent = attach(&exchanger);
+    get(&agent);
+    let loan = filled_loan(&agent, [1.0; 4]);
+    // The exchanger's abort reaches the agent while the loan is out.
+    abort.abort();
+    assert_eq!(join(pending).rc, ReturnCode::TaskAborted);
+    eventually("the agent learns of the abort", || agent.is_aborted());
+    // A new task is received (its ack queued) while the loan is still out.
+    let second = spawn_execute(&exchanger, "t2", watchdog());
+    let t2 = get(&agent);
+    assert_eq!(t2.id, "t2");
+    assert!(matches!(
+        agent.submit_result(&diff(), ReturnCode::Ok),
+        Err(SubmitError::LoanOutstanding)
+    ));
+    assert!(!loan.commit(ReturnCode::Ok).unwrap(), "aborted meanwhile");
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(join(second).rc, ReturnCode::Ok);
+    // `bye` while a loan is out closes the agent; the loan's commit says so.
+    let third = spawn_execute(&exchanger, "t3", watchdog());
+    get(&agent);
+    let loan = filled_loan(&agent, [1.0; 4]);
+    exchanger.close().unwrap();
+    assert_eq!(join(third).rc, ReturnCode::TaskAborted);
+    eventually("closed", || agent.status() == AgentStatus::Closed);
+    assert!(matches!(
+        loan.commit(ReturnCode::Ok),
+        Err(SubmitError::Closed)
+    ));
+}
+
+#[test]
+fn first_loaned_result_without_a_task_has_empty_id() {
+    let (mut raw, agent) = raw_pair("loanempty");
+    let loan = agent.loan_result(&result_spec()).unwrap();
+    assert_eq!(loan.task_id(), "");
+    let (verdict, result) = std::thread::scope(|s| {
+        let commit = s.spawn(|| loan.commit(ReturnCode::Ok).unwrap());
+        let result = raw.answer_result(ReturnCode::Ok, "");
+        (commit.join().unwrap(), result)
+    });
+    assert!(verdict);
+    assert_eq!(result.task_id(), "");
+    assert!(matches!(
+        agent.loan_result(&result_spec()),
+        Err(SubmitError::NotAnswerable)
+    ));
 }

@@ -23,8 +23,8 @@ use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use serde_json::{Map, Value};
-use shmex::frame::{DType, DataKind, Dxo, DxoError, OwnedMessage, ReturnCode, SendError};
 use shmex::error::{Coded, ErrorCode};
+use shmex::frame::{DType, DataKind, Dxo, DxoError, OwnedMessage, ReturnCode, SendError};
 use shmex::protocol::{
     AbortSignal, Agent, AgentAttachError, AgentConfig, AgentStatus, CloseError, Exchanger,
     ExchangerConfig, ExchangerCreateError, ExchangerStatus, GetTaskError, Headers, RestartPolicy,
@@ -727,6 +727,11 @@ impl PyAgent {
             submitted.map_err(|e| match e {
                 SubmitError::Closed => AgentClosed::new_err(e.to_string()),
                 SubmitError::Send(e) => send_error(e),
+                // Loan-only variants, or the agent's sending half lent to a loan (the
+                // binding does not lend it yet): mapped by their code.
+                SubmitError::Spec(_)
+                | SubmitError::NotAnswerable
+                | SubmitError::LoanOutstanding => coded_error("cannot submit", &e),
             })
         })
     }

@@ -282,6 +282,36 @@ pub struct CommittedLoan {
 }
 
 impl DetachedLoan {
+    /// Reserves ring space for one message of a prepared layout with sequence number and
+    /// checksum setting `ticket` (see [`FrameSender::loan_detached`], which takes the ticket
+    /// itself).
+    pub fn reserve(
+        producer: &mut Producer,
+        prepared: &PreparedLoan,
+        ticket: SendTicket,
+        deadline: Option<Instant>,
+        cancel: Option<(&dyn Fn() -> bool, Duration)>,
+    ) -> Result<DetachedLoan, LoanError> {
+        let needed = prepared.total + FRAGMENT_HEADER_LEN as u64;
+        if needed > producer.max_record() as u64 {
+            return Err(SendError::TooLargeForLoan {
+                needed,
+                max: producer.max_record(),
+            }
+            .into());
+        }
+        let reservation = reserve_cancellable(producer, needed as usize, deadline, cancel)?;
+        let layout = LoanLayout::for_prepared(prepared, ticket.sequence, ticket.checksum);
+        let record = producer
+            .reservation_mut(&reservation)
+            .map_err(|_| SendError::Cancelled)?;
+        layout.write_headers(prepared, record);
+        Ok(DetachedLoan {
+            reservation,
+            layout,
+        })
+    }
+
     fn record<'p>(&self, producer: &'p mut Producer) -> Result<&'p mut [u8], ViewError> {
         producer
             .reservation_mut(&self.reservation)
@@ -345,6 +375,18 @@ impl DetachedLoan {
             .map_err(|_| ViewError::StaleLoan)?;
         header.epoch = epoch;
         record[..FRAGMENT_HEADER_LEN].copy_from_slice(header.as_bytes());
+        Ok(())
+    }
+
+    /// Sets the message's return code (the body header's `rc`), e.g. a result's, known only
+    /// when the loan is committed.
+    pub fn set_rc(&self, producer: &mut Producer, rc: ReturnCode) -> Result<(), ViewError> {
+        let record = self.record(producer)?;
+        let at = FRAGMENT_HEADER_LEN..FRAGMENT_HEADER_LEN + BODY_HEADER_LEN;
+        let mut header =
+            BodyHeader::read_from_bytes(&record[at.clone()]).map_err(|_| ViewError::StaleLoan)?;
+        header.rc = rc.code();
+        record[at].copy_from_slice(header.as_bytes());
         Ok(())
     }
 

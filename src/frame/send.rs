@@ -435,25 +435,19 @@ impl FrameSender {
         deadline: Option<Instant>,
         cancel: Option<(&dyn Fn() -> bool, Duration)>,
     ) -> Result<DetachedLoan, LoanError> {
-        let needed = prepared.total + FRAGMENT_HEADER_LEN as u64;
-        if needed > producer.max_record() as u64 {
-            return Err(SendError::TooLargeForLoan {
-                needed,
-                max: producer.max_record(),
-            }
-            .into());
+        let ticket = self.ticket();
+        DetachedLoan::reserve(producer, prepared, ticket, deadline, cancel)
+    }
+
+    /// Takes the sequence number (and checksum setting) of a message to be sent later
+    /// without this sender, e.g. a [`DetachedLoan::reserve`] made while the sender is in use
+    /// elsewhere. A ticket that is never used leaves a gap in the sequence, which receivers
+    /// accept.
+    pub fn ticket(&mut self) -> SendTicket {
+        SendTicket {
+            sequence: self.take_sequence(),
+            checksum: self.checksum,
         }
-        let reservation = reserve_cancellable(producer, needed as usize, deadline, cancel)?;
-        let sequence = self.take_sequence();
-        let layout = LoanLayout::for_prepared(prepared, sequence, self.checksum);
-        let record = producer
-            .reservation_mut(&reservation)
-            .map_err(|_| SendError::Cancelled)?;
-        layout.write_headers(prepared, record);
-        Ok(DetachedLoan {
-            reservation,
-            layout,
-        })
     }
 
     /// Sends a copied record again ([`DetachedLoan::copy_committed`]) as a new message (a new
@@ -487,8 +481,23 @@ impl FrameSender {
     }
 }
 
+/// A message's sequence number and checksum setting, taken from a [`FrameSender`] by
+/// [`FrameSender::ticket`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendTicket {
+    pub(super) sequence: u64,
+    pub(super) checksum: bool,
+}
+
+impl SendTicket {
+    /// The sequence number the message will carry.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+}
+
 /// Reserves a `len`-byte record, waiting until `deadline` and asking `cancel` each slice.
-fn reserve_cancellable(
+pub(super) fn reserve_cancellable(
     producer: &mut Producer,
     len: usize,
     deadline: Option<Instant>,

@@ -45,7 +45,9 @@ mod agent;
 mod config;
 mod exchanger;
 
-pub use agent::{Agent, AgentAttachError, AgentStatus, GetTaskError, SubmitError, Task};
+pub use agent::{
+    Agent, AgentAttachError, AgentStatus, GetTaskError, ResultLoan, SubmitError, Task,
+};
 pub use config::{AgentConfig, ExchangerConfig, RestartPolicy};
 pub use exchanger::{CloseError, Exchanger, ExchangerCreateError, ExchangerStatus, Reply};
 
