@@ -19,7 +19,7 @@
 
 use crate::frame::{DxoError, FrameError, LoanError, SendError, ViewError};
 use crate::protocol::{
-    AgentAttachError, CloseError, ExchangerCreateError, GetTaskError, SubmitError,
+    AgentAttachError, CloseError, ExchangerCreateError, GetTaskError, SubmitError, TaskLoanError,
 };
 use crate::ring::{
     CapacityError, RecvError, ReserveError, RingCorruption, StaleReservation, TryReserveError,
@@ -446,6 +446,18 @@ impl Coded for CloseError {
     fn code(&self) -> ErrorCode {
         match self {
             CloseError::Bye(e) => e.code(),
+        }
+    }
+}
+
+impl Coded for TaskLoanError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            TaskLoanError::Busy => ErrorCode::CallState,
+            TaskLoanError::EmptyTaskId | TaskLoanError::NoData => ErrorCode::InvalidData,
+            TaskLoanError::Spec(e) => e.code(),
+            TaskLoanError::Aborted => ErrorCode::Cancelled,
+            TaskLoanError::Closed => ErrorCode::Closed,
         }
     }
 }

@@ -49,7 +49,9 @@ pub use agent::{
     Agent, AgentAttachError, AgentStatus, GetTaskError, ResultLoan, SubmitError, Task,
 };
 pub use config::{AgentConfig, ExchangerConfig, RestartPolicy};
-pub use exchanger::{CloseError, Exchanger, ExchangerCreateError, ExchangerStatus, Reply};
+pub use exchanger::{
+    CloseError, Exchanger, ExchangerCreateError, ExchangerStatus, Reply, TaskLoan, TaskLoanError,
+};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
