@@ -719,6 +719,23 @@ impl Agent {
     ///
     /// While the loan is out, the pump keeps receiving (tasks, `abort`, `bye`); the
     /// `task_ack`s it owes are queued and pushed when the loan is committed or dropped.
+    ///
+    /// ```no_run
+    /// use shmex::frame::{DType, DataKind, LoanSpec, ReturnCode};
+    /// use shmex::protocol::{Agent, AgentConfig};
+    /// use shmex::segment::SegmentName;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let agent = Agent::attach(&SegmentName::for_agent("site-1", "trainer-0")?, AgentConfig::default())?;
+    /// if let Some(_task) = agent.get_task(None)? {
+    ///     let spec = LoanSpec::new(DataKind::WeightDiff).tensor("w", DType::F32, &[1024]);
+    ///     let mut loan = agent.loan_result(&spec)?;
+    ///     let w = loan.index_of("w").ok_or("no w")?;
+    ///     loan.tensor_mut::<f32>(w)?.fill(0.5); // written in place in the ring
+    ///     let accepted = loan.commit(ReturnCode::Ok)?;
+    /// #   let _ = accepted;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn loan_result(&self, spec: &LoanSpec) -> Result<ResultLoan, SubmitError> {
         let claim = match self.claim()? {
             Ok(claim) => claim,
