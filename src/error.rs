@@ -19,9 +19,11 @@
 
 use crate::frame::{DxoError, FrameError, LoanError, SendError, ViewError};
 use crate::protocol::{
-    AgentAttachError, CloseError, ExchangerCreateError, GetTaskError, SubmitError,
+    AgentAttachError, CloseError, ExchangerCreateError, GetTaskError, SubmitError, TaskLoanError,
 };
-use crate::ring::{CapacityError, RecvError, ReserveError, RingCorruption, TryReserveError};
+use crate::ring::{
+    CapacityError, RecvError, ReserveError, RingCorruption, StaleReservation, TryReserveError,
+};
 use crate::segment::{CreateError, NameError, OpenError};
 use crate::signal::PeerLost;
 use crate::stream::{MalformedStream, StreamRecvError};
@@ -199,6 +201,12 @@ impl Coded for RingCorruption {
     }
 }
 
+impl Coded for StaleReservation {
+    fn code(&self) -> ErrorCode {
+        ErrorCode::CallState
+    }
+}
+
 impl Coded for CapacityError {
     fn code(&self) -> ErrorCode {
         match self {
@@ -304,6 +312,7 @@ impl Coded for ViewError {
             ViewError::WrongDType { .. } => ErrorCode::WrongDType,
             ViewError::Misaligned => ErrorCode::Misaligned,
             ViewError::InvalidBool => ErrorCode::InvalidBool,
+            ViewError::StaleLoan => ErrorCode::CallState,
         }
     }
 }
@@ -441,6 +450,18 @@ impl Coded for CloseError {
     }
 }
 
+impl Coded for TaskLoanError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            TaskLoanError::Busy => ErrorCode::CallState,
+            TaskLoanError::EmptyTaskId | TaskLoanError::NoData => ErrorCode::InvalidData,
+            TaskLoanError::Spec(e) => e.code(),
+            TaskLoanError::Aborted => ErrorCode::Cancelled,
+            TaskLoanError::Closed => ErrorCode::Closed,
+        }
+    }
+}
+
 impl Coded for AgentAttachError {
     fn code(&self) -> ErrorCode {
         match self {
@@ -464,6 +485,8 @@ impl Coded for SubmitError {
         match self {
             SubmitError::Closed => ErrorCode::Closed,
             SubmitError::Send(e) => e.code(),
+            SubmitError::Spec(e) => e.code(),
+            SubmitError::NotAnswerable | SubmitError::LoanOutstanding => ErrorCode::CallState,
         }
     }
 }

@@ -707,12 +707,154 @@ impl Producer {
         Ok(())
     }
 
+    /// [`Producer::reserve`], but returns a [`Reservation`] that does not borrow the producer:
+    /// the record stays reserved until [`Producer::commit_reservation`], provided nothing else
+    /// is published on this producer in between (which makes the reservation stale).
+    pub fn reserve_detached(
+        &mut self,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Reservation, ReserveError> {
+        let grant = self.reserve(len, deadline)?;
+        // The grant only borrows the producer; letting it go publishes nothing. The space it
+        // stood for is still free beyond the tail, which `check_reservation` re-verifies.
+        drop(grant);
+        Ok(Reservation {
+            position: self.cursor.tail,
+            len,
+        })
+    }
+
+    /// Whether `reservation` is still this producer's next record and its space is free; the
+    /// payload's start if so.
+    fn check_reservation(
+        &mut self,
+        reservation: &Reservation,
+    ) -> Result<*mut u8, StaleReservation> {
+        let stale = StaleReservation {
+            position: reservation.position,
+            tail: self.cursor.tail,
+        };
+        let Ok(size) = self.check_len(reservation.len) else {
+            return Err(stale);
+        };
+        let capacity = self.ring.capacity;
+        // Re-verified rather than trusted from the reservation: a reservation made by another
+        // producer (of another ring) must not lead to an access outside this one's free space.
+        let placed = reservation.position == self.cursor.tail
+            && self.cursor.tail_offset + size <= capacity
+            && self
+                .cursor
+                .fits(capacity, size, capacity, self.cursor.cached_head);
+        if placed {
+            Ok(self.ring.payload_ptr(self.cursor.tail_offset))
+        } else {
+            Err(stale)
+        }
+    }
+
+    /// The payload bytes of `reservation` (they hold whatever an earlier lap left there).
+    pub fn reservation_mut(
+        &mut self,
+        reservation: &Reservation,
+    ) -> Result<&mut [u8], StaleReservation> {
+        let ptr = self.check_reservation(reservation)?;
+        // SAFETY: `check_reservation` verified that the record starts at the published tail,
+        // ends before the end of the data region, and fits in the space the consumer has
+        // released (per the validated cached head, which only grows): these bytes belong to the
+        // producer alone until it publishes them, and the `&mut self` borrow makes this slice
+        // the only reference to them. They are initialised (zeroed or earlier laps' bytes).
+        Ok(unsafe { std::slice::from_raw_parts_mut(ptr, reservation.len) })
+    }
+
+    /// Publishes the whole payload of `reservation`. Fails (publishing nothing) if it is stale.
+    pub fn commit_reservation(&mut self, reservation: Reservation) -> Result<(), StaleReservation> {
+        self.check_reservation(&reservation)?;
+        let len = reservation.len as u64;
+        self.cursor.publish(&self.ring, len, record_size(len));
+        Ok(())
+    }
+
+    /// Copies the payload of the record this producer published at `position` (a
+    /// [`Reservation::position`] that was committed), `out.len()` bytes of it, into `out`.
+    /// Returns `false`, copying nothing, if the producer has written over that record since
+    /// (its later records reached the record's bytes again), if it was never published, or
+    /// if `out` is longer than the record. The consumer never writes the data region, so the
+    /// bytes are the producer's own until it reuses them, whether the consumer released the
+    /// record or not.
+    pub fn copy_committed(&self, position: u64, out: &mut [u8]) -> bool {
+        let capacity = self.ring.capacity;
+        let Ok(size) = self.check_len(out.len()) else {
+            return false;
+        };
+        let written_since = self.cursor.tail.wrapping_sub(position);
+        let offset = position % capacity;
+        let intact = position.is_multiple_of(ALIGN)
+            && written_since >= size
+            && written_since <= capacity
+            && offset + size <= capacity;
+        if !intact {
+            return false;
+        }
+        let src = self.ring.payload_ptr(offset);
+        // SAFETY: the record lies inside the data region (`offset + size <= capacity`) and
+        // was published by this producer, which has written less than one lap since
+        // (`written_since <= capacity`), so its bytes are still the ones committed; the
+        // consumer only reads the data region. `out` is a separate, caller-owned buffer of
+        // `out.len()` bytes, not overlapping shared memory.
+        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
+        true
+    }
+
     /// Free bytes right now (informational: record headers and padding also take space).
     pub fn free_bytes(&mut self) -> Result<u64, RingCorruption> {
         self.cursor
             .has_space(&self.ring, u64::MAX, self.ring.capacity)?;
         Ok(self.ring.capacity - self.cursor.tail.wrapping_sub(self.cursor.cached_head))
     }
+}
+
+/// Room for one record reserved by [`Producer::reserve_detached`]: like a [`WriteGrant`], but
+/// not a borrow of the producer, so that it can be kept across calls (a binding's loan) while
+/// the producer lives elsewhere. Its bytes are reached through
+/// [`Producer::reservation_mut`] and published by [`Producer::commit_reservation`]; both check
+/// that the reservation is still the producer's next record. Dropping it abandons the record:
+/// nothing becomes visible to the consumer.
+#[must_use = "dropping a Reservation abandons the record"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// The producer's tail when it was made: where the record starts.
+    position: u64,
+    len: usize,
+}
+
+impl Reservation {
+    /// Reserved payload bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the reservation is for an empty payload.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The ring position (bytes ever committed before it) where the record starts; after
+    /// [`Producer::commit_reservation`], [`Producer::copy_committed`] reads it back from there.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+}
+
+/// A [`Reservation`] was used after the producer published something else (its position is
+/// no longer the producer's tail), or with another ring's producer; nothing was accessed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the reservation at ring position {position} is no longer the producer's next record (tail {tail})")]
+pub struct StaleReservation {
+    /// The reservation's position.
+    pub position: u64,
+    /// The producer's tail.
+    pub tail: u64,
 }
 
 /// Room for one record, from reserve until [`commit`](WriteGrant::commit).
@@ -1346,6 +1488,46 @@ mod tests {
 
     fn header(p: &Producer) -> &RingHeader {
         p.ring.header()
+    }
+
+    /// A detached reservation publishes nothing until committed, survives being carried
+    /// around, goes stale when something else is published, and its bytes can be read back
+    /// after commit until the producer writes over them.
+    #[test]
+    fn detached_reservation_commits_later_and_reads_back() {
+        let (mut p, mut c) = ring(4096);
+        let r = p.reserve_detached(100, None).unwrap();
+        p.reservation_mut(&r)
+            .unwrap()
+            .copy_from_slice(&pattern(1, 100));
+        assert_eq!(pop(&mut c), None, "not visible before commit");
+        let position = r.position();
+        p.commit_reservation(r).unwrap();
+        assert_eq!(pop(&mut c), Some(pattern(1, 100)));
+        let mut back = vec![0u8; 100];
+        assert!(
+            p.copy_committed(position, &mut back),
+            "released but not overwritten"
+        );
+        assert_eq!(back, pattern(1, 100));
+        // Abandoned, then another record published: the reservation is stale.
+        let stale = p.reserve_detached(10, None).unwrap();
+        p.push(&pattern(2, 10), None).unwrap();
+        assert!(p.reservation_mut(&stale).is_err());
+        assert!(p.commit_reservation(stale).is_err());
+        assert_eq!(pop(&mut c), Some(pattern(2, 10)));
+        assert_eq!(pop(&mut c), None);
+        // A lap later the first record's bytes are gone.
+        for i in 0..40 {
+            p.push(&pattern(i, 100), None).unwrap();
+            pop(&mut c).unwrap();
+        }
+        assert!(!p.copy_committed(position, &mut back));
+        let never = p.reserve_detached(10, None).unwrap();
+        assert!(
+            !p.copy_committed(never.position(), &mut back[..10]),
+            "not committed"
+        );
     }
 
     /// A second view of a ring's memory, to scribble on it like a hostile peer would.

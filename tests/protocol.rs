@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shmex::frame::{
-    DataKind, Dxo, Envelope, FrameReceiver, FrameSender, MessageKind, OwnedMessage, ReturnCode,
+    DType, DataKind, Dxo, Envelope, FrameReceiver, FrameSender, LoanSpec, MessageKind,
+    OwnedMessage, ReturnCode,
 };
 use shmex::link::{AttachOptions, CreateOptions, Link};
 use shmex::protocol::{
     AbortSignal, Agent, AgentConfig, AgentStatus, Exchanger, ExchangerConfig, ExchangerStatus,
-    GetTaskError, Headers, Reply, RestartPolicy, SubmitError,
+    GetTaskError, Headers, Reply, RestartPolicy, ResultLoan, SubmitError, TaskLoan, TaskLoanError,
 };
 use shmex::segment::SegmentName;
 
@@ -1461,4 +1462,402 @@ fn result_over_the_exchangers_limits_is_answered_invalid() {
     assert_eq!(get(&agent).id, "t2");
     assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
     assert_eq!(join(pending).rc, ReturnCode::Ok);
+}
+
+// ---------------------------------------------------------------- loans (issue 9)
+
+fn result_spec() -> LoanSpec {
+    LoanSpec::new(DataKind::WeightDiff)
+        .tensor("w", DType::F32, &[4])
+        .meta("loaned", true)
+}
+
+/// Takes a loan for the fetched task and fills `w` with `values`.
+fn filled_loan(agent: &Agent, values: [f32; 4]) -> ResultLoan {
+    let mut loan = agent.loan_result(&result_spec()).unwrap();
+    let w = loan.index_of("w").unwrap();
+    loan.tensor_mut::<f32>(w).unwrap().copy_from_slice(&values);
+    loan
+}
+
+/// Whether a message of `kind` arrives at the raw exchanger within `ms` milliseconds.
+fn raw_sees(raw: &mut RawExchanger, kind: MessageKind, ms: u64) -> bool {
+    let end = Instant::now() + Duration::from_millis(ms);
+    while Instant::now() < end {
+        if let Ok(m) = raw.receiver.recv(raw.link.receiver(), Some(end)) {
+            if m.kind() == kind {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn loaned_result_is_accepted_and_its_tensors_arrive() {
+    let exchanger = Arc::new(create("loanres"));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    let agent = attach(&exchanger);
+    let task = get(&agent);
+    let mut loan = filled_loan(&agent, [9.0, 8.0, 7.0, 6.0]);
+    assert_eq!(loan.task_id(), "t1");
+    assert_eq!(loan.tensor_count(), 1);
+    assert!(loan.tensor_mut::<f64>(0).is_err(), "dtype checked");
+    assert!(loan.commit(ReturnCode::Ok).unwrap());
+    let reply = join(pending);
+    assert_eq!(reply.rc, ReturnCode::Ok);
+    assert_eq!(reply.data_kind, Some(DataKind::WeightDiff));
+    let result = reply.result.unwrap();
+    assert_eq!(result.task_id(), task.id);
+    assert_eq!(result.meta()["loaned"], true);
+    assert_eq!(result.meta()["data_kind"], "WEIGHT_DIFF");
+    let w = result.tensor_by_name("w").unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(w, [9.0, 8.0, 7.0, 6.0]);
+}
+
+#[test]
+fn loaned_result_with_error_rc_is_the_bare_reply() {
+    let exchanger = Arc::new(create("loanrc"));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    let agent = attach(&exchanger);
+    get(&agent);
+    let loan = filled_loan(&agent, [0.0; 4]);
+    assert!(loan.commit(ReturnCode::ExecutionException).unwrap());
+    assert_eq!(join(pending).rc, ReturnCode::ExecutionException);
+}
+
+#[test]
+fn loaned_result_for_aborted_task_is_false_and_sends_nothing() {
+    let (mut raw, agent) = fetched("loanabort");
+    let loan = filled_loan(&agent, [1.0; 4]);
+    raw.abort("t1");
+    eventually("the agent learns of the abort", || agent.is_aborted());
+    assert!(!loan.commit(ReturnCode::Ok).unwrap());
+    assert!(
+        !raw_sees(&mut raw, MessageKind::Result, 200),
+        "nothing sent"
+    );
+    assert!(
+        !agent.submit_result(&diff(), ReturnCode::Ok).unwrap(),
+        "the aborted task stays unanswerable"
+    );
+}
+
+#[test]
+fn loan_and_copy_submission_for_one_task_accept_exactly_one() {
+    // Loan first: the copy submission and a second loan are refused without sending.
+    let (mut raw, agent) = fetched("loancopy");
+    let loan = filled_loan(&agent, [1.0; 4]);
+    assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert!(matches!(
+        agent.loan_result(&result_spec()),
+        Err(SubmitError::NotAnswerable)
+    ));
+    let verdict = std::thread::scope(|s| {
+        let commit = s.spawn(|| loan.commit(ReturnCode::Ok).unwrap());
+        raw.answer_result(ReturnCode::Ok, "t1");
+        commit.join().unwrap()
+    });
+    assert!(verdict);
+    assert!(
+        !raw_sees(&mut raw, MessageKind::Result, 100),
+        "one result only"
+    );
+    assert!(!agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+
+    // Copy first (sent, not yet acked): the loan is refused.
+    let (mut raw, agent) = fetched("copyloan");
+    std::thread::scope(|s| {
+        let submit = s.spawn(|| agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+        let result = raw.recv();
+        assert_eq!(result.kind(), MessageKind::Result);
+        assert!(matches!(
+            agent.loan_result(&result_spec()),
+            Err(SubmitError::NotAnswerable)
+        ));
+        raw.send(
+            Envelope::new(MessageKind::ResultAck)
+                .with_task("t1", "")
+                .with_rc(ReturnCode::Ok)
+                .with_reply_to(result.sequence()),
+            None,
+        );
+        assert!(submit.join().unwrap());
+    });
+}
+
+#[test]
+fn concurrent_loans_and_copies_for_one_task_accept_exactly_one() {
+    let exchanger = Arc::new(create("loanrace"));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    let agent = attach(&exchanger);
+    get(&agent);
+    let verdicts: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let agent = &agent;
+                s.spawn(move || {
+                    if i % 2 == 0 {
+                        match agent.loan_result(&result_spec()) {
+                            Ok(loan) => loan.commit(ReturnCode::Ok).unwrap(),
+                            Err(SubmitError::NotAnswerable | SubmitError::LoanOutstanding) => false,
+                            Err(e) => panic!("{e}"),
+                        }
+                    } else {
+                        match agent.submit_result(&diff(), ReturnCode::Ok) {
+                            Ok(v) => v,
+                            Err(SubmitError::LoanOutstanding) => false,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(verdicts.iter().filter(|v| **v).count(), 1, "{verdicts:?}");
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+}
+
+#[test]
+fn dropped_loan_leaves_the_task_answerable_by_copy() {
+    let exchanger = Arc::new(create("loandrop"));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    let agent = attach(&exchanger);
+    get(&agent);
+    drop(filled_loan(&agent, [5.0; 4]));
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    let reply = join(pending);
+    assert_eq!(reply.rc, ReturnCode::Ok);
+    let w = reply
+        .result
+        .unwrap()
+        .tensor_by_name("w")
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    assert_eq!(w, WEIGHTS, "the copy's data, not the abandoned loan's");
+}
+
+#[test]
+fn pump_applies_abort_tasks_and_bye_while_a_loan_is_held() {
+    let exchanger = Arc::new(create("loanpump"));
+    let abort = AbortSignal::new();
+    let pending = spawn_execute(&exchanger, "t1", abort.clone());
+    let agent = attach(&exchanger);
+    get(&agent);
+    let loan = filled_loan(&agent, [1.0; 4]);
+    // The exchanger's abort reaches the agent while the loan is out.
+    abort.abort();
+    assert_eq!(join(pending).rc, ReturnCode::TaskAborted);
+    eventually("the agent learns of the abort", || agent.is_aborted());
+    // A new task is received (its ack queued) while the loan is still out.
+    let second = spawn_execute(&exchanger, "t2", watchdog());
+    let t2 = get(&agent);
+    assert_eq!(t2.id, "t2");
+    assert!(matches!(
+        agent.submit_result(&diff(), ReturnCode::Ok),
+        Err(SubmitError::LoanOutstanding)
+    ));
+    assert!(!loan.commit(ReturnCode::Ok).unwrap(), "aborted meanwhile");
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(join(second).rc, ReturnCode::Ok);
+    // `bye` while a loan is out closes the agent; the loan's commit says so.
+    let third = spawn_execute(&exchanger, "t3", watchdog());
+    get(&agent);
+    let loan = filled_loan(&agent, [1.0; 4]);
+    exchanger.close().unwrap();
+    assert_eq!(join(third).rc, ReturnCode::TaskAborted);
+    eventually("closed", || agent.status() == AgentStatus::Closed);
+    assert!(matches!(
+        loan.commit(ReturnCode::Ok),
+        Err(SubmitError::Closed)
+    ));
+}
+
+#[test]
+fn first_loaned_result_without_a_task_has_empty_id() {
+    let (mut raw, agent) = raw_pair("loanempty");
+    let loan = agent.loan_result(&result_spec()).unwrap();
+    assert_eq!(loan.task_id(), "");
+    let (verdict, result) = std::thread::scope(|s| {
+        let commit = s.spawn(|| loan.commit(ReturnCode::Ok).unwrap());
+        let result = raw.answer_result(ReturnCode::Ok, "");
+        (commit.join().unwrap(), result)
+    });
+    assert!(verdict);
+    assert_eq!(result.task_id(), "");
+    assert!(matches!(
+        agent.loan_result(&result_spec()),
+        Err(SubmitError::NotAnswerable)
+    ));
+}
+
+fn task_spec() -> LoanSpec {
+    LoanSpec::new(DataKind::Weights)
+        .tensor("w", DType::F32, &[4])
+        .tensor("b", DType::I64, &[2])
+}
+
+/// A task loan with `w` = `values` and `b` = [7, 8].
+fn filled_task(exchanger: &Exchanger, id: &str, values: [f32; 4]) -> TaskLoan {
+    let headers = Headers::new(id).with_rounds(2, 5);
+    let mut loan = exchanger
+        .loan_task("train", &task_spec(), &headers, &watchdog())
+        .unwrap();
+    let w = loan.index_of("w").unwrap();
+    loan.tensor_mut::<f32>(w).unwrap().copy_from_slice(&values);
+    let b = loan.index_of("b").unwrap();
+    loan.tensor_mut::<i64>(b).unwrap().copy_from_slice(&[7, 8]);
+    loan
+}
+
+#[test]
+fn loaned_task_is_executed_and_answered() {
+    let exchanger = Arc::new(create("loantask"));
+    // Taken and filled before any agent attaches: the epoch is stamped when it is sent.
+    let loan = filled_task(&exchanger, "t1", [4.0, 3.0, 2.0, 1.0]);
+    assert_eq!(loan.task_id(), "t1");
+    assert_eq!(
+        exchanger
+            .execute("train", &model(), &Headers::new("t2"), &watchdog())
+            .rc,
+        ReturnCode::BadRequestData,
+        "the loaned task is in flight"
+    );
+    let pending = std::thread::spawn(move || loan.execute(&watchdog()));
+    let agent = attach(&exchanger);
+    let task = get(&agent);
+    assert_eq!((task.id.as_str(), task.name.as_str()), ("t1", "train"));
+    let meta = task.message.meta();
+    assert_eq!(meta["current_round"], 2);
+    assert_eq!(meta["total_round"], 5);
+    assert_eq!(meta["data_kind"], "WEIGHTS");
+    let w = task.message.tensor_by_name("w").unwrap().to_vec::<f32>();
+    assert_eq!(w.unwrap(), [4.0, 3.0, 2.0, 1.0]);
+    let b = task.message.tensor_by_name("b").unwrap().to_vec::<i64>();
+    assert_eq!(b.unwrap(), [7, 8]);
+    // Answered by a loan too: zero copies on both sending sides.
+    let loan = filled_loan(&agent, [1.5; 4]);
+    assert!(loan.commit(ReturnCode::Ok).unwrap());
+    let reply = join(pending);
+    assert_eq!(reply.rc, ReturnCode::Ok);
+    let w = reply
+        .result
+        .unwrap()
+        .tensor_by_name("w")
+        .unwrap()
+        .to_vec::<f32>();
+    assert_eq!(w.unwrap(), [1.5; 4]);
+    // The next task goes by copy as usual.
+    let next = spawn_execute(&exchanger, "t2", watchdog());
+    get(&agent);
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(join(next).rc, ReturnCode::Ok);
+}
+
+#[test]
+fn loan_task_refusals_have_execute_return_codes() {
+    let exchanger = create("loantaskerr");
+    let headers = Headers::new("t1");
+    let refused = |spec: &LoanSpec, headers: &Headers| {
+        exchanger
+            .loan_task("train", spec, headers, &watchdog())
+            .unwrap_err()
+    };
+    assert_eq!(
+        refused(&task_spec(), &Headers::new("")).rc(),
+        ReturnCode::BadTaskData
+    );
+    assert_eq!(
+        refused(&LoanSpec::new(DataKind::Weights), &headers).rc(),
+        ReturnCode::BadRequestData
+    );
+    let huge = LoanSpec::new(DataKind::Weights).tensor("w", DType::U8, &[64 << 20]);
+    assert_eq!(refused(&huge, &headers).rc(), ReturnCode::BadTaskData);
+    let loan = filled_task(&exchanger, "t1", [0.0; 4]);
+    assert!(matches!(
+        refused(&task_spec(), &Headers::new("t2")),
+        TaskLoanError::Busy
+    ));
+    drop(loan);
+    // Dropped: no task in flight any more.
+    let again = filled_task(&exchanger, "t3", [0.0; 4]);
+    let abort = AbortSignal::new();
+    abort.abort();
+    assert_eq!(again.execute(&abort).rc, ReturnCode::TaskAborted);
+}
+
+#[test]
+fn loaned_task_aborted_before_an_agent_attaches_sends_nothing() {
+    let exchanger = Arc::new(create("loantaskabort"));
+    let loan = filled_task(&exchanger, "t1", [1.0; 4]);
+    let abort = AbortSignal::new();
+    let pending = {
+        let abort = abort.clone();
+        std::thread::spawn(move || loan.execute(&abort))
+    };
+    abort.abort();
+    assert_eq!(join(pending).rc, ReturnCode::TaskAborted);
+    let agent = attach(&exchanger);
+    assert_no_task(&agent, 200);
+}
+
+#[test]
+fn results_and_close_are_handled_while_a_task_loan_is_held() {
+    // A stray result arrives while the task loan is out: the pump answers it (queued, pushed
+    // when the loan is executed) instead of waiting for the outbox.
+    let (exchanger, pending, mut raw) = task_taken("loantaskpump");
+    raw.result("t1", ReturnCode::Ok, Some(&diff().with_meta("k", 1)));
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+    let loan = filled_task(&exchanger, "t2", [1.0; 4]);
+    let envelope = Envelope::new(MessageKind::Result)
+        .with_task("t1", "train")
+        .with_rc(ReturnCode::Ok);
+    let duplicate = raw.send(envelope, Some(&diff().with_meta("k", 1)));
+    // Give the pump time to read it and answer while the loan is out (not a time bound: the
+    // order asserted below holds either way, the wait makes the queued path the likely one).
+    std::thread::sleep(Duration::from_millis(100));
+    let pending = std::thread::spawn(move || loan.execute(&watchdog()));
+    // The task comes first (it was reserved first), then the ack of the duplicate.
+    let task = raw.recv();
+    assert_eq!((task.kind(), task.task_id()), (MessageKind::Task, "t2"));
+    let ack = raw.recv();
+    assert_eq!(
+        (ack.kind(), ack.reply_to()),
+        (MessageKind::ResultAck, duplicate)
+    );
+    assert_eq!(ack.rc(), ReturnCode::Ok);
+    raw.send(
+        Envelope::new(MessageKind::TaskAck)
+            .with_task("t2", "")
+            .with_reply_to(task.sequence()),
+        None,
+    );
+    raw.result("t2", ReturnCode::Ok, Some(&diff().with_meta("k", 1)));
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+    // `close` while a loan is out returns; the loan then answers TASK_ABORTED and pushes `bye`.
+    let loan = filled_task(&exchanger, "t3", [1.0; 4]);
+    exchanger.close().unwrap();
+    assert_eq!(loan.execute(&watchdog()).rc, ReturnCode::TaskAborted);
+    assert!(raw.wait_for(MessageKind::Bye, WATCHDOG).is_some());
+}
+
+#[test]
+fn loaned_task_is_redelivered_to_a_restarted_agent() {
+    let exchanger = Arc::new(create("loantaskredeliver"));
+    let loan = filled_task(&exchanger, "t1", [2.0, 4.0, 6.0, 8.0]);
+    let agent = attach(&exchanger);
+    let pending = std::thread::spawn(move || loan.execute(&watchdog()));
+    get(&agent);
+    agent.close();
+    drop(agent);
+    let agent = attach(&exchanger);
+    let task = get(&agent);
+    assert_eq!(task.id, "t1");
+    let w = task.message.tensor_by_name("w").unwrap().to_vec::<f32>();
+    assert_eq!(w.unwrap(), [2.0, 4.0, 6.0, 8.0]);
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+    assert_eq!(exchanger.redeliveries(), 1);
 }

@@ -14,7 +14,7 @@ use common::{
     eventually, quick_exchanger_config, quick_wait, unique_name, watchdog_abort, Peer, WATCHDOG,
 };
 use rustix::process::Signal;
-use shmex::frame::{DataKind, Dxo, ReturnCode};
+use shmex::frame::{DType, DataKind, Dxo, LoanSpec, ReturnCode};
 use shmex::protocol::{
     AbortSignal, Agent, AgentConfig, AgentStatus, Exchanger, ExchangerConfig, ExchangerStatus,
     Headers, Reply, RestartPolicy,
@@ -528,4 +528,43 @@ fn d6_agent_killed_mid_result_and_replaced_at_once_gets_the_task_again() {
     drop(agent);
     exchanger.close().unwrap();
     assert!(!shm_exists(&name));
+}
+
+// ---------------------------------------------------------------- loans (issue 9)
+
+#[test]
+fn agent_killed_mid_loan_leaves_nothing_and_loaned_task_is_redelivered() {
+    let exchanger = Arc::new(Exchanger::create(&unique("killloan"), config()).unwrap());
+    let name = exchanger.name().as_str().to_string();
+    let mut holder = Peer::spawn(&["agent-loan-half-then-hang", &name]);
+    holder.expect_line("READY");
+    // The task itself goes by loan: its redelivery comes from its record in the ring.
+    let weights = small_model();
+    let spec = LoanSpec::new(DataKind::Weights).tensor("w", DType::F32, &[weights.len() as u64]);
+    let mut loan = exchanger
+        .loan_task("train", &spec, &Headers::new("t1"), &watchdog())
+        .unwrap();
+    loan.tensor_mut::<f32>(0).unwrap().copy_from_slice(&weights);
+    let pending = std::thread::spawn(move || loan.execute(&watchdog()));
+    assert_eq!(holder.expect_line("TASK"), "TASK t1");
+    holder.expect_line("HALF");
+    holder.kill();
+    eventually("the exchanger notices the death", || {
+        !matches!(exchanger.status(), ExchangerStatus::Connected { .. })
+    });
+    let server = Peer::spawn(&["agent-serve", exchanger.name().as_str()]);
+    server.expect_line("READY");
+    assert_eq!(
+        server.expect_line("TASK"),
+        format!("TASK t1 {}", tensors_checksum(&[bytes_of(&weights)]))
+    );
+    // The reply is the new agent's echo, never the half-filled loan.
+    let reply = pending.join().unwrap();
+    assert_echo(&reply, "t1", &weights);
+    assert_eq!(server.expect_line("SUBMIT"), "SUBMIT t1 true");
+    assert_eq!(exchanger.redeliveries(), 1);
+    exchanger.close().unwrap();
+    server.expect_line("CLOSED");
+    server.finish();
+    assert!(!shm_exists(exchanger.name()));
 }

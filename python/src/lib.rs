@@ -723,6 +723,11 @@ impl PyAgent {
             submitted.map_err(|e| match e {
                 SubmitError::Closed => AgentClosed::new_err(e.to_string()),
                 SubmitError::Send(e) => send_error(e),
+                // Loan-only variants, or the agent's sending half lent to a loan (the
+                // binding does not lend it yet): mapped by their code.
+                SubmitError::Spec(_)
+                | SubmitError::NotAnswerable
+                | SubmitError::LoanOutstanding => coded_error("cannot submit", &e),
             })
         })
     }

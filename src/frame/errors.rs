@@ -80,6 +80,10 @@ pub enum ViewError {
     /// The bytes are not aligned for, or not a whole number of, the element type.
     #[error("tensor bytes are misaligned or not a whole number of elements")]
     Misaligned,
+    /// A [`DetachedLoan`] was used after something else was published on its producer (or
+    /// with another ring's producer): its ring space is no longer its own.
+    #[error("the loan's ring space is no longer reserved for it")]
+    StaleLoan,
     /// A bool tensor holds a byte other than 0 or 1.
     #[error("bool tensor holds a byte other than 0 or 1")]
     InvalidBool,

@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::ring::{
-    Consumer, Producer, ReadGrant, RecvError, ReserveError, RingCorruption, WriteGrant,
+    Consumer, Producer, ReadGrant, RecvError, Reservation, ReserveError, RingCorruption, WriteGrant,
 };
 use crate::signal::PeerLost;
 
@@ -62,6 +62,51 @@ mod tests {
     use super::*;
     use crate::signal::Signals;
     use std::time::Duration;
+
+    /// A detached loan is filled across calls with its producer beside it, is invisible
+    /// until committed, and its committed record can be copied back and sent again to
+    /// another incarnation.
+    #[test]
+    fn detached_loan_commits_and_resends_to_another_epoch() {
+        let (mut tx, mut rx) = crate::ring::in_process(64 * 1024, Signals::in_process()).unwrap();
+        let mut sender = FrameSender::new().with_checksum(true);
+        let spec = LoanSpec::new(DataKind::Weights)
+            .tensor("w", DType::F32, &[4])
+            .meta("k", 1);
+        let envelope = Envelope::new(MessageKind::Task)
+            .with_task("t1", "train")
+            .with_epoch(3);
+        let prepared = FrameSender::prepare(&envelope, &spec).unwrap();
+        let loan = sender
+            .loan_detached(&mut tx, &prepared, None, None)
+            .unwrap();
+        let index = loan.index_of(&mut tx, "w").unwrap().unwrap();
+        loan.tensor_mut::<f32>(&mut tx, index)
+            .unwrap()
+            .copy_from_slice(&[1.0, 2.0, 3.0, 4.0]);
+        let mut receiver = FrameReceiver::default();
+        let soon = Some(Instant::now() + Duration::from_millis(20));
+        assert!(matches!(
+            receiver.recv(&mut rx, soon),
+            Err(FrameError::Timeout)
+        ));
+        loan.set_epoch(&mut tx, 4).unwrap();
+        let committed = loan.commit(&mut tx).unwrap();
+        let first = receiver.recv(&mut rx, None).unwrap();
+        assert_eq!((first.epoch(), first.task_id()), (4, "t1"));
+        let w = first.tensor_by_name("w").unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(w, [1.0, 2.0, 3.0, 4.0]);
+        let sequence = first.sequence();
+        drop(first);
+        let mut copy = DetachedLoan::copy_committed(&tx, committed).unwrap();
+        let again = sender.resend(&mut tx, &mut copy, 5, None, None).unwrap();
+        let second = receiver.recv(&mut rx, None).unwrap();
+        assert_eq!((second.epoch(), second.sequence()), (5, again));
+        assert_ne!(again, sequence);
+        let w = second.tensor_by_name("w").unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(w, [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(second.meta()["k"], 1);
+    }
 
     /// An owned message taken from the reassembly buffer gives that buffer back to the
     /// receiver's slot when dropped, and the next large message takes it from there.

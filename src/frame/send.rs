@@ -423,34 +423,105 @@ impl FrameSender {
             }
             .into());
         }
-        let sequence = self.take_sequence();
-        let checksum_flag = if self.checksum { FLAG_CHECKSUM } else { 0 };
-        let header = FragmentHeader::new(
-            prepared.kind,
-            FLAG_FIRST | FLAG_LAST | checksum_flag,
-            sequence,
-            0,
-            prepared.total,
-            0..prepared.total,
-            prepared.epoch,
-        );
-        let mut grant = producer
+        let grant = producer
             .reserve(needed as usize, deadline)
             .map_err(SendError::from)?;
-        let slot = grant.as_mut_slice();
-        slot[..FRAGMENT_HEADER_LEN].copy_from_slice(header.as_bytes());
-        slot[FRAGMENT_HEADER_LEN..FRAGMENT_HEADER_LEN + prepared.prefix.len()]
-            .copy_from_slice(&prepared.prefix);
-        let at = |offset: u64| offset as usize + FRAGMENT_HEADER_LEN;
-        Ok(Loan {
-            grant,
-            sequence,
-            opaque: at(prepared.opaque.start)..at(prepared.opaque.end),
-            table: at(prepared.table as u64),
-            names: at(prepared.names as u64),
-            count: prepared.count,
+        let sequence = self.take_sequence();
+        Ok(Loan::new(grant, prepared, sequence, self.checksum))
+    }
+
+    /// [`FrameSender::loan_prepared`], returning a [`DetachedLoan`] that does not borrow the
+    /// producer (keep the producer beside it; every access takes it). `cancel` is asked at
+    /// least every `cancel.1` while waiting for ring space, and a `true` answer ends the wait
+    /// with [`SendError::Cancelled`].
+    pub fn loan_detached(
+        &mut self,
+        producer: &mut Producer,
+        prepared: &PreparedLoan,
+        deadline: Option<Instant>,
+        cancel: Option<(&dyn Fn() -> bool, Duration)>,
+    ) -> Result<DetachedLoan, LoanError> {
+        let ticket = self.ticket();
+        DetachedLoan::reserve(producer, prepared, ticket, deadline, cancel)
+    }
+
+    /// Takes the sequence number (and checksum setting) of a message to be sent later
+    /// without this sender, e.g. a [`DetachedLoan::reserve`] made while the sender is in use
+    /// elsewhere. A ticket that is never used leaves a gap in the sequence, which receivers
+    /// accept.
+    pub fn ticket(&mut self) -> SendTicket {
+        SendTicket {
+            sequence: self.take_sequence(),
             checksum: self.checksum,
-        })
+        }
+    }
+
+    /// Sends a copied record again ([`DetachedLoan::copy_committed`]) as a new message (a new
+    /// sequence number) addressed to receiver incarnation `epoch`. `deadline` and `cancel` as
+    /// for [`FrameSender::loan_detached`]. Returns the new sequence number.
+    pub fn resend(
+        &mut self,
+        producer: &mut Producer,
+        copy: &mut RecordCopy,
+        epoch: u64,
+        deadline: Option<Instant>,
+        cancel: Option<(&dyn Fn() -> bool, Duration)>,
+    ) -> Result<u64, SendError> {
+        let reservation = reserve_cancellable(producer, copy.record.len(), deadline, cancel)?;
+        let sequence = self.take_sequence();
+        let (head, _) = copy.record.split_at_mut(FRAGMENT_HEADER_LEN);
+        // Any 64 bytes are a header value; the copy always holds one (`RecordCopy`'s invariant).
+        if let Ok(mut header) = FragmentHeader::read_from_bytes(head) {
+            header.sequence = sequence;
+            header.epoch = epoch;
+            head.copy_from_slice(header.as_bytes());
+        }
+        let record = producer
+            .reservation_mut(&reservation)
+            .map_err(|_| SendError::Cancelled)?;
+        record.copy_from_slice(&copy.record);
+        producer
+            .commit_reservation(reservation)
+            .map_err(|_| SendError::Cancelled)?;
+        Ok(sequence)
+    }
+}
+
+/// A message's sequence number and checksum setting, taken from a [`FrameSender`] by
+/// [`FrameSender::ticket`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendTicket {
+    pub(super) sequence: u64,
+    pub(super) checksum: bool,
+}
+
+impl SendTicket {
+    /// The sequence number the message will carry.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+}
+
+/// Reserves a `len`-byte record, waiting until `deadline` and asking `cancel` each slice.
+pub(super) fn reserve_cancellable(
+    producer: &mut Producer,
+    len: usize,
+    deadline: Option<Instant>,
+    cancel: Option<(&dyn Fn() -> bool, Duration)>,
+) -> Result<Reservation, SendError> {
+    let Some((cancelled, slice)) = cancel else {
+        return Ok(producer.reserve_detached(len, deadline)?);
+    };
+    loop {
+        if cancelled() {
+            return Err(SendError::Cancelled);
+        }
+        let now = Instant::now();
+        let slice_end = deadline.map_or(now + slice, |d| d.min(now + slice));
+        match producer.reserve_detached(len, Some(slice_end)) {
+            Err(ReserveError::Timeout) if deadline.is_none_or(|d| Instant::now() < d) => {}
+            other => return Ok(other?),
+        }
     }
 }
 

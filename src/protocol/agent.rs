@@ -6,16 +6,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{data_and_meta, deadline_after, kind_meta, pump_slice, AgentConfig, Shared};
+use super::{
+    data_and_meta, deadline_after, kind_meta, pump_slice, AgentConfig, Shared, META_DATA_KIND,
+};
 use crate::control::Liveness;
 use crate::frame::{
-    Dxo, Envelope, FrameError, FrameReceiver, FrameSender, Message, MessageKind, OwnedMessage,
-    ReturnCode, SendError,
+    DetachedLoan, Dxo, DxoError, Element, Envelope, FrameError, FrameReceiver, FrameSender,
+    LoanError, LoanSpec, Message, MessageKind, OwnedMessage, ReturnCode, SendError, ViewError,
 };
 use crate::link::{AttachOptions, Link, LinkAttachError, LinkControl, LinkParts};
 use crate::ring::{Consumer, Producer};
 use crate::segment::SegmentName;
 use crate::signal::PeerLost;
+use zerocopy::{FromBytes, KnownLayout};
 
 /// A task handed out by [`Agent::get_task`].
 #[derive(Debug)]
@@ -75,6 +78,28 @@ pub enum SubmitError {
     /// The result cannot be encoded, or the ring is corrupt.
     #[error(transparent)]
     Send(SendError),
+    /// [`Agent::loan_result`] only: the loan's spec is not a valid DXO (the result would not
+    /// be sent; the task stays answerable).
+    #[error(transparent)]
+    Spec(DxoError),
+    /// [`Agent::loan_result`] only: there is nothing to answer — `submit_result` would return
+    /// `false` without sending (no fetched task, the task was aborted or lost, or it is
+    /// already answered or being answered).
+    #[error("no task to answer: none fetched, it was aborted, or it is already answered")]
+    NotAnswerable,
+    /// A [`ResultLoan`] of this agent is outstanding (it holds the agent's sending half):
+    /// commit or drop it first. Nothing was sent.
+    #[error("a result loan of this agent is outstanding")]
+    LoanOutstanding,
+}
+
+impl From<LoanError> for SubmitError {
+    fn from(e: LoanError) -> SubmitError {
+        match e {
+            LoanError::Dxo(e) => SubmitError::Spec(e),
+            LoanError::Send(e) => SubmitError::Send(e),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -112,6 +137,19 @@ struct State {
     /// taken for another task's.
     fetched_any: bool,
     last_ack: Option<AckSeen>,
+    /// `task_ack`s not yet pushed (the outbox was busy or its producer lent to a loan), in
+    /// the order the tasks arrived: the pump never waits for the outbox.
+    acks: Vec<QueuedAck>,
+}
+
+/// A `task_ack` waiting for the outbox.
+#[derive(Debug)]
+struct QueuedAck {
+    id: String,
+    rc: ReturnCode,
+    epoch: u64,
+    reply_to: u64,
+    generation: u64,
 }
 
 impl State {
@@ -125,10 +163,147 @@ impl State {
 }
 
 struct Outbox {
-    producer: Producer,
+    /// `None` while a [`ResultLoan`] holds it.
+    producer: Option<Producer>,
     sender: FrameSender,
     epoch: u64,
     generation: u64,
+}
+
+/// The task a submission answers, marked answered by [`Agent::claim`].
+#[derive(Debug)]
+struct Claim {
+    /// The task's id (empty: a first submission without a fetched task).
+    id: String,
+    name: String,
+    generation: u64,
+    /// Whether this was the agent's first submission (undone if nothing is sent).
+    first_submission: bool,
+}
+
+/// A result being built in place in the result ring ([`Agent::loan_result`]): fill its
+/// tensors, then [`ResultLoan::commit`] it with a return code. An owned handle (it keeps the
+/// agent's state alive and holds the agent's sending half), so a binding can keep it across
+/// calls and threads.
+///
+/// While it is out, the agent's pump keeps receiving and applying `abort`, `bye` and new
+/// tasks; the `task_ack`s it owes are queued and pushed when the loan is committed or
+/// dropped. Other submissions of the agent fail with [`SubmitError::LoanOutstanding`].
+/// Dropping the loan abandons it: nothing is sent (nothing of it ever becomes visible to the
+/// exchanger, also if this process dies) and the task stays answerable.
+#[must_use = "a result loan sends nothing until it is committed; dropping it abandons it"]
+pub struct ResultLoan {
+    inner: Arc<Inner>,
+    /// `Some` until committed or dropped.
+    producer: Option<Producer>,
+    loan: Option<DetachedLoan>,
+    claim: Claim,
+}
+
+impl std::fmt::Debug for ResultLoan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultLoan")
+            .field("task_id", &self.claim.id)
+            .field("loan", &self.loan)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResultLoan {
+    fn parts(&mut self) -> Result<(&DetachedLoan, &mut Producer), ViewError> {
+        match (self.loan.as_ref(), self.producer.as_mut()) {
+            (Some(loan), Some(producer)) => Ok((loan, producer)),
+            _ => Err(ViewError::StaleLoan),
+        }
+    }
+
+    /// The id of the task this result answers (empty: a first submission without a fetched
+    /// task, attributed by the exchanger to its in-flight task).
+    pub fn task_id(&self) -> &str {
+        &self.claim.id
+    }
+
+    /// Number of tensors.
+    pub fn tensor_count(&self) -> usize {
+        self.loan.as_ref().map_or(0, DetachedLoan::tensor_count)
+    }
+
+    /// Index of the tensor named `name`.
+    pub fn index_of(&mut self, name: &str) -> Option<usize> {
+        let (loan, producer) = self.parts().ok()?;
+        loan.index_of(producer, name).ok().flatten()
+    }
+
+    /// Tensor `index` as mutable raw bytes in the ring (they hold whatever the ring held
+    /// before: write all of them).
+    pub fn tensor_bytes_mut(&mut self, index: usize) -> Result<&mut [u8], ViewError> {
+        let (loan, producer) = self.parts()?;
+        loan.tensor_bytes_mut(producer, index)
+    }
+
+    /// Tensor `index` as a mutable slice of `T` in the ring (the dtype must be `T`'s).
+    pub fn tensor_mut<T: Element + FromBytes + KnownLayout>(
+        &mut self,
+        index: usize,
+    ) -> Result<&mut [T], ViewError> {
+        let (loan, producer) = self.parts()?;
+        loan.tensor_mut(producer, index)
+    }
+
+    /// The opaque bytes (APP_DEFINED results whose spec reserved some), in the ring.
+    pub fn opaque_mut(&mut self) -> Result<&mut [u8], ViewError> {
+        let (loan, producer) = self.parts()?;
+        loan.opaque_mut(producer)
+    }
+
+    /// Sends the result with return code `rc` and waits for the exchanger's `result_ack`;
+    /// returns whether it was accepted, as [`Agent::submit_result`]. If the task was aborted
+    /// (or the exchanger lost) while the loan was out, nothing is sent and the answer is
+    /// `false`; if the agent was closed, `Err(Closed)`.
+    pub fn commit(mut self, rc: ReturnCode) -> Result<bool, SubmitError> {
+        let inner = Arc::clone(&self.inner);
+        let (Some(loan), Some(mut producer)) = (self.loan.take(), self.producer.take()) else {
+            return Ok(false);
+        };
+        let generation = self.claim.generation;
+        if inner.shared.lock().is_closed() {
+            drop(loan);
+            inner.return_producer(producer, generation);
+            return Err(SubmitError::Closed);
+        }
+        if inner.claim_cancelled(&self.claim) {
+            drop(loan);
+            inner.return_producer(producer, generation);
+            return inner.finish_submit(&self.claim.id, false);
+        }
+        let sequence = loan.sequence();
+        let committed = loan
+            .set_rc(&mut producer, rc)
+            .and_then(|()| loan.commit(&mut producer));
+        inner.return_producer(producer, generation);
+        match committed {
+            Ok(_) => inner.await_result_ack(&self.claim, sequence),
+            // Not reachable: the producer was this loan's alone. Nothing was sent.
+            Err(_) => inner.finish_submit(&self.claim.id, false),
+        }
+    }
+}
+
+impl Drop for ResultLoan {
+    fn drop(&mut self) {
+        // Not committed: abandon the record, give the producer back, and leave the task
+        // answerable.
+        self.loan = None;
+        if let Some(producer) = self.producer.take() {
+            self.inner.return_producer(producer, self.claim.generation);
+            self.inner.unclaim(&self.claim);
+        }
+    }
+}
+
+/// `spec` with meta `data_kind` set to its data kind (as [`Agent::submit_result`] does).
+fn with_data_kind(spec: &LoanSpec) -> LoanSpec {
+    spec.clone().meta(META_DATA_KIND, spec.data_kind.as_str())
 }
 
 struct Inner {
@@ -142,6 +317,168 @@ struct Inner {
 impl Inner {
     fn lock_outbox(&self) -> MutexGuard<'_, Option<Outbox>> {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The outbox, unless another thread holds it.
+    fn try_lock_outbox(&self) -> Option<MutexGuard<'_, Option<Outbox>>> {
+        match self.outbox.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// [`Inner::flush_acks`] if acks are queued and the outbox is free (never waits for it).
+    fn flush_acks_if_free(&self) {
+        if self.shared.lock().acks.is_empty() {
+            return;
+        }
+        if let Some(mut outbox) = self.try_lock_outbox() {
+            self.flush_acks(&mut outbox);
+        }
+    }
+
+    /// Pushes the queued `task_ack`s in order, unless the producer is lent to a loan (whose
+    /// commit or drop flushes them). Acks for an exchanger that is gone are dropped; what
+    /// does not fit before `submit_result_timeout` stays queued.
+    fn flush_acks(&self, outbox: &mut Option<Outbox>) {
+        let Some(Outbox {
+            producer: Some(producer),
+            sender,
+            generation,
+            ..
+        }) = outbox.as_mut()
+        else {
+            if outbox.is_none() {
+                self.shared.lock().acks.clear();
+            }
+            return;
+        };
+        let acks = std::mem::take(&mut self.shared.lock().acks);
+        let mut left = Vec::new();
+        for ack in acks {
+            if ack.generation != *generation || !left.is_empty() {
+                if ack.generation == *generation {
+                    left.push(ack);
+                }
+                continue;
+            }
+            let envelope = Envelope::new(MessageKind::TaskAck)
+                .with_task(&ack.id, "")
+                .with_rc(ack.rc)
+                .with_epoch(ack.epoch)
+                .with_reply_to(ack.reply_to);
+            let deadline = deadline_after(self.config.submit_result_timeout);
+            // An exchanger that died needs no ack; one whose ring stays full gets it later.
+            if let Err(SendError::Timeout) = sender.send(producer, &envelope, None, deadline) {
+                left.push(ack);
+            }
+        }
+        if !left.is_empty() {
+            let mut st = self.shared.lock();
+            left.append(&mut st.acks);
+            st.acks = left;
+        }
+    }
+
+    /// Waits for the `result_ack` of the submission `sequence` of `claim`.
+    fn await_result_ack(&self, claim: &Claim, sequence: u64) -> Result<bool, SubmitError> {
+        let inner = self;
+        let slice = pump_slice(&inner.config.wait);
+        let (id, generation) = (&claim.id, claim.generation);
+        let sent_at = Instant::now();
+        let mut warned_late = false;
+        let mut st = inner.shared.lock();
+        loop {
+            // The ack first: an exchanger that answered and then said `bye` accepted it.
+            if let Some(ack) = st
+                .last_ack
+                .as_ref()
+                .filter(|a| a.generation == generation && a.reply_to == sequence)
+            {
+                let accepted = ack.rc == ReturnCode::Ok;
+                drop(st);
+                return self.finish_submit(id, accepted);
+            }
+            if st.is_closed() {
+                return Err(SubmitError::Closed);
+            }
+            let gone = st.status == AgentStatus::Lost || st.generation != generation;
+            let aborted = !id.is_empty()
+                && st
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| &c.id == id && c.aborted);
+            if gone || aborted {
+                drop(st);
+                return self.finish_submit(id, false);
+            }
+            // A late ack only makes us keep checking (the ring is lossless); FLARE logs it.
+            if !warned_late && sent_at.elapsed() >= inner.config.submit_result_timeout {
+                warned_late = true;
+                log::warn!(
+                    "shmex agent {}: no result_ack for task {id:?} after submit_result_timeout \
+                     ({:?}); still waiting",
+                    inner.name,
+                    inner.config.submit_result_timeout
+                );
+            }
+            st = inner.shared.wait(st, slice, None);
+        }
+    }
+
+    /// After a submission: the answered task is no longer current; the pending one is.
+    fn finish_submit(&self, id: &str, accepted: bool) -> Result<bool, SubmitError> {
+        let mut st = self.shared.lock();
+        if st
+            .current
+            .as_ref()
+            .is_some_and(|c| c.fetched && (c.id == id || c.aborted))
+        {
+            st.promote();
+        }
+        Ok(accepted)
+    }
+
+    /// Whether a submission for `claim` can no longer be accepted (stop sending it).
+    fn claim_cancelled(&self, claim: &Claim) -> bool {
+        let st = self.shared.lock();
+        st.status == AgentStatus::Lost
+            || st.is_closed()
+            || st.generation != claim.generation
+            || (!claim.id.is_empty()
+                && !st
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.id == claim.id && !c.aborted))
+    }
+
+    /// Nothing was sent for `claim`: the task may be answered again.
+    fn unclaim(&self, claim: &Claim) {
+        let mut st = self.shared.lock();
+        if let Some(c) = st
+            .current
+            .as_mut()
+            .filter(|c| !claim.id.is_empty() && c.id == claim.id)
+        {
+            c.answered = false;
+        }
+        if claim.first_submission && claim.generation == st.generation {
+            st.submitted_any = false;
+        }
+    }
+
+    /// Gives a loan's producer back to the outbox of generation `generation` (or drops it if
+    /// the link was replaced or closed meanwhile) and pushes the acks queued while it was out.
+    fn return_producer(&self, producer: Producer, generation: u64) {
+        let mut outbox = self.lock_outbox();
+        if let Some(o) = outbox
+            .as_mut()
+            .filter(|o| o.generation == generation && o.producer.is_none())
+        {
+            o.producer = Some(producer);
+        }
+        self.flush_acks(&mut outbox);
     }
 
     fn set_status(&self, status: AgentStatus) {
@@ -206,7 +543,7 @@ fn split_link(link: Link, generation: u64) -> (Outbox, ReceiveHalf) {
         control,
     } = link.into_parts();
     let outbox = Outbox {
-        producer,
+        producer: Some(producer),
         sender: FrameSender::new(),
         epoch,
         generation,
@@ -240,6 +577,7 @@ impl Agent {
                 submitted_any: false,
                 fetched_any: false,
                 last_ack: None,
+                acks: Vec::new(),
             }),
             outbox: Mutex::new(Some(outbox)),
             config,
@@ -330,57 +668,41 @@ impl Agent {
     /// exchanger was lost. The first submission of an agent without a fetched task goes out
     /// with an empty task id (a restarted trainer resuming from a checkpoint); the exchanger
     /// attributes it to its in-flight task. Blocks until the exchanger's `result_ack`.
+    /// Fails with [`SubmitError::LoanOutstanding`], sending nothing, while a [`ResultLoan`]
+    /// of this agent is outstanding.
     pub fn submit_result(&self, dxo: &Dxo<'_>, rc: ReturnCode) -> Result<bool, SubmitError> {
-        let slice = pump_slice(&self.inner.config.wait);
-        let (id, name, generation) = {
-            let mut st = self.inner.shared.lock();
-            if st.is_closed() {
-                return Err(SubmitError::Closed);
-            }
-            let submitted_before = std::mem::replace(&mut st.submitted_any, true);
-            let fetched_any = st.fetched_any;
-            let target = match st.current.as_mut() {
-                // Another thread is submitting for this task: it alone may be accepted.
-                Some(c) if c.fetched && c.answered => return Ok(false),
-                Some(c) if c.fetched && !c.aborted => {
-                    c.answered = true;
-                    (c.id.clone(), c.name.clone())
-                }
-                Some(c) if c.fetched => {
-                    st.promote();
-                    return Ok(false);
-                }
-                // Only a trainer that (re)started without a task may answer with an empty id;
-                // an agent that fetched a task which was then aborted or lost answers for that
-                // task, and the answer is `false`.
-                _ if !submitted_before && !fetched_any => (String::new(), String::new()),
-                _ => return Ok(false),
-            };
-            (target.0, target.1, st.generation)
+        let claim = match self.claim()? {
+            Ok(claim) => claim,
+            Err(()) => return Ok(false),
         };
+        let slice = pump_slice(&self.inner.config.wait);
         let result = kind_meta(dxo);
         let inner = &*self.inner;
-        let cancelled = || {
-            let st = inner.shared.lock();
-            st.status == AgentStatus::Lost
-                || st.is_closed()
-                || st.generation != generation
-                || (!id.is_empty()
-                    && !st
-                        .current
-                        .as_ref()
-                        .is_some_and(|c| c.id == id && !c.aborted))
-        };
+        let cancelled = || self.inner.claim_cancelled(&claim);
         let sent = {
             let mut outbox = inner.lock_outbox();
-            match outbox.as_mut() {
-                Some(outbox) if outbox.generation == generation => {
+            let sent = match outbox.as_mut() {
+                Some(Outbox {
+                    producer: None,
+                    generation,
+                    ..
+                }) if *generation == claim.generation => {
+                    drop(outbox);
+                    self.inner.unclaim(&claim);
+                    return Err(SubmitError::LoanOutstanding);
+                }
+                Some(Outbox {
+                    producer: Some(producer),
+                    sender,
+                    epoch,
+                    generation,
+                }) if *generation == claim.generation => {
                     let envelope = Envelope::new(MessageKind::Result)
-                        .with_task(&id, &name)
+                        .with_task(&claim.id, &claim.name)
                         .with_rc(rc)
-                        .with_epoch(outbox.epoch);
-                    outbox.sender.send_cancellable(
-                        &mut outbox.producer,
+                        .with_epoch(*epoch);
+                    sender.send_cancellable(
+                        producer,
                         &envelope,
                         Some(&result),
                         None,
@@ -388,70 +710,154 @@ impl Agent {
                     )
                 }
                 _ => Err(SendError::Cancelled),
-            }
+            };
+            // The pump queued its acks while we held the outbox.
+            inner.flush_acks(&mut outbox);
+            sent
         };
-        let sequence = match sent {
-            Ok(sequence) => sequence,
+        match sent {
+            Ok(sequence) => self.inner.await_result_ack(&claim, sequence),
             Err(SendError::Cancelled | SendError::PeerLost(_) | SendError::Timeout) => {
-                return self.finish_submit(&id, false);
+                self.inner.finish_submit(&claim.id, false)
             }
             Err(e) => {
                 // Nothing went out: the task may be answered again.
-                if let Some(c) = inner.shared.lock().current.as_mut().filter(|c| c.id == id) {
-                    c.answered = false;
-                }
-                return Err(SubmitError::Send(e));
+                self.inner.unclaim(&claim);
+                Err(SubmitError::Send(e))
             }
-        };
-        let sent_at = Instant::now();
-        let mut warned_late = false;
-        let mut st = inner.shared.lock();
-        loop {
-            // The ack first: an exchanger that answered and then said `bye` accepted it.
-            if let Some(ack) = st
-                .last_ack
-                .as_ref()
-                .filter(|a| a.generation == generation && a.reply_to == sequence)
-            {
-                let accepted = ack.rc == ReturnCode::Ok;
-                drop(st);
-                return self.finish_submit(&id, accepted);
-            }
-            if st.is_closed() {
-                return Err(SubmitError::Closed);
-            }
-            let gone = st.status == AgentStatus::Lost || st.generation != generation;
-            let aborted =
-                !id.is_empty() && st.current.as_ref().is_some_and(|c| c.id == id && c.aborted);
-            if gone || aborted {
-                drop(st);
-                return self.finish_submit(&id, false);
-            }
-            // A late ack only makes us keep checking (the ring is lossless); FLARE logs it.
-            if !warned_late && sent_at.elapsed() >= inner.config.submit_result_timeout {
-                warned_late = true;
-                log::warn!(
-                    "shmex agent {}: no result_ack for task {id:?} after submit_result_timeout \
-                     ({:?}); still waiting",
-                    inner.name,
-                    inner.config.submit_result_timeout
-                );
-            }
-            st = inner.shared.wait(st, slice, None);
         }
     }
 
-    /// After a submission: the answered task is no longer current; the pending one is.
-    fn finish_submit(&self, id: &str, accepted: bool) -> Result<bool, SubmitError> {
-        let mut st = self.inner.shared.lock();
-        if st
-            .current
-            .as_ref()
-            .is_some_and(|c| c.fetched && (c.id == id || c.aborted))
-        {
-            st.promote();
+    /// Lends ring space for the fetched task's result, laid out by `spec` (data kind, meta,
+    /// and the name, dtype and shape of each tensor): fill the tensors in place through the
+    /// returned [`ResultLoan`], then [`ResultLoan::commit`] it with a return code (zero copies
+    /// on this side). The result must fit in one record of the result ring.
+    ///
+    /// The rules are [`Agent::submit_result`]'s: the loan answers the fetched task (or, for
+    /// an agent that never fetched nor submitted anything, goes out with an empty id), and
+    /// marks it answered, so a concurrent `submit_result` or second loan for it is refused.
+    /// Fails with [`SubmitError::NotAnswerable`] where `submit_result` would return `false`
+    /// without sending, [`SubmitError::Closed`], [`SubmitError::LoanOutstanding`] while
+    /// another loan is outstanding, [`SubmitError::Spec`] for an invalid spec and
+    /// [`SubmitError::Send`] if the ring cannot hold it (in all these cases nothing is sent
+    /// and the task stays answerable). Waits for ring space while the exchanger drains the
+    /// ring; an abort, the exchanger's loss or `close` end that wait.
+    ///
+    /// While the loan is out, the pump keeps receiving (tasks, `abort`, `bye`); the
+    /// `task_ack`s it owes are queued and pushed when the loan is committed or dropped.
+    ///
+    /// ```no_run
+    /// use shmex::frame::{DType, DataKind, LoanSpec, ReturnCode};
+    /// use shmex::protocol::{Agent, AgentConfig};
+    /// use shmex::segment::SegmentName;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let agent = Agent::attach(&SegmentName::for_agent("site-1", "trainer-0")?, AgentConfig::default())?;
+    /// if let Some(_task) = agent.get_task(None)? {
+    ///     let spec = LoanSpec::new(DataKind::WeightDiff).tensor("w", DType::F32, &[1024]);
+    ///     let mut loan = agent.loan_result(&spec)?;
+    ///     let w = loan.index_of("w").ok_or("no w")?;
+    ///     loan.tensor_mut::<f32>(w)?.fill(0.5); // written in place in the ring
+    ///     let accepted = loan.commit(ReturnCode::Ok)?;
+    /// #   let _ = accepted;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn loan_result(&self, spec: &LoanSpec) -> Result<ResultLoan, SubmitError> {
+        let claim = match self.claim()? {
+            Ok(claim) => claim,
+            Err(()) => return Err(SubmitError::NotAnswerable),
+        };
+        let inner = &self.inner;
+        // Lent out of the outbox for the loan's lifetime: the loan is an owned handle a
+        // binding can keep across calls, and no lock is held while it is filled.
+        let taken = {
+            let mut outbox = inner.lock_outbox();
+            match outbox.as_mut() {
+                Some(o) if o.generation == claim.generation => match o.producer.take() {
+                    Some(producer) => {
+                        let spec = with_data_kind(spec);
+                        let envelope = Envelope::new(MessageKind::Result)
+                            .with_task(&claim.id, &claim.name)
+                            .with_epoch(o.epoch);
+                        let prepared = FrameSender::prepare(&envelope, &spec);
+                        let ticket = o.sender.ticket();
+                        Ok((producer, prepared, ticket))
+                    }
+                    None => Err(SubmitError::LoanOutstanding),
+                },
+                _ => Err(SubmitError::NotAnswerable),
+            }
+        };
+        let (mut producer, prepared, ticket) = match taken {
+            Ok(taken) => taken,
+            Err(e) => {
+                inner.unclaim(&claim);
+                return Err(e);
+            }
+        };
+        let slice = pump_slice(&inner.config.wait);
+        let cancelled = || inner.claim_cancelled(&claim);
+        let loan = prepared.map_err(SubmitError::from).and_then(|prepared| {
+            DetachedLoan::reserve(
+                &mut producer,
+                &prepared,
+                ticket,
+                None,
+                Some((&cancelled, slice)),
+            )
+            .map_err(SubmitError::from)
+        });
+        match loan {
+            Ok(loan) => Ok(ResultLoan {
+                inner: Arc::clone(inner),
+                producer: Some(producer),
+                loan: Some(loan),
+                claim,
+            }),
+            Err(e) => {
+                inner.return_producer(producer, claim.generation);
+                inner.unclaim(&claim);
+                Err(match e {
+                    SubmitError::Send(SendError::Cancelled) => SubmitError::NotAnswerable,
+                    e => e,
+                })
+            }
         }
-        Ok(accepted)
+    }
+
+    /// Marks the task a submission answers (`docs/protocol.md` §3.2, calls): `Ok(Err(()))`
+    /// when the answer is `false` without sending.
+    fn claim(&self) -> Result<Result<Claim, ()>, SubmitError> {
+        let mut st = self.inner.shared.lock();
+        if st.is_closed() {
+            return Err(SubmitError::Closed);
+        }
+        let submitted_before = std::mem::replace(&mut st.submitted_any, true);
+        let fetched_any = st.fetched_any;
+        let generation = st.generation;
+        let target = match st.current.as_mut() {
+            // Another thread is submitting for this task: it alone may be accepted.
+            Some(c) if c.fetched && c.answered => return Ok(Err(())),
+            Some(c) if c.fetched && !c.aborted => {
+                c.answered = true;
+                (c.id.clone(), c.name.clone())
+            }
+            Some(c) if c.fetched => {
+                st.promote();
+                return Ok(Err(()));
+            }
+            // Only a trainer that (re)started without a task may answer with an empty id; an
+            // agent that fetched a task which was then aborted or lost answers for that task,
+            // and the answer is `false`.
+            _ if !submitted_before && !fetched_any => (String::new(), String::new()),
+            _ => return Ok(Err(())),
+        };
+        Ok(Ok(Claim {
+            id: target.0,
+            name: target.1,
+            generation,
+            first_submission: !submitted_before,
+        }))
     }
 
     /// Detaches: blocked and later calls return `Closed`; the pump stops. Calling it again
@@ -526,6 +932,7 @@ impl Pump {
             if let Some(e) = failed {
                 self.on_receive_error(e);
             }
+            self.inner.flush_acks_if_free();
             if Instant::now() >= next_check {
                 self.check_liveness();
                 next_check = Instant::now() + slice;
@@ -560,6 +967,7 @@ impl Pump {
                 send_task_ack(
                     &self.inner,
                     self.epoch,
+                    self.generation,
                     "",
                     ReturnCode::BadRequestData,
                     d.sequence,
@@ -665,7 +1073,7 @@ fn handle(inner: &Inner, epoch: u64, generation: u64, message: Message<'_>) {
         return;
     }
     match message.kind() {
-        MessageKind::Task => on_task(inner, epoch, message),
+        MessageKind::Task => on_task(inner, epoch, generation, message),
         MessageKind::Abort => {
             let id = message.task_id();
             let mut st = inner.shared.lock();
@@ -708,7 +1116,7 @@ fn handle(inner: &Inner, epoch: u64, generation: u64, message: Message<'_>) {
     }
 }
 
-fn on_task(inner: &Inner, epoch: u64, message: Message<'_>) {
+fn on_task(inner: &Inner, epoch: u64, generation: u64, message: Message<'_>) {
     let (has_data, has_meta) = data_and_meta(&message);
     let id = message.task_id().to_string();
     let name = message.task_name().to_string();
@@ -753,24 +1161,26 @@ fn on_task(inner: &Inner, epoch: u64, message: Message<'_>) {
     } else {
         ReturnCode::BadRequestData
     };
-    send_task_ack(inner, epoch, &id, rc, sequence);
+    send_task_ack(inner, epoch, generation, &id, rc, sequence);
 }
 
-/// Answers the task message `reply_to` (task `id`, empty if it could not be read) with `rc`.
-fn send_task_ack(inner: &Inner, epoch: u64, id: &str, rc: ReturnCode, reply_to: u64) {
-    let ack = Envelope::new(MessageKind::TaskAck)
-        .with_task(id, "")
-        .with_rc(rc)
-        .with_epoch(epoch)
-        .with_reply_to(reply_to);
-    let mut outbox = inner.lock_outbox();
-    if let Some(outbox) = outbox.as_mut() {
-        // Best effort: an exchanger that died needs no ack.
-        let _ = outbox.sender.send(
-            &mut outbox.producer,
-            &ack,
-            None,
-            deadline_after(inner.config.submit_result_timeout),
-        );
-    }
+/// Answers the task message `reply_to` (task `id`, empty if it could not be read) with `rc`:
+/// queued, never waited for (the outbox may be busy with a submission, or its producer lent
+/// to a loan that is being filled); the acks keep their order.
+fn send_task_ack(
+    inner: &Inner,
+    epoch: u64,
+    generation: u64,
+    id: &str,
+    rc: ReturnCode,
+    reply_to: u64,
+) {
+    inner.shared.lock().acks.push(QueuedAck {
+        id: id.to_string(),
+        rc,
+        epoch,
+        reply_to,
+        generation,
+    });
+    inner.flush_acks_if_free();
 }

@@ -7,17 +7,19 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{
-    deadline_after, dxo_has_data, kind_meta, pump_slice, result_data_kind, AbortSignal,
-    ExchangerConfig, Headers, RestartPolicy, Shared, META_CURRENT_ROUND, META_TOTAL_ROUND,
+    dxo_has_data, kind_meta, pump_slice, result_data_kind, AbortSignal, ExchangerConfig, Headers,
+    RestartPolicy, Shared, META_CURRENT_ROUND, META_DATA_KIND, META_TOTAL_ROUND,
 };
 use crate::control::Liveness;
 use crate::frame::{
-    DataKind, DroppedMessage, Dxo, Envelope, FrameError, FrameReceiver, FrameSender, Message,
-    MessageKind, OwnedMessage, ReturnCode, SendError,
+    CommittedLoan, DataKind, DetachedLoan, DroppedMessage, Dxo, Element, Envelope, FrameError,
+    FrameReceiver, FrameSender, LoanError, LoanSpec, Message, MessageKind, OwnedMessage,
+    RecordCopy, ReturnCode, SendError, ViewError,
 };
 use crate::link::{CreateOptions, Link, LinkControl, LinkCreateError, LinkParts};
 use crate::ring::{Consumer, Producer};
 use crate::segment::SegmentName;
+use zerocopy::{FromBytes, KnownLayout};
 
 /// What [`Exchanger::execute`] returns: FLARE's return code and, for a successful result,
 /// the result's DXO.
@@ -88,6 +90,8 @@ pub enum CloseError {
 /// Where a task is (`docs/protocol.md` §3.1, execute).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// A [`TaskLoan`] is being filled: nothing is in the ring yet.
+    Loaned,
     WaitAgent,
     /// Pushed (or being pushed) to incarnation `epoch`, not acked yet.
     Sending {
@@ -103,7 +107,7 @@ impl Phase {
     /// The agent incarnation the task was (being) pushed to.
     fn epoch(self) -> Option<u64> {
         match self {
-            Phase::WaitAgent => None,
+            Phase::Loaned | Phase::WaitAgent => None,
             Phase::Sending { epoch } | Phase::Running { epoch } => Some(epoch),
         }
     }
@@ -132,12 +136,26 @@ struct State {
     last_completed: Option<String>,
     /// Tasks pushed again to a new agent incarnation.
     redeliveries: u64,
-    /// `abort` messages not yet pushed: (task id, agent epoch).
-    aborts: Vec<(String, u64)>,
+    /// Messages without DXO (`abort`, `result_ack`, `bye`) not yet pushed, in order: the
+    /// pump and `execute`'s abort never wait for the outbox (another thread may be pushing,
+    /// or a [`TaskLoan`] may hold the producer).
+    outgoing: Vec<Control>,
+}
+
+/// A queued message without DXO.
+#[derive(Debug)]
+struct Control {
+    kind: MessageKind,
+    id: String,
+    rc: ReturnCode,
+    /// The agent incarnation addressed: dropped if it is no longer the bound one.
+    epoch: u64,
+    reply_to: u64,
 }
 
 struct Outbox {
-    producer: Producer,
+    /// `None` while a [`TaskLoan`] holds it.
+    producer: Option<Producer>,
     sender: FrameSender,
 }
 
@@ -222,10 +240,10 @@ impl Exchanger {
                 task: None,
                 last_completed: None,
                 redeliveries: 0,
-                aborts: Vec::new(),
+                outgoing: Vec::new(),
             }),
             outbox: Mutex::new(Some(Outbox {
-                producer,
+                producer: Some(producer),
                 sender: FrameSender::new(),
             })),
             bound: AtomicU64::new(0),
@@ -310,33 +328,364 @@ impl Exchanger {
             task = task.with_meta(META_TOTAL_ROUND, rounds);
         }
         let id = headers.task_id.as_str();
-        {
-            let mut st = self.inner.shared.lock();
-            if st.task.is_some() {
-                return Reply::bare(ReturnCode::BadRequestData);
-            }
-            if matches!(
-                st.status,
-                ExchangerStatus::Stopped | ExchangerStatus::Closed
-            ) {
-                return Reply::bare(ReturnCode::TaskAborted);
-            }
-            st.task = Some(InFlight {
-                id: id.to_string(),
-                app_defined: dxo.data_kind() == DataKind::AppDefined,
-                phase: Phase::WaitAgent,
-                outcome: None,
-                acking: false,
-                sequence: None,
-            });
+        let app_defined = dxo.data_kind() == DataKind::AppDefined;
+        if let Err(rc) = self.inner.begin_task(id, app_defined, Phase::WaitAgent) {
+            return Reply::bare(rc);
         }
-        let slice = pump_slice(&self.inner.config.wait);
+        self.inner
+            .run_task(task_name, id, TaskSource::Copy(&task), abort, None)
+    }
+
+    /// Lends ring space for a task laid out by `spec` (data kind, meta, and the name, dtype
+    /// and shape of each tensor): fill its tensors in place through the returned
+    /// [`TaskLoan`], then [`TaskLoan::execute`] it (zero copies on this side). The task must
+    /// fit in one record of the task ring. The task's meta is the spec's plus `data_kind` and
+    /// the round headers, as [`Exchanger::execute`].
+    ///
+    /// The task is in flight from this call on (a second `execute` or loan returns
+    /// `BAD_REQUEST_DATA`); it reaches the agent only at [`TaskLoan::execute`], stamped with
+    /// the agent incarnation attached then, so a loan may be taken and filled before any
+    /// agent attaches. Waits for ring space only if the ring is still full of messages the
+    /// agent has not read; `abort` and [`Exchanger::close`] end that wait. Fails (nothing
+    /// sent, no task in flight) with a [`TaskLoanError`], whose [`TaskLoanError::rc`] is the
+    /// return code `execute` would give.
+    pub fn loan_task<'a>(
+        &self,
+        task_name: &str,
+        spec: &LoanSpec,
+        headers: &Headers,
+        abort: impl Into<Option<&'a AbortSignal>>,
+    ) -> Result<TaskLoan, TaskLoanError> {
+        let never = AbortSignal::new();
+        let abort = abort.into().unwrap_or(&never);
+        if headers.task_id.is_empty() {
+            return Err(TaskLoanError::EmptyTaskId);
+        }
+        if spec.tensors.is_empty() && spec.opaque_len == 0 {
+            return Err(TaskLoanError::NoData);
+        }
+        let mut task = spec.clone().meta(META_DATA_KIND, spec.data_kind.as_str());
+        if let Some(round) = headers.current_round {
+            task = task.meta(META_CURRENT_ROUND, round);
+        }
+        if let Some(rounds) = headers.num_rounds {
+            task = task.meta(META_TOTAL_ROUND, rounds);
+        }
+        let id = headers.task_id.as_str();
+        // The epoch is stamped when the task is sent (`TaskLoan::execute`).
+        let envelope = Envelope::new(MessageKind::Task).with_task(id, task_name);
+        let prepared = FrameSender::prepare(&envelope, &task).map_err(TaskLoanError::Spec)?;
+        let app_defined = spec.data_kind == DataKind::AppDefined;
+        self.inner
+            .begin_task(id, app_defined, Phase::Loaned)
+            .map_err(|rc| match rc {
+                ReturnCode::TaskAborted => TaskLoanError::Closed,
+                _ => TaskLoanError::Busy,
+            })?;
+        let inner = &self.inner;
+        let slice = pump_slice(&inner.config.wait);
+        let taken = {
+            let mut outbox = inner.lock_outbox();
+            // What is queued goes before the task in the ring.
+            let _ = inner.flush_outgoing(&mut outbox, slice);
+            outbox
+                .as_mut()
+                .and_then(|o| Some((o.producer.take()?, o.sender.ticket())))
+        };
+        let Some((mut producer, ticket)) = taken else {
+            inner.abandon_task();
+            return Err(TaskLoanError::Closed);
+        };
+        let cancelled = || abort.is_aborted() || inner.halted.load(Ordering::Acquire);
+        let reserved = DetachedLoan::reserve(
+            &mut producer,
+            &prepared,
+            ticket,
+            None,
+            Some((&cancelled, slice)),
+        );
+        match reserved {
+            Ok(loan) => Ok(TaskLoan {
+                inner: Arc::clone(inner),
+                producer: Some(producer),
+                loan: Some(loan),
+                task_name: task_name.to_string(),
+                id: id.to_string(),
+            }),
+            Err(e) => {
+                inner.return_producer(producer);
+                inner.abandon_task();
+                Err(match e {
+                    LoanError::Send(SendError::Cancelled) if abort.is_aborted() => {
+                        TaskLoanError::Aborted
+                    }
+                    LoanError::Send(SendError::Cancelled) => TaskLoanError::Closed,
+                    e => TaskLoanError::Spec(e),
+                })
+            }
+        }
+    }
+}
+
+/// Why [`Exchanger::loan_task`] failed; nothing was sent and no task is in flight.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskLoanError {
+    /// A task is in flight already (`BAD_REQUEST_DATA`, DESIGN §5 E1).
+    #[error("a task is in flight already")]
+    Busy,
+    /// The task id is empty (`BAD_TASK_DATA`).
+    #[error("the task id is empty")]
+    EmptyTaskId,
+    /// The spec has no tensors and no opaque bytes (`BAD_REQUEST_DATA`, DESIGN §5 E3).
+    #[error("the task has no data")]
+    NoData,
+    /// The spec is not a valid DXO, the task does not fit in one record of the task ring
+    /// (`BAD_TASK_DATA`), or the ring is corrupt (`COMMUNICATION_ERROR`).
+    #[error(transparent)]
+    Spec(LoanError),
+    /// The abort signal was set while waiting for ring space (`TASK_ABORTED`).
+    #[error("aborted while waiting for ring space")]
+    Aborted,
+    /// The exchanger is stopped or closed (`TASK_ABORTED`).
+    #[error("the exchanger is stopped or closed")]
+    Closed,
+}
+
+impl TaskLoanError {
+    /// The return code [`Exchanger::execute`] gives in the same case.
+    pub fn rc(&self) -> ReturnCode {
+        match self {
+            TaskLoanError::Busy | TaskLoanError::NoData => ReturnCode::BadRequestData,
+            TaskLoanError::EmptyTaskId => ReturnCode::BadTaskData,
+            TaskLoanError::Spec(LoanError::Send(SendError::Corrupt(_))) => {
+                ReturnCode::CommunicationError
+            }
+            TaskLoanError::Spec(_) => ReturnCode::BadTaskData,
+            TaskLoanError::Aborted | TaskLoanError::Closed => ReturnCode::TaskAborted,
+        }
+    }
+}
+
+/// A task being built in place in the task ring ([`Exchanger::loan_task`]): fill its
+/// tensors, then [`TaskLoan::execute`] it. An owned handle (it keeps the exchanger's state
+/// alive and holds its sending half), so a binding can keep it across calls and threads.
+///
+/// The task is in flight while the loan is out: the pump keeps receiving and queues what it
+/// must send (acks, `bye`) until the loan is executed or dropped. Dropping the loan abandons
+/// the task: nothing of it ever becomes visible to the agent (also if this process dies) and
+/// no task is in flight any more.
+///
+/// Redelivery (`RestartPolicy::Redeliver`): if the agent incarnation the task was sent to
+/// ends before answering, the task's record is copied back out of the ring (the agent never
+/// writes the ring, and the exchanger writes over the record only after a whole lap of
+/// later messages) and sent to the next incarnation; if it was written over meanwhile,
+/// `execute` returns `EXECUTION_EXCEPTION` (`docs/protocol.md` §9).
+#[must_use = "a task loan sends nothing until it is executed; dropping it abandons the task"]
+pub struct TaskLoan {
+    inner: Arc<Inner>,
+    /// `Some` until executed or dropped.
+    producer: Option<Producer>,
+    loan: Option<DetachedLoan>,
+    task_name: String,
+    id: String,
+}
+
+impl std::fmt::Debug for TaskLoan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskLoan")
+            .field("task_id", &self.id)
+            .field("loan", &self.loan)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskLoan {
+    fn parts(&mut self) -> Result<(&DetachedLoan, &mut Producer), ViewError> {
+        match (self.loan.as_ref(), self.producer.as_mut()) {
+            (Some(loan), Some(producer)) => Ok((loan, producer)),
+            _ => Err(ViewError::StaleLoan),
+        }
+    }
+
+    /// The task id.
+    pub fn task_id(&self) -> &str {
+        &self.id
+    }
+
+    /// Number of tensors.
+    pub fn tensor_count(&self) -> usize {
+        self.loan.as_ref().map_or(0, DetachedLoan::tensor_count)
+    }
+
+    /// Index of the tensor named `name`.
+    pub fn index_of(&mut self, name: &str) -> Option<usize> {
+        let (loan, producer) = self.parts().ok()?;
+        loan.index_of(producer, name).ok().flatten()
+    }
+
+    /// Tensor `index` as mutable raw bytes in the ring (they hold whatever the ring held
+    /// before: write all of them).
+    pub fn tensor_bytes_mut(&mut self, index: usize) -> Result<&mut [u8], ViewError> {
+        let (loan, producer) = self.parts()?;
+        loan.tensor_bytes_mut(producer, index)
+    }
+
+    /// Tensor `index` as a mutable slice of `T` in the ring (the dtype must be `T`'s).
+    pub fn tensor_mut<T: Element + FromBytes + KnownLayout>(
+        &mut self,
+        index: usize,
+    ) -> Result<&mut [T], ViewError> {
+        let (loan, producer) = self.parts()?;
+        loan.tensor_mut(producer, index)
+    }
+
+    /// The opaque bytes (APP_DEFINED tasks whose spec reserved some), in the ring.
+    pub fn opaque_mut(&mut self) -> Result<&mut [u8], ViewError> {
+        let (loan, producer) = self.parts()?;
+        loan.opaque_mut(producer)
+    }
+
+    /// Sends the task and waits for its result, as [`Exchanger::execute`] (same return
+    /// codes). Waits for an agent first if none is attached; the task is stamped with the
+    /// incarnation it goes to. If `abort` is set or the exchanger closes before the task is
+    /// sent, nothing is sent and the answer is `TASK_ABORTED`.
+    pub fn execute<'a>(mut self, abort: impl Into<Option<&'a AbortSignal>>) -> Reply {
+        let never = AbortSignal::new();
+        let abort = abort.into().unwrap_or(&never);
+        let inner = Arc::clone(&self.inner);
+        let (Some(loan), Some(mut producer)) = (self.loan.take(), self.producer.take()) else {
+            return Reply::bare(ReturnCode::Error);
+        };
+        let slice = pump_slice(&inner.config.wait);
+        let epoch = loop {
+            let mut st = inner.shared.lock();
+            let status = st.status;
+            let halted = matches!(status, ExchangerStatus::Stopped | ExchangerStatus::Closed);
+            let Some(t) = st.task.as_mut() else {
+                break None;
+            };
+            if t.outcome.is_some() || abort.is_aborted() || halted {
+                break None;
+            }
+            if let ExchangerStatus::Connected { epoch } = status {
+                t.phase = Phase::Sending { epoch };
+                break Some(epoch);
+            }
+            drop(inner.shared.wait(st, slice, None));
+        };
+        let Some(epoch) = epoch else {
+            // Not sent: the outcome (a result that came first), the abort or the close
+            // decides; the record is abandoned.
+            drop(loan);
+            inner.return_producer(producer);
+            let abandoned = TaskSource::Loaned {
+                committed: None,
+                copy: None,
+            };
+            return inner.run_task(&self.task_name, &self.id, abandoned, abort, None);
+        };
+        let committed = loan
+            .set_epoch(&mut producer, epoch)
+            .and_then(|()| loan.commit(&mut producer));
+        inner.return_producer(producer);
+        let source = TaskSource::Loaned {
+            committed: committed.ok(),
+            copy: None,
+        };
+        inner.run_task(
+            &self.task_name,
+            &self.id,
+            source,
+            abort,
+            Some(Instant::now()),
+        )
+    }
+}
+
+impl Drop for TaskLoan {
+    fn drop(&mut self) {
+        // Not executed: abandon the record, give the producer back, end the task.
+        self.loan = None;
+        if let Some(producer) = self.producer.take() {
+            self.inner.return_producer(producer);
+            self.inner.abandon_task();
+        }
+    }
+}
+
+/// What a task's bytes come from, for its first push and its redeliveries.
+enum TaskSource<'a> {
+    /// The caller's DXO (`execute`): copied into the ring at each push.
+    Copy(&'a Dxo<'a>),
+    /// A committed [`TaskLoan`]: redelivered from its record, copied out of the ring (or from
+    /// the copy made for an earlier redelivery).
+    Loaned {
+        /// `None`: never committed.
+        committed: Option<CommittedLoan>,
+        copy: Option<RecordCopy>,
+    },
+}
+
+impl Inner {
+    /// Makes task `id` the one in flight; `Err(rc)` if one already is (`BAD_REQUEST_DATA`) or
+    /// the exchanger stopped or closed (`TASK_ABORTED`).
+    fn begin_task(&self, id: &str, app_defined: bool, phase: Phase) -> Result<(), ReturnCode> {
+        let mut st = self.shared.lock();
+        if st.task.is_some() {
+            return Err(ReturnCode::BadRequestData);
+        }
+        if matches!(
+            st.status,
+            ExchangerStatus::Stopped | ExchangerStatus::Closed
+        ) {
+            return Err(ReturnCode::TaskAborted);
+        }
+        st.task = Some(InFlight {
+            id: id.to_string(),
+            app_defined,
+            phase,
+            outcome: None,
+            acking: false,
+            sequence: None,
+        });
+        Ok(())
+    }
+
+    /// A loaned task that never reached the ring is no longer in flight.
+    fn abandon_task(&self) {
+        let mut st = self.shared.lock();
+        if st.task.as_ref().is_some_and(|t| t.phase == Phase::Loaned) {
+            st.task = None;
+        }
+        drop(st);
+        self.shared.notify();
+    }
+
+    /// Gives a loan's producer back to the outbox and pushes what was queued meanwhile.
+    fn return_producer(&self, producer: Producer) {
+        let mut outbox = self.lock_outbox();
+        if let Some(o) = outbox.as_mut().filter(|o| o.producer.is_none()) {
+            o.producer = Some(producer);
+        }
+        let _ = self.flush_outgoing(&mut outbox, pump_slice(&self.config.wait));
+    }
+
+    /// Waits for the in-flight task's outcome, pushing it (again) whenever it waits for an
+    /// agent (`docs/protocol.md` §3.1, execute). `first_push` is when it was first pushed.
+    fn run_task(
+        &self,
+        task_name: &str,
+        id: &str,
+        mut source: TaskSource<'_>,
+        abort: &AbortSignal,
+        mut first_push: Option<Instant>,
+    ) -> Reply {
+        let slice = pump_slice(&self.config.wait);
         // `result_timeout` counts from the first push, so a task whose ack never comes (a
         // stalled agent, a lost ack) ends too.
-        let mut first_push: Option<Instant> = None;
         let mut warned_late_ack = false;
         loop {
-            let mut st = self.inner.shared.lock();
+            let mut st = self.shared.lock();
             let status = st.status;
             let Some(t) = st.task.as_mut() else {
                 // Only this call clears the task while it runs.
@@ -347,14 +696,14 @@ impl Exchanger {
                     let reply = st.task.take().and_then(|t| t.outcome);
                     return reply.unwrap_or_else(|| Reply::bare(ReturnCode::Error));
                 }
-                drop(self.inner.shared.wait(st, slice, None));
+                drop(self.shared.wait(st, slice, None));
                 continue;
             }
             let halted = matches!(status, ExchangerStatus::Stopped | ExchangerStatus::Closed);
             if abort.is_aborted() || halted {
                 return self.end_task(st, ReturnCode::TaskAborted);
             }
-            if let (Some(limit), Some(pushed)) = (self.inner.config.result_timeout, first_push) {
+            if let (Some(limit), Some(pushed)) = (self.config.result_timeout, first_push) {
                 if pushed.elapsed() >= limit {
                     return self.end_task(st, ReturnCode::Timeout);
                 }
@@ -365,8 +714,8 @@ impl Exchanger {
                         t.phase = Phase::Sending { epoch };
                         first_push.get_or_insert_with(Instant::now);
                         drop(st);
-                        let sent = self.push_task(task_name, id, &task, epoch, abort);
-                        let st = self.inner.shared.lock();
+                        let sent = self.push_task(task_name, id, &mut source, epoch, abort);
+                        let st = self.shared.lock();
                         if st.task.is_none() {
                             continue;
                         }
@@ -374,38 +723,43 @@ impl Exchanger {
                             // Pushed, or stopped by an abort, a close or the end of the
                             // incarnation: the loop decides.
                             Ok(())
-                            | Err(SendError::Cancelled)
-                            | Err(SendError::PeerLost(_))
-                            | Err(SendError::Timeout) => {}
-                            Err(SendError::TooLargeForFormat { .. })
-                            | Err(SendError::TooLargeForLoan { .. }) => {
-                                return self.end_task(st, ReturnCode::BadTaskData)
-                            }
-                            Err(SendError::Corrupt(_)) => {
+                            | Err(PushError::Send(
+                                SendError::Cancelled | SendError::PeerLost(_) | SendError::Timeout,
+                            )) => {}
+                            Err(PushError::Send(
+                                SendError::TooLargeForFormat { .. }
+                                | SendError::TooLargeForLoan { .. },
+                            )) => return self.end_task(st, ReturnCode::BadTaskData),
+                            Err(PushError::Send(SendError::Corrupt(_))) => {
                                 return self.end_task(st, ReturnCode::CommunicationError)
+                            }
+                            // A loaned task's record was written over before it could be
+                            // redelivered (`docs/protocol.md` §9).
+                            Err(PushError::Overwritten) => {
+                                return self.end_task(st, ReturnCode::ExecutionException)
                             }
                         }
                         continue;
                     }
                 }
-                // A late ack only makes us keep checking (docs/protocol.md §5).
+                // A late ack only makes us keep checking (docs/protocol.md §5); FLARE logs it.
                 Phase::Sending { .. } => {
-                    // FLARE logs a task_ack later than send_task_timeout; the task stays.
-                    let late = first_push
-                        .is_some_and(|p| p.elapsed() >= self.inner.config.send_task_timeout);
+                    let late =
+                        first_push.is_some_and(|p| p.elapsed() >= self.config.send_task_timeout);
                     if late && !warned_late_ack {
                         warned_late_ack = true;
                         log::warn!(
                             "shmex exchanger {}: no task_ack for task {id:?} after \
                              send_task_timeout ({:?}); still waiting",
                             self.name,
-                            self.inner.config.send_task_timeout
+                            self.config.send_task_timeout
                         );
                     }
                 }
-                Phase::Running { .. } => {}
+                // A loaned task is in the caller's hands.
+                Phase::Running { .. } | Phase::Loaned => {}
             }
-            drop(self.inner.shared.wait(st, slice, None));
+            drop(self.shared.wait(st, slice, None));
         }
     }
 
@@ -418,16 +772,19 @@ impl Exchanger {
         if let Some(epoch) = task.phase.epoch() {
             // Pushed by the pump (or before the next task), so that a stalled agent with a
             // full ring cannot delay the caller's answer.
-            st.aborts.push((task.id, epoch));
+            st.outgoing.push(Control {
+                kind: MessageKind::Abort,
+                id: task.id,
+                rc: ReturnCode::TaskAborted,
+                epoch,
+                reply_to: 0,
+            });
         }
         drop(st);
-        self.inner.shared.notify();
+        self.shared.notify();
         // Never behind a held outbox (the pump pushing an ack into a full ring): then the
         // pump, or the next task's push, sends the queued abort.
-        if let Some(mut outbox) = self.inner.try_lock_outbox() {
-            let slice = pump_slice(&self.inner.config.wait);
-            self.inner.flush_aborts(&mut outbox, slice);
-        }
+        self.flush_outgoing_if_idle(pump_slice(&self.config.wait));
         Reply::bare(rc)
     }
 
@@ -435,45 +792,74 @@ impl Exchanger {
         &self,
         task_name: &str,
         id: &str,
-        task: &Dxo<'_>,
+        source: &mut TaskSource<'_>,
         epoch: u64,
         abort: &AbortSignal,
-    ) -> Result<(), SendError> {
-        let inner = &*self.inner;
-        let envelope = Envelope::new(MessageKind::Task)
-            .with_task(id, task_name)
-            .with_epoch(epoch);
+    ) -> Result<(), PushError> {
         let cancelled = || {
             abort.is_aborted()
-                || inner.halted.load(Ordering::Acquire)
-                || inner.bound.load(Ordering::Acquire) != epoch
+                || self.halted.load(Ordering::Acquire)
+                || self.bound.load(Ordering::Acquire) != epoch
         };
-        let slice = pump_slice(&inner.config.wait);
-        let mut outbox = inner.lock_outbox();
-        inner.flush_aborts(&mut outbox, slice);
-        let Some(outbox) = outbox.as_mut() else {
-            return Err(SendError::Cancelled);
+        let slice = pump_slice(&self.config.wait);
+        let mut outbox = self.lock_outbox();
+        let _ = self.flush_outgoing(&mut outbox, slice);
+        let Some(Outbox {
+            producer: Some(producer),
+            sender,
+        }) = outbox.as_mut()
+        else {
+            return Err(PushError::Send(SendError::Cancelled));
         };
         // Known before the push, so that an answer arriving at once finds it.
-        let sequence = outbox.sender.next_sequence();
-        if let Some(t) = inner.shared.lock().task.as_mut().filter(|t| t.id == id) {
+        let sequence = sender.next_sequence();
+        if let Some(t) = self.shared.lock().task.as_mut().filter(|t| t.id == id) {
             t.sequence = Some(sequence);
         }
-        outbox
-            .sender
-            .send_cancellable(
-                &mut outbox.producer,
-                &envelope,
-                Some(task),
-                None,
-                Some((&cancelled, slice)),
-            )
-            .map(|_| ())
+        match source {
+            TaskSource::Copy(task) => {
+                let envelope = Envelope::new(MessageKind::Task)
+                    .with_task(id, task_name)
+                    .with_epoch(epoch);
+                sender
+                    .send_cancellable(
+                        producer,
+                        &envelope,
+                        Some(task),
+                        None,
+                        Some((&cancelled, slice)),
+                    )
+                    .map(|_| ())
+                    .map_err(PushError::Send)
+            }
+            TaskSource::Loaned { committed, copy } => {
+                if copy.is_none() {
+                    *copy = committed.and_then(|c| DetachedLoan::copy_committed(producer, c));
+                }
+                let Some(copy) = copy.as_mut() else {
+                    return Err(PushError::Overwritten);
+                };
+                sender
+                    .resend(producer, copy, epoch, None, Some((&cancelled, slice)))
+                    .map(|_| ())
+                    .map_err(PushError::Send)
+            }
+        }
     }
+}
 
+/// Why a task could not be pushed.
+enum PushError {
+    Send(SendError),
+    /// A loaned task's record was written over in the ring before it could be redelivered.
+    Overwritten,
+}
+
+impl Exchanger {
     /// Says `bye` to the agent and closes: a waiting or later `execute` returns
     /// `TASK_ABORTED`, the pump stops, and the segment's name is removed. Calling it again
-    /// does nothing.
+    /// does nothing. While a [`TaskLoan`] is outstanding, `bye` is queued and pushed when the
+    /// loan is dropped or executed (which returns `TASK_ABORTED`).
     pub fn close(&self) -> Result<(), CloseError> {
         let Some(pump) = self.pump.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return Ok(());
@@ -486,15 +872,29 @@ impl Exchanger {
         self.inner.shared.notify();
         let bound = self.inner.bound.load(Ordering::Acquire);
         let bye = if bound != 0 {
+            self.inner.queue(Control {
+                kind: MessageKind::Bye,
+                id: String::new(),
+                rc: ReturnCode::Ok,
+                epoch: bound,
+                reply_to: 0,
+            });
+            let mut outbox = self.inner.lock_outbox();
             self.inner
-                .send(&Envelope::new(MessageKind::Bye).with_epoch(bound))
+                .flush_outgoing(&mut outbox, self.inner.config.agent_ack_timeout)
         } else {
             Ok(())
         };
         self.inner.stop.store(true, Ordering::Release);
         let parts = pump.join();
-        // Ring halves first, then the control (which marks our side closed and unlinks).
-        drop(self.inner.lock_outbox().take());
+        // Ring halves first, then the control (which marks our side closed and unlinks). A
+        // producer lent to a loan comes back to the outbox (which stays) to push the `bye`.
+        {
+            let mut outbox = self.inner.lock_outbox();
+            if outbox.as_ref().is_some_and(|o| o.producer.is_some()) {
+                drop(outbox.take());
+            }
+        }
         if let Ok((consumer, control)) = parts {
             drop(consumer);
             drop(control);
@@ -523,65 +923,72 @@ impl Inner {
         }
     }
 
-    /// [`Inner::flush_aborts`], unless none are queued or a task is being pushed (which
-    /// flushes them itself first).
-    fn flush_aborts_if_idle(&self, slice: Duration) {
-        if self.shared.lock().aborts.is_empty() {
+    /// Queues a message without DXO and pushes the queue if the outbox is free.
+    fn queue(&self, control: Control) {
+        self.shared.lock().outgoing.push(control);
+        self.flush_outgoing_if_idle(pump_slice(&self.config.wait));
+    }
+
+    /// [`Inner::flush_outgoing`], unless nothing is queued or another thread holds the outbox
+    /// (it pushes the queue itself before its own message or when it gives the outbox back).
+    fn flush_outgoing_if_idle(&self, slice: Duration) {
+        if self.shared.lock().outgoing.is_empty() {
             return;
         }
         if let Some(mut outbox) = self.try_lock_outbox() {
-            self.flush_aborts(&mut outbox, slice);
+            let _ = self.flush_outgoing(&mut outbox, slice);
         }
     }
 
-    /// Pushes the queued `abort` messages, waiting at most `slice` for ring space; what does
-    /// not fit stays queued, what is addressed to an incarnation that ended is dropped.
-    fn flush_aborts(&self, outbox: &mut Option<Outbox>, slice: Duration) {
-        let aborts = std::mem::take(&mut self.shared.lock().aborts);
-        if aborts.is_empty() {
-            return;
+    /// Pushes the queued messages in order, waiting at most `wait` for ring space each; what
+    /// does not fit stays queued (with everything after it), what is addressed to an
+    /// incarnation that ended is dropped. Nothing is pushed while a loan holds the producer.
+    /// Returns the first error of a message that could not be pushed.
+    fn flush_outgoing(&self, outbox: &mut Option<Outbox>, wait: Duration) -> Result<(), SendError> {
+        let Some(Outbox {
+            producer: Some(producer),
+            sender,
+        }) = outbox.as_mut()
+        else {
+            return Ok(());
+        };
+        let queued = std::mem::take(&mut self.shared.lock().outgoing);
+        if queued.is_empty() {
+            return Ok(());
         }
         let bound = self.bound.load(Ordering::Acquire);
         let mut left = Vec::new();
-        for (id, epoch) in aborts {
-            let Some(outbox) = outbox.as_mut().filter(|_| epoch == bound) else {
+        let mut result = Ok(());
+        for control in queued {
+            if control.epoch != bound {
                 continue;
-            };
-            let abort = Envelope::new(MessageKind::Abort)
-                .with_task(&id, "")
-                .with_rc(ReturnCode::TaskAborted)
-                .with_epoch(epoch);
-            let deadline = Some(Instant::now() + slice);
-            if let Err(SendError::Timeout) =
-                outbox
-                    .sender
-                    .send(&mut outbox.producer, &abort, None, deadline)
-            {
-                left.push((id, epoch));
+            }
+            if !left.is_empty() {
+                left.push(control);
+                continue;
+            }
+            let envelope = Envelope::new(control.kind)
+                .with_task(&control.id, "")
+                .with_rc(control.rc)
+                .with_epoch(control.epoch)
+                .with_reply_to(control.reply_to);
+            let deadline = Some(Instant::now() + wait);
+            match sender.send(producer, &envelope, None, deadline) {
+                Ok(_) => {}
+                Err(SendError::Timeout) => {
+                    left.push(control);
+                    result = result.and(Err(SendError::Timeout));
+                }
+                // The agent is gone or the ring corrupt: the message cannot matter any more.
+                Err(e) => result = result.and(Err(e)),
             }
         }
         if !left.is_empty() {
             let mut st = self.shared.lock();
-            left.append(&mut st.aborts);
-            st.aborts = left;
+            left.append(&mut st.outgoing);
+            st.outgoing = left;
         }
-    }
-
-    /// Pushes a message without DXO (ack, abort, bye), waiting at most `agent_ack_timeout`.
-    fn send(&self, envelope: &Envelope<'_>) -> Result<(), SendError> {
-        let mut outbox = self.lock_outbox();
-        let Some(outbox) = outbox.as_mut() else {
-            return Err(SendError::Cancelled);
-        };
-        outbox
-            .sender
-            .send(
-                &mut outbox.producer,
-                envelope,
-                None,
-                deadline_after(self.config.agent_ack_timeout),
-            )
-            .map(|_| ())
+        result
     }
 }
 
@@ -661,7 +1068,7 @@ impl Pump {
                 std::thread::sleep(slice);
             }
             self.receiver.set_min_epoch(self.core.min_epoch);
-            self.core.inner.flush_aborts_if_idle(slice);
+            self.core.inner.flush_outgoing_if_idle(slice);
             if Instant::now() >= next_check {
                 self.check_liveness();
                 next_check = Instant::now() + slice;
@@ -734,10 +1141,7 @@ impl Pump {
                         inner.name
                     );
                     self.core.stop();
-                    let bound = self.core.bound;
-                    if bound != 0 {
-                        let _ = inner.send(&Envelope::new(MessageKind::Bye).with_epoch(bound));
-                    }
+                    self.core.say_bye(self.core.bound);
                 }
             }
             Liveness::Absent => self.core.set_status(ExchangerStatus::NoAgent),
@@ -839,12 +1243,17 @@ impl PumpCore {
         }
     }
 
-    /// Pushes `bye` to incarnation `epoch` (none: 0), best effort.
+    /// Pushes `bye` to incarnation `epoch` (none: 0), best effort, without waiting for the
+    /// outbox (queued if it is busy).
     fn say_bye(&self, epoch: u64) {
         if epoch != 0 {
-            let _ = self
-                .inner
-                .send(&Envelope::new(MessageKind::Bye).with_epoch(epoch));
+            self.inner.queue(Control {
+                kind: MessageKind::Bye,
+                id: String::new(),
+                rc: ReturnCode::Ok,
+                epoch,
+                reply_to: 0,
+            });
         }
     }
 
@@ -945,15 +1354,22 @@ impl PumpCore {
                     .filter(|t| t.outcome.is_none() && t.phase.epoch() == Some(d.epoch))
                 {
                     t.outcome = Some(Reply::bare(ReturnCode::ExecutionException));
+                    // As for any result: the next task must follow this ack in the ring.
+                    t.acking = true;
                 }
                 drop(st);
                 self.inner.shared.notify();
-                let ack = Envelope::new(MessageKind::ResultAck)
-                    .with_rc(ReturnCode::ExecutionResultError)
-                    .with_epoch(d.epoch)
-                    .with_reply_to(d.sequence);
-                // Best effort: an agent that died meanwhile needs no answer.
-                let _ = self.inner.send(&ack);
+                self.inner.queue(Control {
+                    kind: MessageKind::ResultAck,
+                    id: String::new(),
+                    rc: ReturnCode::ExecutionResultError,
+                    epoch: d.epoch,
+                    reply_to: d.sequence,
+                });
+                if let Some(t) = self.inner.shared.lock().task.as_mut() {
+                    t.acking = false;
+                }
+                self.inner.shared.notify();
             }
             Some(d) => log::warn!(
                 "shmex exchanger {}: message {} dropped ({e})",
@@ -1062,13 +1478,16 @@ impl PumpCore {
         };
         drop(st);
         self.inner.shared.notify();
-        let ack = Envelope::new(MessageKind::ResultAck)
-            .with_task(&attributed, "")
-            .with_rc(ack_rc)
-            .with_epoch(epoch)
-            .with_reply_to(sequence);
-        // Best effort: an agent that died meanwhile needs no ack.
-        let _ = self.inner.send(&ack);
+        // Queued if the outbox is busy (a push, a loan): any later task is pushed after the
+        // queue, so it still follows this ack in the ring. Best effort: an agent that died
+        // meanwhile needs no ack.
+        self.inner.queue(Control {
+            kind: MessageKind::ResultAck,
+            id: attributed,
+            rc: ack_rc,
+            epoch,
+            reply_to: sequence,
+        });
         if let Some(t) = self.inner.shared.lock().task.as_mut() {
             t.acking = false;
         }

@@ -15,6 +15,13 @@
 //! ([`crate::frame::Message::into_owned`]: a reassembled large message keeps its buffer without
 //! a copy), so a message held by user code never blocks the `abort` or `bye` behind it.
 //!
+//! Both sides can also send by **loan** (zero copies on the sending side): reserve the message
+//! in the ring with a [`crate::frame::LoanSpec`], fill its tensors in place, then commit —
+//! [`Exchanger::loan_task`] → [`TaskLoan::execute`], [`Agent::loan_result`] →
+//! [`ResultLoan::commit`]. The loans are owned handles (a binding can keep them across calls);
+//! while one is out the pump keeps receiving and queues the acks it owes
+//! (`docs/protocol.md` §9).
+//!
 //! ```no_run
 //! use shmex::frame::{DataKind, Dxo, ReturnCode};
 //! use shmex::protocol::{Agent, AgentConfig, Exchanger, ExchangerConfig, Headers};
@@ -45,9 +52,13 @@ mod agent;
 mod config;
 mod exchanger;
 
-pub use agent::{Agent, AgentAttachError, AgentStatus, GetTaskError, SubmitError, Task};
+pub use agent::{
+    Agent, AgentAttachError, AgentStatus, GetTaskError, ResultLoan, SubmitError, Task,
+};
 pub use config::{AgentConfig, ExchangerConfig, RestartPolicy};
-pub use exchanger::{CloseError, Exchanger, ExchangerCreateError, ExchangerStatus, Reply};
+pub use exchanger::{
+    CloseError, Exchanger, ExchangerCreateError, ExchangerStatus, Reply, TaskLoan, TaskLoanError,
+};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

@@ -177,8 +177,8 @@ mod peer {
     mod protocol {
         use super::{deadline, wait_for_stdin_close};
         use shmex::frame::{
-            DataKind, Dxo, Envelope, FrameReceiver, FrameSender, MessageKind, OwnedMessage,
-            ReturnCode,
+            DType, DataKind, Dxo, Envelope, FrameReceiver, FrameSender, LoanSpec, MessageKind,
+            OwnedMessage, ReturnCode,
         };
         use shmex::link::{AttachOptions, Link};
         use shmex::protocol::{
@@ -195,6 +195,7 @@ mod peer {
         pub const MODES: &[&str] = &[
             "agent-serve",
             "agent-hold-task",
+            "agent-loan-half-then-hang",
             "raw-agent-stall",
             "raw-result-then-hang",
             "raw-partial-result-then-hang",
@@ -277,6 +278,29 @@ mod peer {
                     let task = agent.get_task(None)?.ok_or("no task")?;
                     println!("TASK {}", task.id);
                     wait_for_stdin_close();
+                }
+                "agent-loan-half-then-hang" => {
+                    // Takes a result loan for its task, fills half of it, and hangs until
+                    // killed: nothing of the loan may ever reach the exchanger.
+                    let agent = agent(name)?;
+                    println!("READY");
+                    let task = agent.get_task(None)?.ok_or("no task")?;
+                    println!("TASK {}", task.id);
+                    let len = task
+                        .message
+                        .tensor_by_name("w")
+                        .ok_or("no w")?
+                        .to_vec::<f32>()?
+                        .len();
+                    let spec = LoanSpec::new(DataKind::WeightDiff)
+                        .tensor("w", DType::F32, &[len as u64])
+                        .meta("task", task.id.as_str());
+                    let mut loan = agent.loan_result(&spec)?;
+                    let w = loan.tensor_mut::<f32>(0)?;
+                    w[..len / 2].fill(9.0);
+                    println!("HALF");
+                    wait_for_stdin_close();
+                    drop(loan);
                 }
                 "raw-agent-stall" => {
                     let _link = raw_agent(name)?;
