@@ -549,7 +549,10 @@ fn attach_error(e: AgentAttachError) -> PyErr {
             LinkAttachError::Open(_)
             | LinkAttachError::Layout(_)
             | LinkAttachError::Attach(_)
-            | LinkAttachError::Ring(_) => ShmexError::new_err(format!("cannot attach: {e}")),
+            | LinkAttachError::Ring(_)
+            | LinkAttachError::RingTooSmall { .. } => {
+                ShmexError::new_err(format!("cannot attach: {e}"))
+            }
         },
         AgentAttachError::Spawn(e) => ShmexError::new_err(format!("cannot start the agent: {e}")),
     }
@@ -566,7 +569,7 @@ fn agent_status(status: AgentStatus) -> &'static str {
 
 fn send_error(e: SendError) -> PyErr {
     match e {
-        SendError::Encode(_) | SendError::TooLargeForLoan { .. } => {
+        SendError::TooLargeForFormat { .. } | SendError::TooLargeForLoan { .. } => {
             PyValueError::new_err(e.to_string())
         }
         SendError::Corrupt(_)
