@@ -6,12 +6,12 @@
 //! Conventions of every function:
 //! - it returns a `shmex_status` (`SHMEX_OK` or the kind of failure) and writes its results
 //!   through out-pointers; `shmex_last_error_message()` gives the failure's text;
-//! - no panic crosses the boundary: every body runs under [`status::guard`], which turns a
+//! - no panic crosses the boundary: every body runs under `status::guard`, which turns a
 //!   panic into `SHMEX_PANIC`;
 //! - every pointer is checked (NULL, alignment, byte sizes that overflow) before use;
-//! - handles are numbers in a registry ([`handles`]), so a freed or foreign handle is
+//! - handles are numbers in a registry (`handles.rs`), so a freed or foreign handle is
 //!   `SHMEX_INVALID_HANDLE`, not undefined behaviour;
-//! - enumerations from C are `uint32_t` decoded with a check ([`types`]).
+//! - enumerations from C are `uint32_t` decoded with a check (`types.rs`).
 //!
 //! Submitting a result by loan (`shmex_agent_loan_result` and friends) waits for the
 //! protocol's loans; the binding does not build them on the frame layer.
