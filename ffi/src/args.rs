@@ -1,0 +1,176 @@
+//! Reading what C passes: strings, arrays, tensors and DXOs, each pointer checked before use,
+//! and out-pointers checked before any work is done.
+
+use std::ffi::{c_char, CStr};
+use std::ptr::NonNull;
+
+use serde_json::{Map, Value};
+use shmex::frame::{Dxo, MAX_DIMS};
+
+use crate::status::{shmex_status, Failure};
+use crate::types::{data_kind_from_c, dtype_from_c, shmex_data, shmex_tensor};
+
+/// A NUL-terminated UTF-8 string argument.
+///
+/// # Safety
+/// `ptr` is NULL or points to a NUL-terminated string that stays valid and unchanged for
+/// `'a`.
+pub(crate) unsafe fn str_arg<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Failure> {
+    if ptr.is_null() {
+        return Err(Failure::null(what));
+    }
+    // SAFETY: not NULL (checked above), and the caller promises a NUL-terminated string
+    // valid for 'a.
+    let c = unsafe { CStr::from_ptr(ptr) };
+    c.to_str()
+        .map_err(|_| Failure::invalid(format!("{what} is not valid UTF-8")))
+}
+
+/// An array argument of `count` elements (NULL is allowed when `count` is 0).
+///
+/// # Safety
+/// When `count` is not 0 and `ptr` is not NULL, `ptr` points to `count` initialised `T`
+/// that stay valid and unchanged for `'a`.
+pub(crate) unsafe fn slice_arg<'a, T>(
+    ptr: *const T,
+    count: usize,
+    what: &str,
+) -> Result<&'a [T], Failure> {
+    if count == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(Failure::null(&format!("{what} (with a count of {count})")));
+    }
+    let fits = count
+        .checked_mul(size_of::<T>())
+        .is_some_and(|bytes| bytes <= isize::MAX as usize);
+    if !fits {
+        return Err(Failure::invalid(format!(
+            "{what}: a count of {count} is larger than any array can be"
+        )));
+    }
+    if !ptr.is_aligned() {
+        return Err(Failure::invalid(format!(
+            "{what} is not aligned for its type"
+        )));
+    }
+    // SAFETY: not NULL, aligned, and the byte size fits in isize (checked above); the caller
+    // promises `count` initialised elements valid for 'a.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, count) })
+}
+
+/// A pointer the result is written to, checked up front so that a NULL out-pointer fails
+/// before anything is created.
+pub(crate) struct Out<T>(NonNull<T>);
+
+impl<T> Out<T> {
+    /// # Safety
+    /// `ptr` is NULL or valid for writes of a `T` (aligned) until [`Out::write`] is called.
+    pub(crate) unsafe fn new(ptr: *mut T, what: &str) -> Result<Out<T>, Failure> {
+        let ptr = NonNull::new(ptr).ok_or_else(|| Failure::null(what))?;
+        if !ptr.as_ptr().is_aligned() {
+            return Err(Failure::invalid(format!(
+                "{what} is not aligned for its type"
+            )));
+        }
+        Ok(Out(ptr))
+    }
+
+    /// Stores the result.
+    pub(crate) fn write(&self, value: T) {
+        // SAFETY: non-NULL and aligned (checked in `new`), valid for writes as `new`'s caller
+        // promised; `T` is a plain C type (no drop of the old value is wanted).
+        unsafe { self.0.as_ptr().write(value) }
+    }
+}
+
+/// Writes `value` to an optional out-pointer (NULL: not wanted).
+///
+/// # Safety
+/// `ptr` is NULL or valid for writes of a `T` (aligned).
+pub(crate) unsafe fn write_optional<T>(ptr: *mut T, value: T, what: &str) -> Result<(), Failure> {
+    if ptr.is_null() {
+        return Ok(());
+    }
+    // SAFETY: the caller's contract is `Out::new`'s.
+    unsafe { Out::new(ptr, what) }?.write(value);
+    Ok(())
+}
+
+/// A meta JSON argument: NULL is an empty object.
+///
+/// # Safety
+/// As [`str_arg`].
+pub(crate) unsafe fn meta_arg(ptr: *const c_char) -> Result<Map<String, Value>, Failure> {
+    if ptr.is_null() {
+        return Ok(Map::new());
+    }
+    // SAFETY: the caller's contract is `str_arg`'s.
+    let text = unsafe { str_arg(ptr, "meta_json") }?;
+    serde_json::from_str(text)
+        .map_err(|e| Failure::invalid(format!("meta_json is not a JSON object: {e}")))
+}
+
+/// One tensor of a DXO to send, added to `dxo`.
+///
+/// # Safety
+/// `t`'s pointers follow `shmex_tensor`'s contract for sending: `name` a NUL-terminated
+/// string, `shape` `ndim` extents, `data` `len` bytes, all valid and unchanged for `'a`.
+unsafe fn add_tensor<'a>(dxo: Dxo<'a>, t: &shmex_tensor, index: usize) -> Result<Dxo<'a>, Failure> {
+    // SAFETY: the caller's contract.
+    let name = unsafe { str_arg(t.name, &format!("the name of tensor {index}")) }?;
+    let dtype = dtype_from_c(t.dtype)
+        .map_err(|f| Failure::invalid(format!("tensor {name:?}: {}", f.message)))?;
+    if t.ndim > MAX_DIMS {
+        return Err(Failure::new(
+            shmex_status::SHMEX_INVALID_DATA,
+            format!(
+                "tensor {name:?} has {} dimensions, at most {MAX_DIMS} are allowed",
+                t.ndim
+            ),
+        ));
+    }
+    // SAFETY: the caller's contract: `shape` holds `ndim` extents.
+    let shape = unsafe { slice_arg(t.shape, t.ndim, &format!("the shape of tensor {name:?}")) }?;
+    // SAFETY: the caller's contract: `data` holds `len` bytes.
+    let bytes = unsafe {
+        slice_arg(
+            t.data.cast::<u8>(),
+            t.len,
+            &format!("the data of tensor {name:?}"),
+        )
+    }?;
+    dxo.with_tensor_bytes(name, dtype, shape, bytes)
+        .map_err(|e| Failure::coded(&e))
+}
+
+/// The DXO a `shmex_data` describes, borrowing the caller's tensor bytes.
+///
+/// # Safety
+/// `data` is NULL or points to a `shmex_data` whose pointers follow its contract, all valid
+/// and unchanged for `'a`.
+pub(crate) unsafe fn dxo_arg<'a>(data: *const shmex_data, what: &str) -> Result<Dxo<'a>, Failure> {
+    if data.is_null() {
+        return Err(Failure::null(what));
+    }
+    if !data.is_aligned() {
+        return Err(Failure::invalid(format!(
+            "{what} is not aligned for its type"
+        )));
+    }
+    // SAFETY: not NULL and aligned (checked above); the caller promises a valid `shmex_data`
+    // for 'a.
+    let data = unsafe { &*data };
+    let kind = data_kind_from_c(data.data_kind)?;
+    // SAFETY: the caller's contract for `meta_json`.
+    let meta = unsafe { meta_arg(data.meta_json) }?;
+    // SAFETY: the caller's contract for `tensors`.
+    let tensors = unsafe { slice_arg(data.tensors, data.tensor_count, "tensors") }?;
+    let mut dxo = Dxo::new(kind).with_meta_map(meta);
+    for (index, t) in tensors.iter().enumerate() {
+        // SAFETY: the caller's contract covers each tensor.
+        dxo = unsafe { add_tensor(dxo, t, index) }?;
+    }
+    Ok(dxo)
+}
