@@ -500,49 +500,11 @@ impl std::fmt::Debug for TaskLoan {
 }
 
 impl TaskLoan {
-    fn parts(&mut self) -> Result<(&DetachedLoan, &mut Producer), ViewError> {
-        match (self.loan.as_ref(), self.producer.as_mut()) {
-            (Some(loan), Some(producer)) => Ok((loan, producer)),
-            _ => Err(ViewError::StaleLoan),
-        }
-    }
+    loan_accessors!("APP_DEFINED tasks");
 
     /// The task id.
     pub fn task_id(&self) -> &str {
         &self.id
-    }
-
-    /// Number of tensors.
-    pub fn tensor_count(&self) -> usize {
-        self.loan.as_ref().map_or(0, DetachedLoan::tensor_count)
-    }
-
-    /// Index of the tensor named `name`.
-    pub fn index_of(&mut self, name: &str) -> Option<usize> {
-        let (loan, producer) = self.parts().ok()?;
-        loan.index_of(producer, name).ok().flatten()
-    }
-
-    /// Tensor `index` as mutable raw bytes in the ring (they hold whatever the ring held
-    /// before: write all of them).
-    pub fn tensor_bytes_mut(&mut self, index: usize) -> Result<&mut [u8], ViewError> {
-        let (loan, producer) = self.parts()?;
-        loan.tensor_bytes_mut(producer, index)
-    }
-
-    /// Tensor `index` as a mutable slice of `T` in the ring (the dtype must be `T`'s).
-    pub fn tensor_mut<T: Element + FromBytes + KnownLayout>(
-        &mut self,
-        index: usize,
-    ) -> Result<&mut [T], ViewError> {
-        let (loan, producer) = self.parts()?;
-        loan.tensor_mut(producer, index)
-    }
-
-    /// The opaque bytes (APP_DEFINED tasks whose spec reserved some), in the ring.
-    pub fn opaque_mut(&mut self) -> Result<&mut [u8], ViewError> {
-        let (loan, producer) = self.parts()?;
-        loan.opaque_mut(producer)
     }
 
     /// Sends the task and waits for its result, as [`Exchanger::execute`] (same return
