@@ -1861,3 +1861,33 @@ fn loaned_task_is_redelivered_to_a_restarted_agent() {
     assert_eq!(join(pending).rc, ReturnCode::Ok);
     assert_eq!(exchanger.redeliveries(), 1);
 }
+
+/// A result whose sender goes quiet mid-message for `agent_connection_timeout` (its process
+/// alive) is given up, answered `invalid` by its sequence number, and ends the task with
+/// EXECUTION_EXCEPTION: neither side is left waiting for a message that was lost (before, the
+/// message was dropped silently and `execute` waited until the watchdog).
+#[test]
+fn result_stalled_mid_message_is_answered_invalid_and_ends_the_task() {
+    let config = exchanger_config().agent_connection_timeout(Duration::from_millis(300));
+    let exchanger = Arc::new(create_with("stalled-result", config));
+    let mut raw = RawAgent::attach(&exchanger);
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    raw.take_task(ReturnCode::Ok);
+    let envelope = Envelope::new(MessageKind::Result)
+        .with_task("t1", "train")
+        .with_epoch(raw.link.epoch());
+    let sequence = raw.sender.next_sequence();
+    send_first_fragment(&mut raw.sender, raw.link.sender(), &envelope);
+    assert_eq!(join(pending).rc, ReturnCode::ExecutionException);
+    let end = Instant::now() + WATCHDOG;
+    let ack = loop {
+        assert!(Instant::now() < end, "no result_ack for the stalled result");
+        if let Ok(m) = raw.receiver.recv(raw.link.receiver(), Some(end)) {
+            if m.kind() == MessageKind::ResultAck {
+                break (m.reply_to(), m.rc());
+            }
+        }
+    };
+    assert_eq!(ack.0, sequence);
+    assert_ne!(ack.1, ReturnCode::Ok);
+}
