@@ -283,6 +283,17 @@ pub enum ReserveError {
     Corrupt(#[from] RingCorruption),
 }
 
+impl From<TryReserveError> for ReserveError {
+    /// A try is a wait with no time: a full ring is that wait's timeout.
+    fn from(e: TryReserveError) -> ReserveError {
+        match e {
+            TryReserveError::TooLarge { len, max } => ReserveError::TooLarge { len, max },
+            TryReserveError::Full => ReserveError::Timeout,
+            TryReserveError::Corrupt(c) => ReserveError::Corrupt(c),
+        }
+    }
+}
+
 /// Why a blocking receive failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecvError {

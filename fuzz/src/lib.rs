@@ -22,7 +22,12 @@ pub const MAX_RECORDS: usize = 64;
 pub const MAX_STREAM_LEN: u64 = 16 << 20;
 
 /// Small limits, so that no input can make the decoder allocate gigabytes.
-pub const LIMITS: Limits = Limits::default().max_message_len(16 << 20).max_tensors(4096).max_name_len(1024).max_meta_len(1 << 20).max_task_field_len(1024);
+pub const LIMITS: Limits = Limits::DEFAULT
+    .max_message_len(16 << 20)
+    .max_tensors(4096)
+    .max_name_len(1024)
+    .max_meta_len(1 << 20)
+    .max_task_field_len(1024);
 
 /// Splits a fuzz input into records (see the module docs).
 pub fn split_records(mut data: &[u8]) -> Vec<&[u8]> {

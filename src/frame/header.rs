@@ -108,37 +108,47 @@ pub struct Limits {
 
 /// Setters, one per field (the struct is `#[non_exhaustive]`: build it from `default()`).
 impl Limits {
+    /// The default limits (also `Limits::default()`), usable in constants:
+    /// `const MINE: Limits = Limits::DEFAULT.max_tensors(4096);`.
+    pub const DEFAULT: Limits = Limits {
+        max_message_len: 16 << 30,
+        max_tensors: 100_000,
+        max_name_len: 1024,
+        max_meta_len: 16 << 20,
+        max_task_field_len: 1024,
+    };
+
     /// Sets [`Limits::max_message_len`].
     #[must_use]
-    pub fn max_message_len(mut self, max_message_len: u64) -> Self {
+    pub const fn max_message_len(mut self, max_message_len: u64) -> Self {
         self.max_message_len = max_message_len;
         self
     }
 
     /// Sets [`Limits::max_tensors`].
     #[must_use]
-    pub fn max_tensors(mut self, max_tensors: u32) -> Self {
+    pub const fn max_tensors(mut self, max_tensors: u32) -> Self {
         self.max_tensors = max_tensors;
         self
     }
 
     /// Sets [`Limits::max_name_len`].
     #[must_use]
-    pub fn max_name_len(mut self, max_name_len: u32) -> Self {
+    pub const fn max_name_len(mut self, max_name_len: u32) -> Self {
         self.max_name_len = max_name_len;
         self
     }
 
     /// Sets [`Limits::max_meta_len`].
     #[must_use]
-    pub fn max_meta_len(mut self, max_meta_len: u32) -> Self {
+    pub const fn max_meta_len(mut self, max_meta_len: u32) -> Self {
         self.max_meta_len = max_meta_len;
         self
     }
 
     /// Sets [`Limits::max_task_field_len`].
     #[must_use]
-    pub fn max_task_field_len(mut self, max_task_field_len: u32) -> Self {
+    pub const fn max_task_field_len(mut self, max_task_field_len: u32) -> Self {
         self.max_task_field_len = max_task_field_len;
         self
     }
@@ -146,13 +156,7 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_message_len: 16 << 30,
-            max_tensors: 100_000,
-            max_name_len: 1024,
-            max_meta_len: 16 << 20,
-            max_task_field_len: 1024,
-        }
+        Limits::DEFAULT
     }
 }
 
