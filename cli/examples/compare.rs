@@ -14,6 +14,12 @@
 //! error; every blocking wait in the child has a deadline, and the child asks the kernel to
 //! kill it if the parent dies (`PR_SET_PDEATHSIG`), so no run leaves a process behind.
 //!
+//! A loaded machine makes a run slower, never failed: the deadlines are minutes
+//! (`PEER_TIMEOUT`), and the two sides that poll shared memory for each other (`spin-raw`,
+//! `futex-raw`) wait with a `PeerWait`, which stops spinning and yields, then sleeps, when the
+//! peer is late. The run reports the machine's CPUs and its load average at the start and the
+//! end (`RESULT host - load1_start ...`, and the first line of the table).
+//!
 //! Measured:
 //! - `memcpy`: one thread, `copy_from_slice` between two pre-faulted buffers;
 //! - `uds`: a Unix stream socket, parent writes SIZE bytes, child reads them and answers 1 byte;
@@ -37,7 +43,8 @@
 //!     (copy-send, in-place receive; the agent sends its result straight from the task's view).
 //!
 //! Output: a human table, then `RESULT <transport> <size> <metric> <value> <unit>` lines and
-//! `RATIO` lines for scripts.
+//! `RATIO` lines for scripts (`scripts/benchmarks.py` turns several runs into
+//! `docs/benchmarks.md`).
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
