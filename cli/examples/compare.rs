@@ -1734,8 +1734,12 @@ fn child_task_echo(name: &str, spin: Duration) -> Res<()> {
 fn child_futex_echo(fd: &str) -> Res<()> {
     let page = SharedPage::open(fd)?;
     let (ping, pong) = (page.u32_at(FUTEX_PING), page.u32_at(FUTEX_PONG));
-    println!("ready");
+    // The word before the first ping, read before `ready`: the parent pings only after it,
+    // so reading it later could take the first ping for the starting value and wait for a
+    // second one while the parent waits for its answer (both sides stuck; it happened on a
+    // loaded machine, where the child can lose its CPU right after printing).
     let mut last = ping.load(Ordering::Acquire);
+    println!("ready");
     loop {
         let mut wait = PeerWait::new("futex-echo: no ping from the parent");
         let seen = loop {
@@ -1758,8 +1762,12 @@ fn child_futex_echo(fd: &str) -> Res<()> {
 fn child_spin_echo(fd: &str) -> Res<()> {
     let page = SharedPage::open(fd)?;
     let (ping, pong) = (page.u64_at(SPIN_PING), page.u64_at(SPIN_PONG));
-    println!("ready");
+    // The word before the first ping, read before `ready`: the parent pings only after it,
+    // so reading it later could take the first ping for the starting value and wait for a
+    // second one while the parent waits for its answer (both sides stuck; it happened on a
+    // loaded machine, where the child can lose its CPU right after printing).
     let mut last = ping.load(Ordering::Acquire);
+    println!("ready");
     loop {
         let mut wait = PeerWait::new("spin-echo: no ping from the parent");
         let seen = loop {
