@@ -14,6 +14,12 @@
 //! error; every blocking wait in the child has a deadline, and the child asks the kernel to
 //! kill it if the parent dies (`PR_SET_PDEATHSIG`), so no run leaves a process behind.
 //!
+//! A loaded machine makes a run slower, never failed: the deadlines are minutes
+//! (`PEER_TIMEOUT`), and the two sides that poll shared memory for each other (`spin-raw`,
+//! `futex-raw`) wait with a `PeerWait`, which stops spinning and yields, then sleeps, when the
+//! peer is late. The run reports the machine's CPUs and its load average at the start and the
+//! end (`RESULT host - load1_start ...`, and the first line of the table).
+//!
 //! Measured:
 //! - `memcpy`: one thread, `copy_from_slice` between two pre-faulted buffers;
 //! - `uds`: a Unix stream socket, parent writes SIZE bytes, child reads them and answers 1 byte;
@@ -37,7 +43,8 @@
 //!     (copy-send, in-place receive; the agent sends its result straight from the task's view).
 //!
 //! Output: a human table, then `RESULT <transport> <size> <metric> <value> <unit>` lines and
-//! `RATIO` lines for scripts.
+//! `RATIO` lines for scripts (`scripts/benchmarks.py` turns several runs into
+//! `docs/benchmarks.md`).
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -59,13 +66,14 @@ use shmex::ring::RecvError;
 use shmex::segment::SegmentName;
 use shmex::signal::{PeerLost, WaitStrategy};
 use shmex::{stream, sys};
+use shmex_test_support::load::LoadAverage;
 use shmex_test_support::pattern;
 use zerocopy::{FromBytes, IntoBytes};
 
 use shmex_cli::harness::{
     check_checksum, child_attach, deadline, median_gbps, percentile, pick_cpus, pin_to_cpu,
     say_bye, size_label, socket_buffers, uds_child_connect, uds_connect, Launcher, MemcpyTransfer,
-    Peer, Res, Sampling, ShmexTransfer, Transfer, ACK, PEER_TIMEOUT, SOCKET_BUFFER,
+    Peer, PeerWait, Res, Sampling, ShmexTransfer, Transfer, ACK, PEER_TIMEOUT, SOCKET_BUFFER,
     SOCKET_IO_CHUNK,
 };
 
@@ -181,6 +189,8 @@ impl Report {
 }
 
 fn run(quick: bool) -> Res<()> {
+    let started = Instant::now();
+    let load_at_start = LoadAverage::now();
     let (cpu_count, cpus) = pick_cpus()?;
     let config = Config {
         quick,
@@ -219,6 +229,12 @@ fn run(quick: bool) -> Res<()> {
     let mut report = Report::default();
     report.notes.push(host_description(&config));
     eprintln!("{}", report.notes[0]);
+    report.add("host", "-", "cpus", config.cpu_count as f64, "count");
+    report_load(
+        &mut report,
+        ["load1_start", "load5_start", "load15_start"],
+        load_at_start,
+    );
 
     let max = *config.sizes.iter().max().ok_or("no sizes")?;
     eprintln!("preparing a {} source buffer...", size_label(max));
@@ -271,24 +287,64 @@ fn run(quick: bool) -> Res<()> {
     );
     bench_detection(&config, &mut report)?;
 
+    report_load(
+        &mut report,
+        ["load1_end", "load5_end", "load15_end"],
+        LoadAverage::now(),
+    );
+    report.add(
+        "host",
+        "-",
+        "run_time_s",
+        started.elapsed().as_secs_f64(),
+        "s",
+    );
     print_report(&config, &report);
     Ok(())
 }
 
+/// The load averages at the start or the end of the run as `host` figures (`metrics` names
+/// the 1, 5 and 15 minute averages); nothing where `/proc/loadavg` cannot be read.
+fn report_load(report: &mut Report, metrics: [&'static str; 3], load: Option<LoadAverage>) {
+    let Some(load) = load else {
+        eprintln!("  (no /proc/loadavg: the load is not reported)");
+        return;
+    };
+    for (metric, value) in metrics.into_iter().zip([load.one, load.five, load.fifteen]) {
+        report.add("host", "-", metric, value, "tasks");
+    }
+}
+
+/// The line at the top of the human table: CPUs, load at the start and the end, run time.
+fn load_line(report: &Report) -> String {
+    let averages = |when: &str| {
+        let get = |minutes: &str| report.get("host", "-", &format!("load{minutes}_{when}"));
+        match (get("1"), get("5"), get("15")) {
+            (Some(one), Some(five), Some(fifteen)) => {
+                format!("{one:.2} {five:.2} {fifteen:.2}")
+            }
+            _ => "unknown".to_string(),
+        }
+    };
+    format!(
+        "host load: {} CPUs; load average (1, 5, 15 min) {} at the start, {} at the end \
+         (it counts this run's own processes too: up to 2 while both sides spin); the run took \
+         {:.0} s",
+        report.get("host", "-", "cpus").unwrap_or(0.0),
+        averages("start"),
+        averages("end"),
+        report.get("host", "-", "run_time_s").unwrap_or(0.0),
+    )
+}
+
 fn host_description(config: &Config) -> String {
     let cpus = config.cpu_count;
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load = load
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ");
     let pinning = match config.cpus {
         Some((p, c)) => format!("parent pinned to CPU {p}, child to CPU {c} (sched_setaffinity)"),
         None => "not pinned (fewer than 2 CPUs available)".to_string(),
     };
     format!(
-        "host: {cpus} CPUs, load average {load}; {pinning}; mode: {}",
+        "host: {cpus} CPUs; {pinning}; mode: {}",
         if config.quick {
             "QUICK (--quick: max 64 MiB, fewer samples and round trips, a 64 MiB model of 20 \
              tensors, hand-offs of 1 MiB and 16 MiB)"
@@ -306,6 +362,7 @@ fn print_report(config: &Config, report: &Report) {
         "=== shmex compare{} ===",
         if config.quick { " (QUICK MODE)" } else { "" }
     );
+    let _ = writeln!(out, "{}", load_line(report));
     for note in &report.notes {
         let _ = writeln!(out, "note: {note}");
     }
@@ -966,14 +1023,13 @@ impl PingPong for FutexPingPong {
         self.seq += 1;
         let seq = self.seq;
         let (ping, pong) = (self.page.u32_at(FUTEX_PING), self.page.u32_at(FUTEX_PONG));
+        let mut wait = PeerWait::new("futex-raw: no answer from the child");
         let start = Instant::now();
         ping.store(seq, Ordering::Release);
         sys::futex_wake(ping);
         while pong.load(Ordering::Acquire) != seq {
             sys::futex_wait(pong, seq - 1, Some(Duration::from_millis(100)));
-            if start.elapsed() > PEER_TIMEOUT {
-                return Err("futex-raw: no answer from the child".into());
-            }
+            wait.check()?;
         }
         Ok(start.elapsed())
     }
@@ -1011,15 +1067,11 @@ impl PingPong for SpinPingPong {
         self.seq += 1;
         let seq = self.seq;
         let (ping, pong) = (self.page.u64_at(SPIN_PING), self.page.u64_at(SPIN_PONG));
+        let mut wait = PeerWait::new("spin-raw: no answer from the child");
         let start = Instant::now();
         ping.store(seq, Ordering::Release);
-        let mut spins = 0u32;
         while pong.load(Ordering::Acquire) != seq {
-            std::hint::spin_loop();
-            spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(1 << 20) && start.elapsed() > PEER_TIMEOUT {
-                return Err("spin-raw: no answer from the child".into());
-            }
+            wait.idle()?;
         }
         Ok(start.elapsed())
     }
@@ -1428,9 +1480,7 @@ fn bench_detection(config: &Config, report: &mut Report) -> Res<()> {
                 let killed = child.kill();
                 (at, killed)
             });
-            let outcome = link
-                .receiver()
-                .pop_into(&mut buf, Some(Instant::now() + Duration::from_secs(10)));
+            let outcome = link.receiver().pop_into(&mut buf, Some(deadline()));
             let returned_at = Instant::now();
             let (killed_at, killed) = killer.join().map_err(|_| "killer thread panicked")?;
             killed?;
@@ -1667,23 +1717,26 @@ fn child_task_echo(name: &str, spin: Duration) -> Res<()> {
 fn child_futex_echo(fd: &str) -> Res<()> {
     let page = SharedPage::open(fd)?;
     let (ping, pong) = (page.u32_at(FUTEX_PING), page.u32_at(FUTEX_PONG));
-    println!("ready");
+    // The word before the first ping, read before `ready`: the parent pings only after it,
+    // so reading it later could take the first ping for the starting value and wait for a
+    // second one while the parent waits for its answer (both sides stuck; it happened on a
+    // loaded machine, where the child can lose its CPU right after printing).
     let mut last = ping.load(Ordering::Acquire);
-    let mut idle_since = Instant::now();
+    println!("ready");
     loop {
-        let seen = ping.load(Ordering::Acquire);
-        if seen == last {
-            if idle_since.elapsed() > PEER_TIMEOUT {
-                return Err("futex-echo: no ping for too long".into());
+        let mut wait = PeerWait::new("futex-echo: no ping from the parent");
+        let seen = loop {
+            let seen = ping.load(Ordering::Acquire);
+            if seen != last {
+                break seen;
             }
             sys::futex_wait(ping, last, Some(Duration::from_secs(1)));
-            continue;
-        }
+            wait.check()?;
+        };
         if seen == u32::MAX {
             return Ok(());
         }
         last = seen;
-        idle_since = Instant::now();
         pong.store(seen, Ordering::Release);
         sys::futex_wake(pong);
     }
@@ -1692,26 +1745,26 @@ fn child_futex_echo(fd: &str) -> Res<()> {
 fn child_spin_echo(fd: &str) -> Res<()> {
     let page = SharedPage::open(fd)?;
     let (ping, pong) = (page.u64_at(SPIN_PING), page.u64_at(SPIN_PONG));
-    println!("ready");
+    // The word before the first ping, read before `ready`: the parent pings only after it,
+    // so reading it later could take the first ping for the starting value and wait for a
+    // second one while the parent waits for its answer (both sides stuck; it happened on a
+    // loaded machine, where the child can lose its CPU right after printing).
     let mut last = ping.load(Ordering::Acquire);
-    let mut idle_since = Instant::now();
-    let mut spins = 0u32;
+    println!("ready");
     loop {
-        let seen = ping.load(Ordering::Acquire);
-        if seen == last {
-            std::hint::spin_loop();
-            spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(1 << 20) && idle_since.elapsed() > PEER_TIMEOUT {
-                return Err("spin-echo: no ping for too long".into());
+        let mut wait = PeerWait::new("spin-echo: no ping from the parent");
+        let seen = loop {
+            let seen = ping.load(Ordering::Acquire);
+            if seen != last {
+                break seen;
             }
-            continue;
-        }
+            wait.idle()?;
+        };
         if seen == u64::MAX {
             return Ok(());
         }
         last = seen;
         pong.store(seen, Ordering::Release);
-        idle_since = Instant::now();
     }
 }
 
@@ -1719,12 +1772,14 @@ fn child_idle_agent(name: &str) -> Res<()> {
     let mut link = child_attach(name, WaitStrategy::default())?;
     // Blocks until the parent kills us; if it never does, give up and exit by ourselves.
     let mut buf = Vec::new();
-    match link
-        .receiver()
-        .pop_into(&mut buf, Some(Instant::now() + Duration::from_secs(20)))
-    {
+    match link.receiver().pop_into(&mut buf, Some(deadline())) {
         Ok(()) => Err("idle-agent: unexpected record".into()),
-        Err(e) => Err(format!("idle-agent: not killed within 20 s ({e})").into()),
+        Err(e) => Err(format!(
+            "idle-agent: not killed within {} s ({e}); {}",
+            PEER_TIMEOUT.as_secs(),
+            shmex_test_support::load::describe()
+        )
+        .into()),
     }
 }
 

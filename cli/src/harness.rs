@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use shmex_test_support::pattern;
 pub use shmex_test_support::process::{
     child_prologue, deadline, line_channel, pick_cpus, pin_to_cpu, wait_timeout, Error, Launcher,
-    Peer, Res, PEER_TIMEOUT,
+    Peer, PeerWait, Res, PEER_TIMEOUT,
 };
 
 use shmex::frame::{
@@ -670,7 +670,7 @@ pub fn say_bye(sender: &mut FrameSender, link: &mut Link, peer: &mut Peer) -> Re
 pub fn child_attach(name: &str, wait: WaitStrategy) -> Res<Link> {
     let name = SegmentName::new(name.to_string())?;
     let options = AttachOptions::default()
-        .attach_timeout(Duration::from_secs(10))
+        .attach_timeout(PEER_TIMEOUT)
         .wait(wait);
     let link = Link::attach(&name, &options)?;
     println!("ready");

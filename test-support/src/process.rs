@@ -5,7 +5,8 @@
 //! re-run in a child mode (never `fork()`): [`Launcher`] says how to start it, and the child
 //! calls [`child_prologue`] first. The parent reads the child's stdout line by line, waits
 //! for it with a timeout ([`PEER_TIMEOUT`]) and kills it on any error; the child asks the
-//! kernel to kill it if the parent dies.
+//! kernel to kill it if the parent dies. Two processes that poll shared memory for each
+//! other's progress wait with a [`PeerWait`], which stops spinning when the peer is slow.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -18,12 +19,119 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 /// Result of the harness.
 pub type Res<T> = Result<T, Error>;
 
-/// How long any single wait for the peer may take before the run is declared broken.
-pub const PEER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long any single wait for the peer may go without progress before the run is declared
+/// broken. Minutes, not milliseconds: on a loaded machine (another build running) a peer can
+/// be off its CPU for long stretches, and a benchmark must then finish slower, not fail.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A deadline [`PEER_TIMEOUT`] from now.
 pub fn deadline() -> Instant {
     Instant::now() + PEER_TIMEOUT
+}
+
+/// How long a [`PeerWait`] busy-polls before it starts yielding its CPU.
+pub const WAIT_SPIN: Duration = Duration::from_millis(1);
+/// How long a [`PeerWait`] has waited when it stops yielding and starts sleeping.
+pub const WAIT_YIELD: Duration = Duration::from_millis(10);
+/// The first and the longest sleep between two polls of a [`PeerWait`].
+const WAIT_SLEEP: (Duration, Duration) = (Duration::from_micros(50), Duration::from_millis(1));
+/// Polls between two clock reads while spinning (no clock read at all when the peer answers
+/// within this many polls, which is every round trip of an unloaded machine).
+const POLLS_PER_CLOCK_READ: u32 = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WaitPhase {
+    Spin,
+    Yield,
+    Sleep,
+}
+
+/// A wait for the peer's progress on memory both processes poll (a shared atomic): busy-polls
+/// for [`WAIT_SPIN`], then yields its CPU until [`WAIT_YIELD`], then sleeps between polls
+/// (50 µs doubling to 1 ms), and gives up with an error naming the machine's load only after
+/// [`PEER_TIMEOUT`]. A peer that answers at once meets a plain spin loop; a peer that was
+/// descheduled by other work on a loaded machine gets this process's CPU back instead of
+/// competing with a spinner for it.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use shmex_test_support::process::PeerWait;
+///
+/// let pong = AtomicU64::new(7);
+/// let mut wait = PeerWait::new("example: no answer from the peer");
+/// while pong.load(Ordering::Acquire) != 7 {
+///     wait.idle()?;
+/// }
+/// # Ok::<(), shmex_test_support::process::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct PeerWait {
+    what: &'static str,
+    polls: u32,
+    since: Option<Instant>,
+    phase: WaitPhase,
+    sleep: Duration,
+}
+
+impl PeerWait {
+    /// A new wait; `what` starts its error message ("spin-raw: no answer from the child").
+    pub fn new(what: &'static str) -> PeerWait {
+        PeerWait {
+            what,
+            polls: 0,
+            since: None,
+            phase: WaitPhase::Spin,
+            sleep: WAIT_SLEEP.0,
+        }
+    }
+
+    /// One step of waiting after a poll that saw no progress: spin, yield or sleep, depending
+    /// on how long this wait has lasted; an error once it has lasted [`PEER_TIMEOUT`].
+    pub fn idle(&mut self) -> Res<()> {
+        self.polls = self.polls.saturating_add(1);
+        match self.phase {
+            WaitPhase::Spin => {
+                std::hint::spin_loop();
+                if self.polls.is_multiple_of(POLLS_PER_CLOCK_READ) && self.waited() >= WAIT_SPIN {
+                    self.phase = WaitPhase::Yield;
+                }
+            }
+            WaitPhase::Yield => {
+                std::thread::yield_now();
+                if self.waited() >= WAIT_YIELD {
+                    self.phase = WaitPhase::Sleep;
+                }
+            }
+            WaitPhase::Sleep => {
+                self.check()?;
+                std::thread::sleep(self.sleep);
+                self.sleep = (self.sleep * 2).min(WAIT_SLEEP.1);
+            }
+        }
+        Ok(())
+    }
+
+    /// For a loop that blocks by itself between polls (a `futex_wait` with a timeout): an
+    /// error once [`PEER_TIMEOUT`] has passed since the first call.
+    pub fn check(&mut self) -> Res<()> {
+        let waited = self.waited();
+        if waited > PEER_TIMEOUT {
+            return Err(format!(
+                "{} for {:.1} s (the limit is {} s); {}",
+                self.what,
+                waited.as_secs_f64(),
+                PEER_TIMEOUT.as_secs(),
+                crate::load::describe()
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Time since the wait's first clock read (taken on the first call that needed one).
+    fn waited(&mut self) -> Duration {
+        self.since.get_or_insert_with(Instant::now).elapsed()
+    }
 }
 
 /// A child's stdout as a channel of lines, read by a thread of its own (which ends with the
@@ -235,4 +343,24 @@ pub fn pin_to_cpu(cpu: usize) -> Res<()> {
     set.set(cpu);
     rustix::thread::sched_setaffinity(None, &set)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_without_progress_stops_spinning_then_stops_yielding() {
+        let mut wait = PeerWait::new("test: no progress");
+        while wait.phase == WaitPhase::Spin {
+            wait.idle().unwrap();
+        }
+        assert_eq!(wait.phase, WaitPhase::Yield);
+        while wait.phase == WaitPhase::Yield {
+            wait.idle().unwrap();
+        }
+        wait.idle().unwrap();
+        assert_eq!(wait.phase, WaitPhase::Sleep);
+        assert!(wait.sleep > WAIT_SLEEP.0, "sleeps grow");
+    }
 }
