@@ -62,8 +62,9 @@ pair() {
 
 # 3 rounds of 2^20 + 16 f32 elements; the 6M-element model (24 MiB) is larger than the
 # 16 MiB ring and travels in fragments. The C and Fortran agents answer by loan (which must
-# fit in one ring record), the C++ agent and the Rust one by copy; the C exchanger sends odd
-# rounds by loan and even rounds (and models too large for a loan) by copy.
+# fit in one ring record), the Rust agent by copy, the C++ agent by loan or, for a result too
+# large for one record (the fragmented pair), by copy; the C exchanger sends odd rounds by
+# loan and even rounds (and models too large for a loan) by copy.
 pair "Rust exchanger <-> C agent" c "$peer" exchanger "$site" c 3 1048576 -- "$bin/agent_c" "$site" c
 pair "C exchanger <-> Rust agent" rust "$bin/exchanger_c" "$site" rust 3 1048576 -- "$peer" agent "$site" rust
 pair "Rust exchanger <-> Fortran agent" f "$peer" exchanger "$site" f 3 1048576 -- "$bin/agent_f" "$site" f
