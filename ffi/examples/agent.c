@@ -1,5 +1,6 @@
 /* A trainer in C: attaches to the exchanger's link, and for each task checks the model,
- * adds one to every weight and submits the result (by copy), until the exchanger says bye.
+ * adds one to every weight, writing the result straight into a loan of shared memory, and
+ * commits it, until the exchanger says bye.
  *
  *   cc -std=c11 agent.c -o agent $(pkg-config --cflags --libs shmex)
  *   ./agent SITE AGENT_ID
@@ -24,6 +25,9 @@ static long round_of(const char *meta) {
     return at ? strtol(at + strlen("\"current_round\":"), NULL, 10) : -1;
 }
 
+/* Answers by loan: the result's tensors are reserved in shared memory (same names, dtypes
+ * and shapes as the task's) and the updated model is written straight into them; commit
+ * sends it without a copy on this side. */
 static int answer(shmex_agent *agent, shmex_task *task) {
     const char *meta = NULL;
     size_t count = 0;
@@ -31,39 +35,46 @@ static int answer(shmex_agent *agent, shmex_task *task) {
     if (st == SHMEX_OK) st = shmex_task_tensor_count(task, &count);
     if (st != SHMEX_OK) return fail("reading the task", st);
     long round = round_of(meta);
-    shmex_tensor *out = calloc(count, sizeof *out);
-    float **buffers = calloc(count, sizeof *buffers);
-    int bad = (out == NULL || buffers == NULL);
-    for (size_t t = 0; t < count && !bad; t++) {
+    shmex_tensor_spec *layout = calloc(count ? count : 1, sizeof *layout);
+    if (layout == NULL) return 1;
+    for (size_t t = 0; t < count; t++) {
         shmex_tensor in;
         st = shmex_task_tensor(task, t, &in); /* a view in place: valid until task_free */
+        if (st != SHMEX_OK) { free(layout); return fail("reading a tensor", st); }
+        layout[t] = (shmex_tensor_spec){in.name, in.dtype, in.ndim, in.shape};
+    }
+    shmex_loan_spec spec = {SHMEX_DATA_KIND_WEIGHTS, "{\"NUM_STEPS_CURRENT_ROUND\": 1}", layout,
+                            count};
+    shmex_result_loan *loan = NULL;
+    st = shmex_agent_loan_result(agent, &spec, &loan);
+    free(layout); /* the spec is read during the call only */
+    if (st != SHMEX_OK) return fail("loan_result", st);
+    int bad = 0;
+    for (size_t t = 0; t < count && !bad; t++) {
+        shmex_tensor in;
+        shmex_tensor_mut out; /* in shared memory: valid until commit or abandon */
+        st = shmex_task_tensor(task, t, &in);
+        if (st == SHMEX_OK) st = shmex_result_loan_tensor(loan, t, &out);
         if (st != SHMEX_OK || in.dtype != SHMEX_DTYPE_F32) { bad = 1; break; }
-        size_t n = in.len / sizeof(float);
         const float *w = in.data;
-        buffers[t] = malloc(in.len ? in.len : 1);
-        if (buffers[t] == NULL) { bad = 1; break; }
-        for (size_t i = 0; i < n; i++) {
+        float *updated = out.data;
+        for (size_t i = 0; i < in.len / sizeof(float); i++) {
             if (w[i] != (float)(i % 1000) * 0.5f + (float)round) {
                 fprintf(stderr, "agent.c: %s[%zu] = %g is not the model\n", in.name, i, w[i]);
                 bad = 1;
                 break;
             }
-            buffers[t][i] = w[i] + 1.0f; /* the "training" */
+            updated[i] = w[i] + 1.0f; /* the "training", written in place */
         }
-        out[t] = in;              /* same name, dtype and shape ... */
-        out[t].data = buffers[t]; /* ... new values */
+    }
+    if (bad) {
+        shmex_result_loan_abandon(loan); /* nothing is sent */
+        return 1;
     }
     bool accepted = false;
-    if (!bad) {
-        shmex_data result = {SHMEX_DATA_KIND_WEIGHTS, "{\"NUM_STEPS_CURRENT_ROUND\": 1}", out,
-                             count};
-        st = shmex_agent_submit_result(agent, &result, SHMEX_RC_OK, &accepted);
-        if (st != SHMEX_OK) bad = fail("submitting", st);
-    }
-    for (size_t t = 0; buffers != NULL && t < count; t++) free(buffers[t]);
-    free(buffers);
-    free(out);
-    return bad || !accepted;
+    st = shmex_result_loan_commit(loan, SHMEX_RC_OK, &accepted); /* ends the loan */
+    if (st != SHMEX_OK) return fail("commit", st);
+    return !accepted;
 }
 
 int main(int argc, char **argv) {

@@ -1,5 +1,6 @@
-! The trainer of agent.c in Fortran 2008: checks each task's model, adds one to every weight
-! (viewed in place as a Fortran array pointer), submits the result by copy, until bye.
+! The trainer of agent.c in Fortran 2008: checks each task's model (viewed in place as a
+! Fortran array pointer), writes every weight plus one straight into a loan of shared memory
+! (another array pointer) and commits it, until bye.
 !
 !   gfortran -std=f2008 shmex.f90 agent.f90 -o agent $(pkg-config --libs shmex)
 !   ./agent SITE AGENT_ID
@@ -8,18 +9,16 @@ program agent_f
   use shmex
   implicit none
 
-  type :: buffer
-    real(c_float), allocatable :: values(:)
-  end type buffer
-
   character(len=256) :: site, agent_id
   character(kind=c_char), target :: meta_out(32)
   character(len=*), parameter :: meta_text = '{"NUM_STEPS_CURRENT_ROUND": 1}'
   type(c_ptr) :: agent, task, meta_ptr
-  type(shmex_tensor), allocatable, target :: views(:), outs(:)
-  type(buffer), allocatable, target :: updates(:)
-  type(shmex_data) :: result
-  real(c_float), pointer :: w(:)
+  type(c_ptr) :: loan
+  type(shmex_tensor), allocatable :: views(:)
+  type(shmex_tensor_spec), allocatable, target :: layout(:)
+  type(shmex_tensor_mut) :: out
+  type(shmex_loan_spec) :: spec
+  real(c_float), pointer :: w(:), updated(:)
   character(len=:), allocatable :: meta
   integer(c_int32_t) :: st
   integer(c_size_t) :: count, t, i
@@ -45,11 +44,21 @@ program agent_f
     at = index(meta, '"current_round":') + len('"current_round":')
     read (meta(at:), *) round               ! list-directed: stops at ',' or '}'
     call check(shmex_task_tensor_count(task, count), 'tensor_count')
-    allocate(views(count), outs(count), updates(count))
-    do t = 1, count
+    allocate(views(count), layout(count))
+    do t = 1, count                         ! the result has the task's names and shapes
       call check(shmex_task_tensor(task, t - 1, views(t)), 'tensor')
+      layout(t) = shmex_tensor_spec(views(t)%name, views(t)%dtype, views(t)%ndim, views(t)%shape)
+    end do
+    spec%data_kind = SHMEX_DATA_KIND_WEIGHTS
+    spec%meta_json = c_loc(meta_out)
+    spec%tensors = c_loc(layout)
+    spec%tensor_count = count
+    call check(shmex_agent_loan_result(agent, spec, loan), 'loan_result')
+    do t = 1, count
       call shmex_tensor_f32(views(t), w)    ! in place; C order, so 1-D is the same order
       if (.not. associated(w)) stop 'agent.f90: a tensor is not f32'
+      call check(shmex_result_loan_tensor(loan, t - 1, out), 'loan tensor')
+      call shmex_loan_tensor_f32(out, updated) ! shared memory, until commit
       do i = 1, size(w, kind=c_size_t)
         ! exact: every value of the contract is a float without rounding
         if (abs(w(i) - (real(mod(i - 1, 1000_c_size_t), c_float) * 0.5 + real(round, c_float))) &
@@ -57,18 +66,12 @@ program agent_f
           stop 'agent.f90: a tensor is not the model'
         end if
       end do
-      updates(t)%values = w + 1.0_c_float   ! the "training"
-      outs(t) = views(t)                    ! same name, dtype, shape ...
-      outs(t)%data = c_loc(updates(t)%values) ! ... new values
+      updated = w + 1.0_c_float             ! the "training", written in place
     end do
-    result%data_kind = SHMEX_DATA_KIND_WEIGHTS
-    result%meta_json = c_loc(meta_out)
-    result%tensors = c_loc(outs)
-    result%tensor_count = count
-    call check(shmex_agent_submit_result(agent, result, SHMEX_RC_OK, accepted), 'submit')
+    call check(shmex_result_loan_commit(loan, SHMEX_RC_OK, accepted), 'commit') ! ends the loan
     if (.not. accepted) stop 'agent.f90: result not accepted'
     call check(shmex_task_free(task), 'task_free')
-    deallocate(views, outs, updates)
+    deallocate(views, layout)
     tasks = tasks + 1
   end do
   call check(shmex_agent_free(agent), 'agent_free')

@@ -1,5 +1,8 @@
 /* An FL client in C: creates the link, sends ROUNDS training tasks with a model and checks
- * each result (every element plus one, see agent.c), then says bye.
+ * each result (every element plus one, see agent.c), then says bye. Even rounds send the
+ * model by copy from the caller's memory; odd rounds write it straight into a loan of
+ * shared memory (a loan must fit in one record of the task ring: a model too large for it
+ * goes by copy).
  *
  *   cc -std=c11 exchanger.c -o exchanger $(pkg-config --cflags --libs shmex)
  *   ./exchanger SITE AGENT_ID ROUNDS ELEMENTS
@@ -33,6 +36,36 @@ static int check(const shmex_reply *reply, const char *name, size_t n, int64_t r
     return 0;
 }
 
+static void fill(float *v, size_t n, int64_t round) {
+    for (size_t i = 0; i < n; i++) v[i] = (float)(i % 1000) * 0.5f + (float)round;
+}
+
+/* Sends the task by loan: *reply is NULL if the model does not fit in the ring. */
+static shmex_status execute_by_loan(shmex_exchanger *exchanger, const shmex_headers *headers,
+                                    size_t elements, const shmex_abort *abort_flag,
+                                    shmex_reply **reply) {
+    uint64_t weight_shape[2] = {elements / 16, 16}, bias_shape[1] = {16};
+    shmex_tensor_spec layout[2] = {{"weight", SHMEX_DTYPE_F32, 2, weight_shape},
+                                   {"bias", SHMEX_DTYPE_F32, 1, bias_shape}};
+    shmex_loan_spec spec = {SHMEX_DATA_KIND_WEIGHTS, NULL, layout, 2};
+    shmex_task_loan *loan = NULL;
+    *reply = NULL;
+    shmex_status st =
+        shmex_exchanger_loan_task(exchanger, "train", headers, &spec, abort_flag, &loan);
+    if (st == SHMEX_TOO_LARGE) return SHMEX_OK;
+    if (st != SHMEX_OK) return st;
+    for (size_t t = 0; t < 2; t++) {
+        shmex_tensor_mut out; /* in shared memory: valid until execute or abandon */
+        st = shmex_task_loan_tensor(loan, t, &out);
+        if (st != SHMEX_OK) {
+            shmex_task_loan_abandon(loan);
+            return st;
+        }
+        fill(out.data, out.len / sizeof(float), headers->current_round);
+    }
+    return shmex_task_loan_execute(loan, abort_flag, reply); /* ends the loan */
+}
+
 int main(int argc, char **argv) {
     if (argc != 5) {
         fprintf(stderr, "usage: %s SITE AGENT_ID ROUNDS ELEMENTS\n", argv[0]);
@@ -52,19 +85,24 @@ int main(int argc, char **argv) {
     float bias[16];
     int failed = weight == NULL;
     for (int64_t round = 0; round < rounds && !failed; round++) {
-        for (size_t i = 0; i < elements; i++) weight[i] = (float)(i % 1000) * 0.5f + (float)round;
-        for (size_t i = 0; i < 16; i++) bias[i] = (float)i * 0.5f + (float)round;
+        char task_id[32];
+        snprintf(task_id, sizeof task_id, "task-%lld", (long long)round);
+        shmex_headers headers = {task_id, round, rounds};
+        shmex_reply *reply = NULL;
+        if (round % 2 == 1) {
+            st = execute_by_loan(exchanger, &headers, elements, abort_flag, &reply);
+            if (st != SHMEX_OK) { failed = fail("loan", st); break; }
+        }
+        fill(weight, elements, round);
+        fill(bias, 16, round);
         uint64_t weight_shape[2] = {elements / 16, 16}, bias_shape[1] = {16};
         shmex_tensor tensors[2] = {
             {"weight", SHMEX_DTYPE_F32, 2, weight_shape, weight, elements * sizeof(float)},
             {"bias", SHMEX_DTYPE_F32, 1, bias_shape, bias, sizeof bias},
         };
         shmex_data model = {SHMEX_DATA_KIND_WEIGHTS, NULL, tensors, 2};
-        char task_id[32];
-        snprintf(task_id, sizeof task_id, "task-%lld", (long long)round);
-        shmex_headers headers = {task_id, round, rounds};
-        shmex_reply *reply = NULL;
-        st = shmex_exchanger_execute(exchanger, "train", &headers, &model, abort_flag, &reply);
+        if (reply == NULL) /* an even round, or a model too large for a loan */
+            st = shmex_exchanger_execute(exchanger, "train", &headers, &model, abort_flag, &reply);
         if (st != SHMEX_OK) { failed = fail("execute", st); break; }
         uint32_t rc = 0;
         shmex_reply_rc(reply, &rc);

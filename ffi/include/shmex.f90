@@ -11,6 +11,12 @@
 ! over the data in place (c_f_pointer; no copy). shmex lays tensors out row-major (C order):
 ! a tensor of C shape [n0, n1] is, seen from Fortran, column-major of shape (n1, n0); use
 ! shmex_tensor_fortran_shape for the reversed extents, or reshape the rank-1 pointer.
+!
+! Loans: shmex_agent_loan_result (and shmex_exchanger_loan_task) reserve the tensors of a
+! shmex_loan_spec in shared memory; shmex_loan_tensor_f32 / _f64 map a loaned tensor to a
+! rank-1 Fortran array pointer to write in place. The pointer is valid until the loan is
+! committed (shmex_result_loan_commit), executed (shmex_task_loan_execute) or abandoned;
+! each of these ends the loan handle.
 module shmex
   use, intrinsic :: iso_c_binding
   implicit none
@@ -57,6 +63,31 @@ module shmex
     type(c_ptr) :: tensors = c_null_ptr
     integer(c_size_t) :: tensor_count = 0
   end type shmex_data
+
+  ! One tensor of a loan (name: a NUL-terminated string, c_loc of a character array)
+  type, bind(C) :: shmex_tensor_spec
+    type(c_ptr) :: name = c_null_ptr
+    integer(c_int32_t) :: dtype = 0
+    integer(c_size_t) :: ndim = 0
+    type(c_ptr) :: shape = c_null_ptr
+  end type shmex_tensor_spec
+
+  type, bind(C) :: shmex_loan_spec
+    integer(c_int32_t) :: data_kind = SHMEX_DATA_KIND_WEIGHTS
+    type(c_ptr) :: meta_json = c_null_ptr
+    type(c_ptr) :: tensors = c_null_ptr
+    integer(c_size_t) :: tensor_count = 0
+  end type shmex_loan_spec
+
+  ! A loaned tensor: data points into shared memory, to be written
+  type, bind(C) :: shmex_tensor_mut
+    type(c_ptr) :: name = c_null_ptr
+    integer(c_int32_t) :: dtype = 0
+    integer(c_size_t) :: ndim = 0
+    type(c_ptr) :: shape = c_null_ptr
+    type(c_ptr) :: data = c_null_ptr
+    integer(c_size_t) :: len = 0
+  end type shmex_tensor_mut
 
   type, bind(C) :: shmex_headers
     type(c_ptr) :: task_id = c_null_ptr
@@ -248,6 +279,95 @@ module shmex
       integer(c_int32_t) :: shmex_reply_tensor
     end function shmex_reply_tensor
 
+    function shmex_agent_loan_result(agent, spec, out_loan) &
+        bind(C, name="shmex_agent_loan_result")
+      import :: c_ptr, c_int32_t, shmex_loan_spec
+      type(c_ptr), value :: agent
+      type(shmex_loan_spec), intent(in) :: spec
+      type(c_ptr), intent(out) :: out_loan
+      integer(c_int32_t) :: shmex_agent_loan_result
+    end function shmex_agent_loan_result
+
+    function shmex_result_loan_tensor_count(loan, out_count) &
+        bind(C, name="shmex_result_loan_tensor_count")
+      import :: c_ptr, c_int32_t, c_size_t
+      type(c_ptr), value :: loan
+      integer(c_size_t), intent(out) :: out_count
+      integer(c_int32_t) :: shmex_result_loan_tensor_count
+    end function shmex_result_loan_tensor_count
+
+    ! index is 0-based, as in C
+    function shmex_result_loan_tensor(loan, index, out_tensor) &
+        bind(C, name="shmex_result_loan_tensor")
+      import :: c_ptr, c_int32_t, c_size_t, shmex_tensor_mut
+      type(c_ptr), value :: loan
+      integer(c_size_t), value :: index
+      type(shmex_tensor_mut), intent(out) :: out_tensor
+      integer(c_int32_t) :: shmex_result_loan_tensor
+    end function shmex_result_loan_tensor
+
+    ! ends the loan (pass the handle, then forget it)
+    function shmex_result_loan_commit(loan, rc, out_accepted) &
+        bind(C, name="shmex_result_loan_commit")
+      import :: c_ptr, c_int32_t, c_bool
+      type(c_ptr), value :: loan
+      integer(c_int32_t), value :: rc
+      logical(c_bool), intent(out) :: out_accepted
+      integer(c_int32_t) :: shmex_result_loan_commit
+    end function shmex_result_loan_commit
+
+    function shmex_result_loan_abandon(loan) bind(C, name="shmex_result_loan_abandon")
+      import :: c_ptr, c_int32_t
+      type(c_ptr), value :: loan
+      integer(c_int32_t) :: shmex_result_loan_abandon
+    end function shmex_result_loan_abandon
+
+    ! abort: c_null_ptr, or a handle from shmex_abort_new
+    function shmex_exchanger_loan_task(exchanger, task_name, headers, spec, abort, out_loan) &
+        bind(C, name="shmex_exchanger_loan_task")
+      import :: c_ptr, c_char, c_int32_t, shmex_headers, shmex_loan_spec
+      type(c_ptr), value :: exchanger
+      character(kind=c_char), intent(in) :: task_name(*)
+      type(shmex_headers), intent(in) :: headers
+      type(shmex_loan_spec), intent(in) :: spec
+      type(c_ptr), value :: abort
+      type(c_ptr), intent(out) :: out_loan
+      integer(c_int32_t) :: shmex_exchanger_loan_task
+    end function shmex_exchanger_loan_task
+
+    function shmex_task_loan_tensor_count(loan, out_count) &
+        bind(C, name="shmex_task_loan_tensor_count")
+      import :: c_ptr, c_int32_t, c_size_t
+      type(c_ptr), value :: loan
+      integer(c_size_t), intent(out) :: out_count
+      integer(c_int32_t) :: shmex_task_loan_tensor_count
+    end function shmex_task_loan_tensor_count
+
+    function shmex_task_loan_tensor(loan, index, out_tensor) &
+        bind(C, name="shmex_task_loan_tensor")
+      import :: c_ptr, c_int32_t, c_size_t, shmex_tensor_mut
+      type(c_ptr), value :: loan
+      integer(c_size_t), value :: index
+      type(shmex_tensor_mut), intent(out) :: out_tensor
+      integer(c_int32_t) :: shmex_task_loan_tensor
+    end function shmex_task_loan_tensor
+
+    ! ends the loan; out_reply is a new reply handle
+    function shmex_task_loan_execute(loan, abort, out_reply) &
+        bind(C, name="shmex_task_loan_execute")
+      import :: c_ptr, c_int32_t
+      type(c_ptr), value :: loan
+      type(c_ptr), value :: abort
+      type(c_ptr), intent(out) :: out_reply
+      integer(c_int32_t) :: shmex_task_loan_execute
+    end function shmex_task_loan_execute
+
+    function shmex_task_loan_abandon(loan) bind(C, name="shmex_task_loan_abandon")
+      import :: c_ptr, c_int32_t
+      type(c_ptr), value :: loan
+      integer(c_int32_t) :: shmex_task_loan_abandon
+    end function shmex_task_loan_abandon
+
     function shmex_reply_free(reply) bind(C, name="shmex_reply_free")
       import :: c_ptr, c_int32_t
       type(c_ptr), value :: reply
@@ -317,4 +437,24 @@ contains
     if (t%dtype /= SHMEX_DTYPE_F64) return
     call c_f_pointer(t%data, values, [t%len / c_sizeof(0.0_c_double)])
   end subroutine shmex_tensor_f64
+
+  ! A loaned f32 tensor as a rank-1 array pointer over its bytes in shared memory, to be
+  ! written in place (no copy); valid until the loan is committed, executed or abandoned.
+  ! Null when the dtype is not f32. C order: see shmex_tensor_f32.
+  subroutine shmex_loan_tensor_f32(t, values)
+    type(shmex_tensor_mut), intent(in) :: t
+    real(c_float), pointer, intent(out) :: values(:)
+    values => null()
+    if (t%dtype /= SHMEX_DTYPE_F32) return
+    call c_f_pointer(t%data, values, [t%len / c_sizeof(0.0_c_float)])
+  end subroutine shmex_loan_tensor_f32
+
+  ! As shmex_loan_tensor_f32, for f64 tensors.
+  subroutine shmex_loan_tensor_f64(t, values)
+    type(shmex_tensor_mut), intent(in) :: t
+    real(c_double), pointer, intent(out) :: values(:)
+    values => null()
+    if (t%dtype /= SHMEX_DTYPE_F64) return
+    call c_f_pointer(t%data, values, [t%len / c_sizeof(0.0_c_double)])
+  end subroutine shmex_loan_tensor_f64
 end module shmex

@@ -12,10 +12,14 @@
  * - Handles (shmex_exchanger, shmex_agent, shmex_task, shmex_reply, shmex_abort) are opaque
  *   and owned by the caller until passed to their shmex_*_free function; free(NULL) is
  *   SHMEX_OK; using or freeing a freed handle is SHMEX_INVALID_HANDLE (never a crash).
+ *   Loan handles (shmex_result_loan, shmex_task_loan) end with commit/execute or abandon,
+ *   after which they are SHMEX_INVALID_HANDLE too.
  * - Pointers shmex returns (ids, names, meta JSON, tensor names, shapes and data) belong
  *   to the handle they came from and stay valid until that handle is freed. Static strings
  *   (shmex_version, shmex_status_name) are always valid. shmex_last_error_message() stays
  *   valid until the next shmex call on the same thread. Never free any of them.
+ * - Loaned tensors (shmex_tensor_mut) point into shared memory and stay valid until their
+ *   loan is committed, executed or abandoned.
  * - Pointers the caller passes (strings, tensors, options) are read during the call only.
  * - Strings are NUL-terminated UTF-8; meta is a JSON object.
  * - Tensors are row-major (C order); 64-byte aligned when received.
@@ -313,9 +317,19 @@ typedef struct shmex_exchanger shmex_exchanger;
 // Freed by `shmex_reply_free`; every pointer read from it stays valid until then.
 typedef struct shmex_reply shmex_reply;
 
+// A result being written in place in the result ring (`shmex_agent_loan_result`): fill its
+// tensors through `shmex_result_loan_tensor`, then `shmex_result_loan_commit` it, or
+// `shmex_result_loan_abandon` it. Either ends the handle.
+typedef struct shmex_result_loan shmex_result_loan;
+
 // A task fetched by `shmex_agent_get_task`: id, name, meta, tensors. Freed by
 // `shmex_task_free`; every pointer read from it stays valid until then.
 typedef struct shmex_task shmex_task;
+
+// A task being written in place in the task ring (`shmex_exchanger_loan_task`): fill its
+// tensors through `shmex_task_loan_tensor`, then `shmex_task_loan_execute` it, or
+// `shmex_task_loan_abandon` it. Either ends the handle.
+typedef struct shmex_task_loan shmex_task_loan;
 
 // Options of `shmex_agent_attach`, named and defaulted as FLARE's `IPCAgent`
 // (`shmex_agent_options_default` fills the defaults). Durations are in seconds.
@@ -412,6 +426,56 @@ typedef struct {
     // FLARE's `num_rounds` header, copied into meta `total_round`; negative: none.
     int64_t num_rounds;
 } shmex_headers;
+
+// One tensor of a loan: its name, dtype and shape; shmex reserves its bytes in the ring.
+// shmex reads it during the call only.
+typedef struct {
+    // The tensor's name (NUL-terminated UTF-8, not empty, unique within the loan).
+    const char *name;
+    // The element type, a `shmex_dtype`.
+    uint32_t dtype;
+    // The number of dimensions (0 to 8).
+    size_t ndim;
+    // The extents, `ndim` of them, outermost first (may be NULL when `ndim` is 0).
+    const uint64_t *shape;
+} shmex_tensor_spec;
+
+// What a loan will hold (`shmex_agent_loan_result`, `shmex_exchanger_loan_task`): its kind,
+// meta as a JSON object, and the layout of each tensor. shmex reads it during the call only.
+typedef struct {
+    // The data kind, a `shmex_data_kind` other than `SHMEX_DATA_KIND_NONE`.
+    uint32_t data_kind;
+    // Meta: a NUL-terminated JSON object, or NULL for none.
+    const char *meta_json;
+    // The tensors, `tensor_count` of them (NULL when `tensor_count` is 0).
+    const shmex_tensor_spec *tensors;
+    // The number of tensors.
+    size_t tensor_count;
+} shmex_loan_spec;
+
+// A loaned tensor (`shmex_result_loan_tensor`, `shmex_task_loan_tensor`): writable bytes in
+// shared memory, to be filled in place.
+//
+// `data` points into the ring and stays valid until the loan is committed, executed or
+// abandoned (whichever ends its handle); writing through it after that corrupts later
+// messages. It holds whatever the ring held before: write every byte. `data` is aligned
+// for the dtype (64-byte aligned); for `len == 0` it is some non-NULL address that must not
+// be used. `name` and `shape` belong to the loan and stay valid as long. Row-major (C
+// order), as every shmex tensor.
+typedef struct {
+    // The tensor's name (NUL-terminated).
+    const char *name;
+    // The element type, a `shmex_dtype`.
+    uint32_t dtype;
+    // The number of dimensions (0 to 8).
+    size_t ndim;
+    // The extents, `ndim` of them, outermost first.
+    const uint64_t *shape;
+    // The bytes, in shared memory: write them.
+    void *data;
+    // The number of bytes.
+    size_t len;
+} shmex_tensor_mut;
 
 #ifdef __cplusplus
 extern "C" {
@@ -581,6 +645,161 @@ shmex_status shmex_abort_is_set(const shmex_abort *abort, bool *out_set);
 // is safe at any time. NULL does nothing; a handle freed already is `SHMEX_INVALID_HANDLE`.
 // Thread-safe.
 shmex_status shmex_abort_free(shmex_abort *abort);
+
+// Lends ring space for the result of the fetched task, laid out by `spec` (data kind,
+// meta, and the name, dtype and shape of each tensor): write the tensors in place through
+// `shmex_result_loan_tensor`, then send them with `shmex_result_loan_commit` (no copy on
+// this side), or `shmex_result_loan_abandon` the loan (nothing is sent; the task can still
+// be answered, by copy or by another loan).
+//
+// The result must fit in one record of the result ring (`result_ring_capacity`); waits for
+// ring space while the exchanger drains the ring (an abort, the exchanger's loss or
+// `shmex_agent_close` end that wait). On `SHMEX_OK`, `*out_loan` is a new handle; on
+// failure it is NULL and nothing was sent: `SHMEX_CALL_STATE` when there is nothing to
+// answer (no fetched task, it was aborted or lost, or it is answered already) or another
+// loan of this agent is outstanding; `SHMEX_CLOSED` once the agent is closed;
+// `SHMEX_INVALID_DATA` / `SHMEX_INVALID_ARGUMENT` / `SHMEX_NULL_POINTER` for a bad spec;
+// `SHMEX_TOO_LARGE` when the result cannot fit in the ring. (A trainer that starts without
+// a task may, once, answer with an empty task id, as with `shmex_agent_submit_result`.)
+//
+// While the loan is out, the agent keeps receiving (abort, bye, the next task); other
+// submissions of this agent fail with `SHMEX_CALL_STATE`. Thread-safe.
+//
+// # Safety
+// `spec` is NULL or points to a valid `shmex_loan_spec` whose pointers follow its contract
+// during the call; `out_loan` is NULL or valid for writing a pointer.
+shmex_status shmex_agent_loan_result(const shmex_agent *agent,
+                                     const shmex_loan_spec *spec,
+                                     shmex_result_loan **out_loan);
+
+// The number of tensors of the loan. Thread-safe.
+//
+// # Safety
+// `out_count` is NULL or valid for writing a `size_t`.
+shmex_status shmex_result_loan_tensor_count(const shmex_result_loan *loan, size_t *out_count);
+
+// Describes tensor `index` (0-based, the spec's order) of the loan in `*out_tensor`: its
+// bytes in shared memory, to be written in place. Every pointer in it stays valid until the
+// loan is committed or abandoned. `SHMEX_NO_SUCH_TENSOR` when `index` is out of range.
+// Thread-safe (threads may write different tensors of one loan at once), but not to be
+// called while another thread commits or abandons the loan.
+//
+// # Safety
+// `out_tensor` is NULL or valid for writing a `shmex_tensor_mut`.
+shmex_status shmex_result_loan_tensor(const shmex_result_loan *loan,
+                                      size_t index,
+                                      shmex_tensor_mut *out_tensor);
+
+// As `shmex_result_loan_tensor`, for the tensor named `name`. Thread-safe.
+//
+// # Safety
+// `name` is NULL or a NUL-terminated string; `out_tensor` is NULL or valid for writing a
+// `shmex_tensor_mut`.
+shmex_status shmex_result_loan_tensor_by_name(const shmex_result_loan *loan,
+                                              const char *name,
+                                              shmex_tensor_mut *out_tensor);
+
+// Sends the loaned result with FLARE return code `rc` (a `shmex_rc`) and waits for the
+// exchanger's answer, as `shmex_agent_submit_result`: `*out_accepted` (may be NULL) tells
+// whether it accepted the result (false, with nothing sent, if the task was aborted or the
+// exchanger lost while the loan was out).
+//
+// Ends the loan: once the arguments are checked (a bad `rc` is `SHMEX_INVALID_ARGUMENT`, a
+// NULL loan `SHMEX_NULL_POINTER`, and the loan stays), the handle is invalid whatever the
+// outcome, and so is every pointer read from it; a second commit, or any use after, is
+// `SHMEX_INVALID_HANDLE`. `SHMEX_CLOSED` if the agent was closed (nothing was sent).
+// Thread-safe, but no other thread may still use the loan's tensors.
+//
+// # Safety
+// `out_accepted` is NULL or valid for writing a `bool`.
+shmex_status shmex_result_loan_commit(shmex_result_loan *loan, uint32_t rc, bool *out_accepted);
+
+// Abandons the loan: nothing of it is sent, and the task can still be answered (by copy or
+// by another loan). The handle and every pointer read from it become invalid. NULL does
+// nothing (`SHMEX_OK`); a loan committed or abandoned already is `SHMEX_INVALID_HANDLE`.
+// Thread-safe, but no other thread may still use the loan's tensors.
+shmex_status shmex_result_loan_abandon(shmex_result_loan *loan);
+
+// Lends ring space for task `task_name` with `headers`, laid out by `spec`: write its
+// tensors in place through `shmex_task_loan_tensor`, then send it and wait for the reply
+// with `shmex_task_loan_execute` (no copy on this side), or `shmex_task_loan_abandon` it.
+// The task's meta is the spec's plus `data_kind` and the round headers, as
+// `shmex_exchanger_execute`; it must fit in one record of the task ring
+// (`task_ring_capacity`).
+//
+// The task is in flight from this call on (an execute or another loan meanwhile gets
+// `SHMEX_RC_BAD_REQUEST_DATA` / `SHMEX_CALL_STATE`); it reaches the agent only at execute,
+// so a loan may be made and filled before an agent attaches. Waits for ring space only
+// while the ring is still full of messages the agent has not read; `abort` (may be NULL)
+// and `shmex_exchanger_close` end that wait.
+//
+// On `SHMEX_OK`, `*out_loan` is a new handle; on failure it is NULL, nothing was sent and
+// no task is in flight: `SHMEX_CALL_STATE` (a task is in flight already),
+// `SHMEX_INVALID_DATA` (an empty task id, a spec without tensors, an invalid spec),
+// `SHMEX_TOO_LARGE` (it cannot fit in the ring), `SHMEX_CANCELLED` (`abort` was set while
+// waiting), `SHMEX_CLOSED` (the exchanger is stopped or closed), `SHMEX_NULL_POINTER`,
+// `SHMEX_INVALID_ARGUMENT`, `SHMEX_INVALID_HANDLE`. Thread-safe.
+//
+// # Safety
+// `task_name` is NULL or a NUL-terminated string; `headers` and `spec` are NULL or point to
+// valid structs whose pointers follow their contracts during the call; `out_loan` is NULL
+// or valid for writing a pointer.
+shmex_status shmex_exchanger_loan_task(const shmex_exchanger *exchanger,
+                                       const char *task_name,
+                                       const shmex_headers *headers,
+                                       const shmex_loan_spec *spec,
+                                       const shmex_abort *abort,
+                                       shmex_task_loan **out_loan);
+
+// The number of tensors of the loan. Thread-safe.
+//
+// # Safety
+// `out_count` is NULL or valid for writing a `size_t`.
+shmex_status shmex_task_loan_tensor_count(const shmex_task_loan *loan, size_t *out_count);
+
+// Describes tensor `index` (0-based, the spec's order) of the loan in `*out_tensor`: its
+// bytes in shared memory, to be written in place; every pointer in it stays valid until the
+// loan is executed or abandoned. `SHMEX_NO_SUCH_TENSOR` when `index` is out of range.
+// Thread-safe, but not to be called while another thread executes or abandons the loan.
+//
+// # Safety
+// `out_tensor` is NULL or valid for writing a `shmex_tensor_mut`.
+shmex_status shmex_task_loan_tensor(const shmex_task_loan *loan,
+                                    size_t index,
+                                    shmex_tensor_mut *out_tensor);
+
+// As `shmex_task_loan_tensor`, for the tensor named `name`. Thread-safe.
+//
+// # Safety
+// `name` is NULL or a NUL-terminated string; `out_tensor` is NULL or valid for writing a
+// `shmex_tensor_mut`.
+shmex_status shmex_task_loan_tensor_by_name(const shmex_task_loan *loan,
+                                            const char *name,
+                                            shmex_tensor_mut *out_tensor);
+
+// Sends the loaned task and waits for its reply, as `shmex_exchanger_execute` (same reply
+// return codes; waits for an agent first if none is attached). `abort` may be NULL. If
+// `abort` is set or the exchanger closes before the task is sent, nothing is sent and the
+// reply is `SHMEX_RC_TASK_ABORTED`. On `SHMEX_OK`, `*out_reply` is a new reply handle (free
+// it with `shmex_reply_free`).
+//
+// Ends the loan: once the arguments are checked (`SHMEX_NULL_POINTER` for a NULL loan or
+// `out_reply`, `SHMEX_INVALID_HANDLE` for a dead `abort`; the loan stays), the handle is
+// invalid whatever the outcome, and so is every pointer read from it; a second execute, or
+// any use after, is `SHMEX_INVALID_HANDLE`. Thread-safe, but no other thread may still use
+// the loan's tensors.
+//
+// # Safety
+// `out_reply` is NULL or valid for writing a pointer.
+shmex_status shmex_task_loan_execute(shmex_task_loan *loan,
+                                     const shmex_abort *abort,
+                                     shmex_reply **out_reply);
+
+// Abandons the loan: nothing of the task is sent and no task is in flight any more. The
+// handle and every pointer read from it become invalid. NULL does nothing (`SHMEX_OK`); a
+// loan executed or abandoned already is `SHMEX_INVALID_HANDLE`. Thread-safe, but no other
+// thread may still use the loan's tensors.
+shmex_status shmex_task_loan_abandon(shmex_task_loan *loan);
 
 // The task's id (NUL-terminated; FLARE's `task_id`). The string belongs to the task and
 // stays valid until `shmex_task_free(task)`. Thread-safe.

@@ -4,6 +4,9 @@
 //
 // Lifetimes are those of the C API: a tensor view from a task or reply is valid while that
 // task or reply object lives; data given to execute/submit is read during the call only.
+// Loans (shmex::result_loan, shmex::task_loan) hand out writable views into shared memory,
+// valid until the loan is committed/executed or destroyed; a loan destroyed without
+// commit()/execute() is abandoned (nothing is sent).
 // Thread-safety: as the C functions (handles may be shared; a task/reply is read-only).
 #ifndef SHMEX_HPP
 #define SHMEX_HPP
@@ -129,6 +132,60 @@ private:
     mutable shmex_data raw_{};
 };
 
+// A loaned tensor: writable bytes in shared memory (valid until its loan ends).
+struct tensor_mut {
+    shmex_tensor_mut raw;
+
+    std::string_view name() const { return raw.name; }
+    uint32_t dtype() const noexcept { return raw.dtype; }
+    view<const uint64_t> shape() const noexcept { return {raw.shape, raw.ndim}; }
+    std::size_t bytes() const noexcept { return raw.len; }
+    // The elements as T, to be written; throws shmex::error(SHMEX_WRONG_DTYPE) if T is not
+    // the dtype.
+    template <class T>
+    view<T> as() const {
+        if (raw.dtype != dtype_of<T>::value) throw error(SHMEX_WRONG_DTYPE, "tensor_mut::as");
+        return {static_cast<T *>(raw.data), raw.len / sizeof(T)};
+    }
+};
+
+// The layout of a loan: kind, meta JSON, and each tensor's name, dtype and shape.
+class loan_spec {
+public:
+    explicit loan_spec(uint32_t data_kind = SHMEX_DATA_KIND_WEIGHTS, std::string meta_json = "{}")
+        : kind_(data_kind), meta_(std::move(meta_json)) {}
+
+    loan_spec &add(std::string name, uint32_t dtype, std::vector<uint64_t> shape) {
+        entries_.push_back(entry{std::move(name), dtype, std::move(shape)});
+        return *this;
+    }
+    template <class T>
+    loan_spec &add(std::string name, std::vector<uint64_t> shape) {
+        return add(std::move(name), dtype_of<T>::value, std::move(shape));
+    }
+    // The C description; valid until this object changes or is destroyed.
+    const shmex_loan_spec *c() const {
+        tensors_.clear();
+        for (const entry &e : entries_)
+            tensors_.push_back(
+                shmex_tensor_spec{e.name.c_str(), e.dtype, e.shape.size(), e.shape.data()});
+        raw_ = shmex_loan_spec{kind_, meta_.c_str(), tensors_.data(), tensors_.size()};
+        return &raw_;
+    }
+
+private:
+    struct entry {
+        std::string name;
+        uint32_t dtype;
+        std::vector<uint64_t> shape;
+    };
+    uint32_t kind_;
+    std::string meta_;
+    std::vector<entry> entries_;
+    mutable std::vector<shmex_tensor_spec> tensors_;
+    mutable shmex_loan_spec raw_{};
+};
+
 namespace detail {
 // A move-only owner of a C handle.
 template <class H, shmex_status (*Free)(H *)>
@@ -151,6 +208,8 @@ public:
         if (h_ != nullptr) (void)Free(std::exchange(h_, nullptr));
     }
     H *get() const noexcept { return h_; }
+    // Gives up ownership (the C call it was passed to ended the handle).
+    H *release() noexcept { return std::exchange(h_, nullptr); }
 
 private:
     H *h_ = nullptr;
@@ -242,6 +301,83 @@ private:
     detail::handle<shmex_abort, shmex_abort_free> h_;
 };
 
+// A result written in place (shmex_result_loan). Destroyed without commit(): abandoned,
+// nothing is sent and the task can still be answered.
+class result_loan {
+public:
+    explicit result_loan(shmex_result_loan *h) noexcept : h_(h) {}
+    std::size_t tensor_count() const {
+        std::size_t n = 0;
+        detail::check(shmex_result_loan_tensor_count(h_.get(), &n),
+                      "shmex_result_loan_tensor_count");
+        return n;
+    }
+    tensor_mut at(std::size_t index) const {
+        tensor_mut t{};
+        detail::check(shmex_result_loan_tensor(h_.get(), index, &t.raw),
+                      "shmex_result_loan_tensor");
+        return t;
+    }
+    tensor_mut operator[](const std::string &name) const {
+        tensor_mut t{};
+        detail::check(shmex_result_loan_tensor_by_name(h_.get(), name.c_str(), &t.raw),
+                      "shmex_result_loan_tensor_by_name");
+        return t;
+    }
+    // Sends the result; returns whether the exchanger accepted it. Ends the loan (unless rc
+    // is no return code: then it throws and the loan stays).
+    bool commit(uint32_t rc = SHMEX_RC_OK) {
+        bool accepted = false;
+        shmex_status st = shmex_result_loan_commit(h_.get(), rc, &accepted);
+        if (st != SHMEX_INVALID_ARGUMENT) (void)h_.release();
+        detail::check(st, "shmex_result_loan_commit");
+        return accepted;
+    }
+    // Abandons the loan now (as the destructor does).
+    void abandon() noexcept { h_.reset(); }
+
+private:
+    detail::handle<shmex_result_loan, shmex_result_loan_abandon> h_;
+};
+
+// A task written in place (shmex_task_loan). Destroyed without execute(): abandoned, nothing
+// is sent and no task is in flight.
+class task_loan {
+public:
+    explicit task_loan(shmex_task_loan *h) noexcept : h_(h) {}
+    std::size_t tensor_count() const {
+        std::size_t n = 0;
+        detail::check(shmex_task_loan_tensor_count(h_.get(), &n), "shmex_task_loan_tensor_count");
+        return n;
+    }
+    tensor_mut at(std::size_t index) const {
+        tensor_mut t{};
+        detail::check(shmex_task_loan_tensor(h_.get(), index, &t.raw), "shmex_task_loan_tensor");
+        return t;
+    }
+    tensor_mut operator[](const std::string &name) const {
+        tensor_mut t{};
+        detail::check(shmex_task_loan_tensor_by_name(h_.get(), name.c_str(), &t.raw),
+                      "shmex_task_loan_tensor_by_name");
+        return t;
+    }
+    // Sends the task and waits for the reply (see shmex_task_loan_execute). Ends the loan
+    // (unless abort is a freed flag: then it throws and the loan stays).
+    inline class reply execute(const abort_flag *abort = nullptr);
+    void abandon() noexcept { h_.reset(); }
+
+private:
+    detail::handle<shmex_task_loan, shmex_task_loan_abandon> h_;
+};
+
+inline reply task_loan::execute(const abort_flag *abort) {
+    shmex_reply *r = nullptr;
+    shmex_status st = shmex_task_loan_execute(h_.get(), abort ? abort->native() : nullptr, &r);
+    if (st != SHMEX_INVALID_HANDLE) (void)h_.release();
+    detail::check(st, "shmex_task_loan_execute");
+    return reply(r);
+}
+
 // The trainer side (shmex_agent).
 class agent {
 public:
@@ -267,6 +403,12 @@ public:
         detail::check(shmex_agent_submit_result(h_.get(), result.c(), rc, &accepted),
                       "shmex_agent_submit_result");
         return accepted;
+    }
+    // Lends shared memory for the result of the fetched task (see shmex_agent_loan_result).
+    result_loan loan_result(const loan_spec &spec) const {
+        shmex_result_loan *l = nullptr;
+        detail::check(shmex_agent_loan_result(h_.get(), spec.c(), &l), "shmex_agent_loan_result");
+        return result_loan(l);
     }
     bool is_aborted() const {
         bool aborted = false;
@@ -299,6 +441,17 @@ public:
                                               abort ? abort->native() : nullptr, &r),
                       "shmex_exchanger_execute");
         return reply(r);
+    }
+    // Lends shared memory for a task (see shmex_exchanger_loan_task); execute() sends it.
+    task_loan loan_task(const std::string &task_name, const std::string &task_id,
+                        const loan_spec &spec, int64_t current_round = -1,
+                        int64_t num_rounds = -1, const abort_flag *abort = nullptr) const {
+        shmex_headers headers{task_id.c_str(), current_round, num_rounds};
+        shmex_task_loan *l = nullptr;
+        detail::check(shmex_exchanger_loan_task(h_.get(), task_name.c_str(), &headers, spec.c(),
+                                                abort ? abort->native() : nullptr, &l),
+                      "shmex_exchanger_loan_task");
+        return task_loan(l);
     }
     void close() const {
         detail::check(shmex_exchanger_close(h_.get()), "shmex_exchanger_close");

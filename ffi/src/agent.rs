@@ -15,7 +15,7 @@ use crate::types::{
     rc_from_c, shmex_agent, shmex_agent_options, shmex_agent_state, shmex_data, shmex_task,
 };
 
-static AGENTS: Registry<Agent> = Registry::new("shmex_agent");
+pub(crate) static AGENTS: Registry<Agent> = Registry::new("shmex_agent");
 
 /// Fills `*out_options` with the defaults (FLARE's `IPCAgent` defaults). Thread-safe.
 ///

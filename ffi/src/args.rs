@@ -5,10 +5,14 @@ use std::ffi::{c_char, CStr};
 use std::ptr::NonNull;
 
 use serde_json::{Map, Value};
-use shmex::frame::{Dxo, MAX_DIMS};
+use shmex::frame::{Dxo, LoanSpec, MAX_DIMS};
+use shmex::protocol::Headers;
 
 use crate::status::{shmex_status, Failure};
-use crate::types::{data_kind_from_c, dtype_from_c, shmex_data, shmex_tensor};
+use crate::types::{
+    data_kind_from_c, dtype_from_c, shmex_data, shmex_headers, shmex_loan_spec, shmex_tensor,
+    shmex_tensor_spec,
+};
 
 /// A NUL-terminated UTF-8 string argument.
 ///
@@ -173,4 +177,81 @@ pub(crate) unsafe fn dxo_arg<'a>(data: *const shmex_data, what: &str) -> Result<
         dxo = unsafe { add_tensor(dxo, t, index) }?;
     }
     Ok(dxo)
+}
+
+/// The layout of one loaned tensor: name, dtype and shape.
+///
+/// # Safety
+/// `t.name` is NULL or a NUL-terminated string; `t.shape` is NULL or holds `t.ndim` extents;
+/// both valid and unchanged during the call.
+unsafe fn tensor_spec_arg(
+    t: &shmex_tensor_spec,
+    index: usize,
+) -> Result<(String, shmex::frame::DType, Vec<u64>), Failure> {
+    // SAFETY: the caller's contract.
+    let name = unsafe { str_arg(t.name, &format!("the name of tensor {index}")) }?;
+    let dtype = dtype_from_c(t.dtype)
+        .map_err(|f| Failure::invalid(format!("tensor {name:?}: {}", f.message)))?;
+    if t.ndim > MAX_DIMS {
+        return Err(Failure::new(
+            shmex_status::SHMEX_INVALID_DATA,
+            format!(
+                "tensor {name:?} has {} dimensions, at most {MAX_DIMS} are allowed",
+                t.ndim
+            ),
+        ));
+    }
+    // SAFETY: the caller's contract: `shape` holds `ndim` extents.
+    let shape = unsafe { slice_arg(t.shape, t.ndim, &format!("the shape of tensor {name:?}")) }?;
+    Ok((name.to_owned(), dtype, shape.to_vec()))
+}
+
+/// The loan spec a `shmex_loan_spec` describes (copied: nothing of the caller's is kept).
+///
+/// # Safety
+/// `spec` is NULL or points to a `shmex_loan_spec` whose pointers follow its contract during
+/// the call.
+pub(crate) unsafe fn loan_spec_arg(spec: *const shmex_loan_spec) -> Result<LoanSpec, Failure> {
+    if spec.is_null() {
+        return Err(Failure::null("spec"));
+    }
+    if !spec.is_aligned() {
+        return Err(Failure::invalid("spec is not aligned for its type"));
+    }
+    // SAFETY: not NULL and aligned (checked above); the caller promises a valid
+    // `shmex_loan_spec`, a plain C struct copied out here.
+    let spec = unsafe { spec.read() };
+    let mut loan = LoanSpec::new(data_kind_from_c(spec.data_kind)?);
+    // SAFETY: the caller's contract for `meta_json`.
+    loan.meta = unsafe { meta_arg(spec.meta_json) }?;
+    // SAFETY: the caller's contract for `tensors`.
+    let tensors = unsafe { slice_arg(spec.tensors, spec.tensor_count, "spec.tensors") }?;
+    for (index, t) in tensors.iter().enumerate() {
+        // SAFETY: the caller's contract covers each tensor.
+        loan.tensors.push(unsafe { tensor_spec_arg(t, index) }?);
+    }
+    Ok(loan)
+}
+
+/// FLARE's task headers from C.
+///
+/// # Safety
+/// `headers` is NULL or points to a `shmex_headers` whose `task_id` is NULL or a
+/// NUL-terminated string, valid during the call.
+pub(crate) unsafe fn headers_arg(headers: *const shmex_headers) -> Result<Headers, Failure> {
+    if headers.is_null() {
+        return Err(Failure::null("headers"));
+    }
+    if !headers.is_aligned() {
+        return Err(Failure::invalid("headers is not aligned for its type"));
+    }
+    // SAFETY: not NULL and aligned (checked above); the caller promises a valid
+    // `shmex_headers`, a plain C struct copied out here.
+    let headers = unsafe { headers.read() };
+    // SAFETY: the caller's contract.
+    let task_id = unsafe { str_arg(headers.task_id, "headers.task_id") }?;
+    let mut rust_headers = Headers::new(task_id);
+    rust_headers.current_round = (headers.current_round >= 0).then_some(headers.current_round);
+    rust_headers.num_rounds = (headers.num_rounds >= 0).then_some(headers.num_rounds);
+    Ok(rust_headers)
 }

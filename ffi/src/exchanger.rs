@@ -3,10 +3,10 @@
 use std::ffi::c_char;
 use std::sync::Arc;
 
-use shmex::protocol::{AbortSignal, Exchanger, ExchangerStatus, Headers};
+use shmex::protocol::{AbortSignal, Exchanger, ExchangerStatus, Reply};
 use shmex::segment::SegmentName;
 
-use crate::args::{dxo_arg, str_arg, Out};
+use crate::args::{dxo_arg, headers_arg, str_arg, Out};
 use crate::config::{default_exchanger_options, exchanger_config};
 use crate::handles::Registry;
 use crate::received::{Received, ReplyObject, REPLIES};
@@ -16,8 +16,8 @@ use crate::types::{
     shmex_headers, shmex_reply,
 };
 
-static EXCHANGERS: Registry<Exchanger> = Registry::new("shmex_exchanger");
-static ABORTS: Registry<AbortSignal> = Registry::new("shmex_abort");
+pub(crate) static EXCHANGERS: Registry<Exchanger> = Registry::new("shmex_exchanger");
+pub(crate) static ABORTS: Registry<AbortSignal> = Registry::new("shmex_abort");
 
 /// The segment name of a site and agent id given by C.
 ///
@@ -32,6 +32,24 @@ pub(crate) unsafe fn name_arg(
     // SAFETY: the caller's contract.
     let agent_id = unsafe { str_arg(agent_id, "agent_id") }?;
     SegmentName::for_agent(site, agent_id).map_err(|e| Failure::coded(&e))
+}
+
+/// The handle object of a reply.
+pub(crate) fn reply_object(reply: Reply) -> Result<ReplyObject, Failure> {
+    Ok(ReplyObject {
+        rc: reply.rc,
+        data_kind: reply.data_kind,
+        received: reply.result.map(Received::new).transpose()?,
+    })
+}
+
+/// The signal of an optional abort handle (NULL: one nobody sets).
+pub(crate) fn abort_arg(abort: *const shmex_abort) -> Result<AbortSignal, Failure> {
+    if abort.is_null() {
+        Ok(AbortSignal::new())
+    } else {
+        Ok(AbortSignal::clone(&*ABORTS.get(abort.addr())?))
+    }
 }
 
 /// Fills `*out_options` with the defaults (FLARE's `IPCExchanger` defaults). Thread-safe.
@@ -126,35 +144,14 @@ pub unsafe extern "C" fn shmex_exchanger_execute(
         let exchanger = EXCHANGERS.get(exchanger.addr())?;
         // SAFETY: the caller's contract.
         let task_name = unsafe { str_arg(task_name, "task_name") }?;
-        if headers.is_null() {
-            return Err(Failure::null("headers"));
-        }
-        if !headers.is_aligned() {
-            return Err(Failure::invalid("headers is not aligned for its type"));
-        }
-        // SAFETY: not NULL and aligned (checked above); the caller promises a valid
-        // `shmex_headers`, a plain C struct copied out here.
-        let headers = unsafe { headers.read() };
         // SAFETY: the caller's contract.
-        let task_id = unsafe { str_arg(headers.task_id, "headers.task_id") }?;
-        let mut rust_headers = Headers::new(task_id);
-        rust_headers.current_round = (headers.current_round >= 0).then_some(headers.current_round);
-        rust_headers.num_rounds = (headers.num_rounds >= 0).then_some(headers.num_rounds);
+        let rust_headers = unsafe { headers_arg(headers) }?;
         // SAFETY: the caller's contract.
         let dxo = unsafe { dxo_arg(data, "data") }?;
-        let signal = if abort.is_null() {
-            AbortSignal::new()
-        } else {
-            AbortSignal::clone(&*ABORTS.get(abort.addr())?)
-        };
+        let signal = abort_arg(abort)?;
         let reply = exchanger.execute(task_name, &dxo, &rust_headers, &signal);
         drop(dxo);
-        let received = reply.result.map(Received::new).transpose()?;
-        let object = ReplyObject {
-            rc: reply.rc,
-            data_kind: reply.data_kind,
-            received,
-        };
+        let object = reply_object(reply)?;
         out.write(std::ptr::without_provenance_mut(REPLIES.insert(object)));
         Ok(())
     })

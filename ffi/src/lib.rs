@@ -13,20 +13,23 @@
 //!   `SHMEX_INVALID_HANDLE`, not undefined behaviour;
 //! - enumerations from C are `uint32_t` decoded with a check (`types.rs`).
 //!
-//! Submitting a result by loan (`shmex_agent_loan_result` and friends) waits for the
-//! protocol's loans; the binding does not build them on the frame layer.
+//! Loans (`loans.rs`) bind the protocol's: `shmex_agent_loan_result` over
+//! `Agent::loan_result`, `shmex_exchanger_loan_task` over `Exchanger::loan_task`; C writes
+//! tensors in place through pointers into the ring.
 
 mod agent;
 mod args;
 mod config;
 mod exchanger;
 mod handles;
+mod loans;
 mod received;
 mod status;
 mod types;
 
 pub use agent::*;
 pub use exchanger::*;
+pub use loans::*;
 pub use received::{
     shmex_reply_data_kind, shmex_reply_free, shmex_reply_meta, shmex_reply_rc, shmex_reply_tensor,
     shmex_reply_tensor_by_name, shmex_reply_tensor_count, shmex_task_data_kind, shmex_task_free,

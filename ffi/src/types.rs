@@ -39,6 +39,20 @@ pub struct shmex_abort {
     _opaque: [u8; 0],
 }
 
+/// A result being written in place in the result ring (`shmex_agent_loan_result`): fill its
+/// tensors through `shmex_result_loan_tensor`, then `shmex_result_loan_commit` it, or
+/// `shmex_result_loan_abandon` it. Either ends the handle.
+pub struct shmex_result_loan {
+    _opaque: [u8; 0],
+}
+
+/// A task being written in place in the task ring (`shmex_exchanger_loan_task`): fill its
+/// tensors through `shmex_task_loan_tensor`, then `shmex_task_loan_execute` it, or
+/// `shmex_task_loan_abandon` it. Either ends the handle.
+pub struct shmex_task_loan {
+    _opaque: [u8; 0],
+}
+
 /// Tensor element types (the wire's numbers).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,6 +253,62 @@ pub struct shmex_data {
     pub tensors: *const shmex_tensor,
     /// The number of tensors.
     pub tensor_count: usize,
+}
+
+/// One tensor of a loan: its name, dtype and shape; shmex reserves its bytes in the ring.
+/// shmex reads it during the call only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct shmex_tensor_spec {
+    /// The tensor's name (NUL-terminated UTF-8, not empty, unique within the loan).
+    pub name: *const c_char,
+    /// The element type, a `shmex_dtype`.
+    pub dtype: u32,
+    /// The number of dimensions (0 to 8).
+    pub ndim: usize,
+    /// The extents, `ndim` of them, outermost first (may be NULL when `ndim` is 0).
+    pub shape: *const u64,
+}
+
+/// What a loan will hold (`shmex_agent_loan_result`, `shmex_exchanger_loan_task`): its kind,
+/// meta as a JSON object, and the layout of each tensor. shmex reads it during the call only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct shmex_loan_spec {
+    /// The data kind, a `shmex_data_kind` other than `SHMEX_DATA_KIND_NONE`.
+    pub data_kind: u32,
+    /// Meta: a NUL-terminated JSON object, or NULL for none.
+    pub meta_json: *const c_char,
+    /// The tensors, `tensor_count` of them (NULL when `tensor_count` is 0).
+    pub tensors: *const shmex_tensor_spec,
+    /// The number of tensors.
+    pub tensor_count: usize,
+}
+
+/// A loaned tensor (`shmex_result_loan_tensor`, `shmex_task_loan_tensor`): writable bytes in
+/// shared memory, to be filled in place.
+///
+/// `data` points into the ring and stays valid until the loan is committed, executed or
+/// abandoned (whichever ends its handle); writing through it after that corrupts later
+/// messages. It holds whatever the ring held before: write every byte. `data` is aligned
+/// for the dtype (64-byte aligned); for `len == 0` it is some non-NULL address that must not
+/// be used. `name` and `shape` belong to the loan and stay valid as long. Row-major (C
+/// order), as every shmex tensor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct shmex_tensor_mut {
+    /// The tensor's name (NUL-terminated).
+    pub name: *const c_char,
+    /// The element type, a `shmex_dtype`.
+    pub dtype: u32,
+    /// The number of dimensions (0 to 8).
+    pub ndim: usize,
+    /// The extents, `ndim` of them, outermost first.
+    pub shape: *const u64,
+    /// The bytes, in shared memory: write them.
+    pub data: *mut c_void,
+    /// The number of bytes.
+    pub len: usize,
 }
 
 /// FLARE's task headers for `shmex_exchanger_execute`.

@@ -298,6 +298,189 @@ static void protocol(const char *site) {
     EXPECT(shmex_exchanger_close(ex), SHMEX_INVALID_HANDLE);
 }
 
+/* Loans on both sides: NULL handles and pointers, bad specs, bad indices, calls in the wrong
+ * state (no fetched task, a loan outstanding), double commit and use after abandon. */
+static void loans(const char *site) {
+    shmex_exchanger *ex = NULL;
+    shmex_exchanger_options o;
+    shmex_exchanger_options_default(&o);
+    o.task_ring_capacity = o.result_ring_capacity = 1 << 20;
+    EXPECT(shmex_exchanger_create(site, "l", &o, &ex), SHMEX_OK);
+    shmex_agent_options ao;
+    shmex_agent_options_default(&ao);
+    ao.attach_timeout = 10.0;
+    shmex_agent *agent = NULL;
+    EXPECT(shmex_agent_attach(site, "l", &ao, &agent), SHMEX_OK);
+
+    uint64_t shape[1] = {4}, big[1] = {1 << 20}, huge[2] = {UINT64_MAX, UINT64_MAX};
+    uint64_t many_dims[9] = {1, 1, 1, 1, 1, 1, 1, 1, 4};
+    shmex_tensor_spec good = {"w", SHMEX_DTYPE_F32, 1, shape};
+    shmex_loan_spec spec = {SHMEX_DATA_KIND_WEIGHTS, "{\"k\": 1}", &good, 1};
+    shmex_result_loan *rl = (shmex_result_loan *)(uintptr_t)1;
+    shmex_task_loan *tl = (shmex_task_loan *)(uintptr_t)1;
+    shmex_reply *reply = NULL;
+    shmex_tensor_mut m;
+    size_t n = 0;
+    bool b = false;
+    uint32_t rc = 99;
+
+    /* NULL handles and pointers */
+    EXPECT(shmex_agent_loan_result(NULL, &spec, &rl), SHMEX_NULL_POINTER);
+    if (rl != NULL) failures++; /* the out-handle is NULL on failure */
+    EXPECT(shmex_agent_loan_result(agent, NULL, &rl), SHMEX_NULL_POINTER);
+    EXPECT(shmex_agent_loan_result(agent, &spec, NULL), SHMEX_NULL_POINTER);
+    EXPECT(shmex_result_loan_tensor_count(NULL, &n), SHMEX_NULL_POINTER);
+    EXPECT(shmex_result_loan_tensor(NULL, 0, &m), SHMEX_NULL_POINTER);
+    EXPECT(shmex_result_loan_tensor_by_name(NULL, "w", &m), SHMEX_NULL_POINTER);
+    EXPECT(shmex_result_loan_commit(NULL, SHMEX_RC_OK, &b), SHMEX_NULL_POINTER);
+    EXPECT(shmex_result_loan_abandon(NULL), SHMEX_OK); /* as free(NULL) */
+    shmex_headers headers = {"t1", 0, 1};
+    EXPECT(shmex_exchanger_loan_task(NULL, "train", &headers, &spec, NULL, &tl),
+           SHMEX_NULL_POINTER);
+    if (tl != NULL) failures++;
+    EXPECT(shmex_exchanger_loan_task(ex, NULL, &headers, &spec, NULL, &tl), SHMEX_NULL_POINTER);
+    EXPECT(shmex_exchanger_loan_task(ex, "train", NULL, &spec, NULL, &tl), SHMEX_NULL_POINTER);
+    EXPECT(shmex_exchanger_loan_task(ex, "train", &headers, NULL, NULL, &tl), SHMEX_NULL_POINTER);
+    EXPECT(shmex_exchanger_loan_task(ex, "train", &headers, &spec, NULL, NULL),
+           SHMEX_NULL_POINTER);
+    EXPECT(shmex_task_loan_tensor_count(NULL, &n), SHMEX_NULL_POINTER);
+    EXPECT(shmex_task_loan_tensor(NULL, 0, &m), SHMEX_NULL_POINTER);
+    EXPECT(shmex_task_loan_tensor_by_name(NULL, "w", &m), SHMEX_NULL_POINTER);
+    EXPECT(shmex_task_loan_execute(NULL, NULL, &reply), SHMEX_NULL_POINTER);
+    EXPECT(shmex_task_loan_abandon(NULL), SHMEX_OK);
+    EXPECT(shmex_result_loan_abandon((shmex_result_loan *)(uintptr_t)0x1234),
+           SHMEX_INVALID_HANDLE);
+    EXPECT(shmex_task_loan_abandon((shmex_task_loan *)(void *)agent), SHMEX_INVALID_HANDLE);
+
+    /* bad specs: nothing is lent */
+#define SPEC_EXPECT(tensor_spec, want)                                                      \
+    do {                                                                                     \
+        shmex_tensor_spec t_ = tensor_spec;                                                  \
+        shmex_loan_spec s_ = {SHMEX_DATA_KIND_WEIGHTS, NULL, &t_, 1};                        \
+        EXPECT(shmex_agent_loan_result(agent, &s_, &rl), want);                              \
+        EXPECT(shmex_exchanger_loan_task(ex, "train", &headers, &s_, NULL, &tl), want);      \
+    } while (0)
+    SPEC_EXPECT(((shmex_tensor_spec){"w", 0, 1, shape}), SHMEX_INVALID_ARGUMENT);
+    SPEC_EXPECT(((shmex_tensor_spec){NULL, SHMEX_DTYPE_F32, 1, shape}), SHMEX_NULL_POINTER);
+    SPEC_EXPECT(((shmex_tensor_spec){"", SHMEX_DTYPE_F32, 1, shape}), SHMEX_INVALID_DATA);
+    SPEC_EXPECT(((shmex_tensor_spec){"w\xfe", SHMEX_DTYPE_F32, 1, shape}),
+                SHMEX_INVALID_ARGUMENT);
+    SPEC_EXPECT(((shmex_tensor_spec){"w", SHMEX_DTYPE_F32, 1, NULL}), SHMEX_NULL_POINTER);
+    SPEC_EXPECT(((shmex_tensor_spec){"w", SHMEX_DTYPE_F32, 9, many_dims}), SHMEX_INVALID_DATA);
+    SPEC_EXPECT(((shmex_tensor_spec){"w", SHMEX_DTYPE_F32, SIZE_MAX, shape}),
+                SHMEX_INVALID_DATA);
+    SPEC_EXPECT(((shmex_tensor_spec){"w", SHMEX_DTYPE_F32, 2, huge}), SHMEX_INVALID_DATA);
+    /* 4 MiB does not fit in a 1 MiB ring */
+    SPEC_EXPECT(((shmex_tensor_spec){"w", SHMEX_DTYPE_F32, 1, big}), SHMEX_TOO_LARGE);
+    shmex_tensor_spec twice[2] = {good, good};
+    shmex_loan_spec dup = {SHMEX_DATA_KIND_WEIGHTS, NULL, twice, 2};
+    shmex_loan_spec bad_kind = {0, NULL, &good, 1};
+    shmex_loan_spec bad_meta = {SHMEX_DATA_KIND_WEIGHTS, "[1]", &good, 1};
+    shmex_loan_spec no_tensors = {SHMEX_DATA_KIND_WEIGHTS, NULL, NULL, 3};
+    shmex_loan_spec huge_count = {SHMEX_DATA_KIND_WEIGHTS, NULL, &good, SIZE_MAX};
+    shmex_loan_spec empty = {SHMEX_DATA_KIND_WEIGHTS, NULL, NULL, 0};
+    EXPECT(shmex_agent_loan_result(agent, &dup, &rl), SHMEX_INVALID_DATA);
+    EXPECT(shmex_agent_loan_result(agent, &bad_kind, &rl), SHMEX_INVALID_ARGUMENT);
+    EXPECT(shmex_agent_loan_result(agent, &bad_meta, &rl), SHMEX_INVALID_ARGUMENT);
+    EXPECT(shmex_agent_loan_result(agent, &no_tensors, &rl), SHMEX_NULL_POINTER);
+    EXPECT(shmex_agent_loan_result(agent, &huge_count, &rl), SHMEX_INVALID_ARGUMENT);
+    EXPECT(shmex_exchanger_loan_task(ex, "train", &headers, &dup, NULL, &tl), SHMEX_INVALID_DATA);
+    EXPECT(shmex_exchanger_loan_task(ex, "train", &headers, &empty, NULL, &tl),
+           SHMEX_INVALID_DATA); /* a task without data */
+    shmex_headers empty_id = {"", 0, 1};
+    EXPECT(shmex_exchanger_loan_task(ex, "train", &empty_id, &spec, NULL, &tl),
+           SHMEX_INVALID_DATA);
+
+    /* a result loan: a trainer that starts without a task may answer once (empty task id) */
+    EXPECT(shmex_agent_loan_result(agent, &spec, &rl), SHMEX_OK);
+    EXPECT(shmex_result_loan_tensor_count(rl, &n), SHMEX_OK);
+    if (n != 1) failures++;
+    EXPECT(shmex_result_loan_tensor_count(rl, NULL), SHMEX_NULL_POINTER);
+    EXPECT(shmex_result_loan_tensor(rl, 0, &m), SHMEX_OK);
+    if (strcmp(m.name, "w") != 0 || m.dtype != SHMEX_DTYPE_F32 || m.ndim != 1 ||
+        m.shape[0] != 4 || m.len != 4 * sizeof(float) || m.data == NULL ||
+        (uintptr_t)m.data % 64 != 0)
+        failures++;
+    for (size_t i = 0; i < 4; i++) ((float *)m.data)[i] = (float)i;
+    EXPECT(shmex_result_loan_tensor_by_name(rl, "w", &m), SHMEX_OK);
+    EXPECT(shmex_result_loan_tensor(rl, 1, &m), SHMEX_NO_SUCH_TENSOR);
+    EXPECT(shmex_result_loan_tensor(rl, SIZE_MAX, &m), SHMEX_NO_SUCH_TENSOR);
+    EXPECT(shmex_result_loan_tensor(rl, 0, NULL), SHMEX_NULL_POINTER);
+    EXPECT(shmex_result_loan_tensor_by_name(rl, "nope", &m), SHMEX_NO_SUCH_TENSOR);
+    EXPECT(shmex_result_loan_tensor_by_name(rl, NULL, &m), SHMEX_NULL_POINTER);
+    shmex_result_loan *second = NULL;
+    EXPECT(shmex_agent_loan_result(agent, &spec, &second), SHMEX_CALL_STATE); /* outstanding */
+    EXPECT(shmex_result_loan_commit(rl, 999, &b), SHMEX_INVALID_ARGUMENT); /* the loan stays */
+    EXPECT(shmex_result_loan_abandon(rl), SHMEX_OK);
+    EXPECT(shmex_result_loan_abandon(rl), SHMEX_INVALID_HANDLE);
+    EXPECT(shmex_result_loan_tensor(rl, 0, &m), SHMEX_INVALID_HANDLE); /* use after abandon */
+    EXPECT(shmex_result_loan_commit(rl, SHMEX_RC_OK, &b), SHMEX_INVALID_HANDLE);
+    /* abandoned: the answer is still owed, so a new loan may be made and committed */
+    EXPECT(shmex_agent_loan_result(agent, &spec, &rl), SHMEX_OK);
+    EXPECT(shmex_result_loan_tensor(rl, 0, &m), SHMEX_OK);
+    for (size_t i = 0; i < 4; i++) ((float *)m.data)[i] = (float)i;
+    EXPECT(shmex_result_loan_commit(rl, SHMEX_RC_OK, NULL), SHMEX_OK); /* no task: rejected */
+    EXPECT(shmex_result_loan_commit(rl, SHMEX_RC_OK, &b), SHMEX_INVALID_HANDLE); /* twice */
+    EXPECT(shmex_result_loan_tensor_count(rl, &n), SHMEX_INVALID_HANDLE);
+    /* nothing to answer now: no fetched task */
+    EXPECT(shmex_agent_loan_result(agent, &spec, &rl), SHMEX_CALL_STATE);
+    if (rl != NULL) failures++;
+
+    /* a task loan */
+    EXPECT(shmex_exchanger_loan_task(ex, "train", &headers, &spec, NULL, &tl), SHMEX_OK);
+    EXPECT(shmex_task_loan_tensor_count(tl, &n), SHMEX_OK);
+    if (n != 1) failures++;
+    EXPECT(shmex_task_loan_tensor(tl, 0, &m), SHMEX_OK);
+    if (m.len != 4 * sizeof(float) || m.data == NULL) failures++;
+    EXPECT(shmex_task_loan_tensor(tl, 1, &m), SHMEX_NO_SUCH_TENSOR);
+    EXPECT(shmex_task_loan_tensor(tl, 0, NULL), SHMEX_NULL_POINTER);
+    EXPECT(shmex_task_loan_tensor_by_name(tl, "nope", &m), SHMEX_NO_SUCH_TENSOR);
+    shmex_task_loan *second_task = NULL;
+    EXPECT(shmex_exchanger_loan_task(ex, "train", &headers, &spec, NULL, &second_task),
+           SHMEX_CALL_STATE); /* a task is in flight */
+    shmex_tensor t = {"w", SHMEX_DTYPE_F32, 1, shape, m.data, 16};
+    shmex_data data = {SHMEX_DATA_KIND_WEIGHTS, NULL, &t, 1};
+    for (size_t i = 0; i < 4; i++) ((float *)m.data)[i] = (float)i;
+    EXPECT(shmex_exchanger_execute(ex, "train", &headers, &data, NULL, &reply), SHMEX_OK);
+    shmex_reply_rc(reply, &rc);
+    if (rc != SHMEX_RC_BAD_REQUEST_DATA) failures++; /* the loan's task is in flight */
+    shmex_reply_free(reply);
+    shmex_abort *dead = NULL;
+    shmex_abort_new(&dead);
+    shmex_abort_free(dead);
+    EXPECT(shmex_task_loan_execute(tl, dead, &reply), SHMEX_INVALID_HANDLE); /* the loan stays */
+    EXPECT(shmex_task_loan_execute(tl, NULL, NULL), SHMEX_NULL_POINTER);
+    EXPECT(shmex_task_loan_abandon(tl), SHMEX_OK);
+    EXPECT(shmex_task_loan_abandon(tl), SHMEX_INVALID_HANDLE);
+    EXPECT(shmex_task_loan_tensor(tl, 0, &m), SHMEX_INVALID_HANDLE); /* use after abandon */
+    EXPECT(shmex_task_loan_execute(tl, NULL, &reply), SHMEX_INVALID_HANDLE);
+    /* executed with its abort flag set: nothing is sent, TASK_ABORTED; then it is gone */
+    shmex_abort *abort_flag = NULL;
+    shmex_abort_new(&abort_flag);
+    EXPECT(shmex_exchanger_loan_task(ex, "train", &headers, &spec, abort_flag, &tl), SHMEX_OK);
+    shmex_abort_trigger(abort_flag);
+    EXPECT(shmex_task_loan_execute(tl, abort_flag, &reply), SHMEX_OK);
+    shmex_reply_rc(reply, &rc);
+    if (rc != SHMEX_RC_TASK_ABORTED) failures++;
+    shmex_reply_free(reply);
+    EXPECT(shmex_task_loan_execute(tl, abort_flag, &reply), SHMEX_INVALID_HANDLE); /* twice */
+    shmex_abort_free(abort_flag);
+    /* a loan outlives its exchanger's close: executing it then is TASK_ABORTED */
+    EXPECT(shmex_exchanger_loan_task(ex, "train", &headers, &spec, NULL, &tl), SHMEX_OK);
+    EXPECT(shmex_exchanger_close(ex), SHMEX_OK);
+    EXPECT(shmex_exchanger_free(ex), SHMEX_OK);
+    EXPECT(shmex_task_loan_execute(tl, NULL, &reply), SHMEX_OK);
+    shmex_reply_rc(reply, &rc);
+    if (rc != SHMEX_RC_TASK_ABORTED) failures++;
+    shmex_reply_free(reply);
+
+    /* closed */
+    EXPECT(shmex_agent_close(agent), SHMEX_OK);
+    EXPECT(shmex_agent_loan_result(agent, &spec, &rl), SHMEX_CLOSED);
+    EXPECT(shmex_agent_free(agent), SHMEX_OK);
+    EXPECT(shmex_agent_loan_result(agent, &spec, &rl), SHMEX_INVALID_HANDLE);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s SITE\n", argv[0]);
@@ -308,6 +491,7 @@ int main(int argc, char **argv) {
     names();
     options(argv[1]);
     protocol(argv[1]);
+    loans(argv[1]);
     printf("errors.c: %d checks, %d failures\n", checks, failures);
     return failures != 0;
 }

@@ -61,14 +61,17 @@ pair() {
 }
 
 # 3 rounds of 2^20 + 16 f32 elements; the 6M-element model (24 MiB) is larger than the
-# 16 MiB ring and travels in fragments.
+# 16 MiB ring and travels in fragments. The C and Fortran agents answer by loan (which must
+# fit in one ring record), the Rust agent by copy, the C++ agent by loan or, for a result too
+# large for one record (the fragmented pair), by copy; the C exchanger sends odd rounds by
+# loan and even rounds (and models too large for a loan) by copy.
 pair "Rust exchanger <-> C agent" c "$peer" exchanger "$site" c 3 1048576 -- "$bin/agent_c" "$site" c
 pair "C exchanger <-> Rust agent" rust "$bin/exchanger_c" "$site" rust 3 1048576 -- "$peer" agent "$site" rust
 pair "Rust exchanger <-> Fortran agent" f "$peer" exchanger "$site" f 3 1048576 -- "$bin/agent_f" "$site" f
 pair "Rust exchanger <-> C++ agent" cpp "$peer" exchanger "$site" cpp 3 1048576 -- "$bin/agent_cpp" "$site" cpp
-pair "C exchanger <-> C agent (static), fragmented" cs "$bin/exchanger_c" "$site" cs 2 6000000 -- "$bin/agent_c_static" "$site" cs
-pair "C exchanger <-> Fortran agent, fragmented" cf "$bin/exchanger_c" "$site" cf 2 6000000 -- "$bin/agent_f" "$site" cf
-pair "C exchanger <-> C++ agent" cc "$bin/exchanger_c" "$site" cc 2 65536 -- "$bin/agent_cpp" "$site" cc
+pair "C exchanger <-> C agent (static)" cs "$bin/exchanger_c" "$site" cs 2 1048576 -- "$bin/agent_c_static" "$site" cs
+pair "C exchanger <-> Fortran agent" cf "$bin/exchanger_c" "$site" cf 2 1048576 -- "$bin/agent_f" "$site" cf
+pair "C exchanger <-> C++ agent, fragmented" cc "$bin/exchanger_c" "$site" cc 2 6000000 -- "$bin/agent_cpp" "$site" cc
 
 command -v valgrind >/dev/null || { echo "valgrind is required"; exit 1; }
 memcheck=(valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,possible)

@@ -4,7 +4,15 @@
 //! ```text
 //! ffi-peer exchanger SITE AGENT_ID ROUNDS ELEMENTS   sends ROUNDS tasks, checks the results
 //! ffi-peer agent SITE AGENT_ID                       answers tasks until bye
+//! ffi-peer bench-exchanger SITE AGENT_ID LABEL WARMUP ROUNDS BYTES RING
+//! ffi-peer bench-agent SITE AGENT_ID
 //! ```
+//!
+//! The bench modes are `ffi/bench/run.sh`'s (a benchmark, not a test): the exchanger sends
+//! WARMUP + ROUNDS tasks of one f32 tensor of BYTES bytes by copy, over rings of RING bytes,
+//! times each round trip and prints `RESULT LABEL median_us=.. p99_us=.. rounds=..`; the agent
+//! answers each task by loan, writing every element plus one into the loan (as
+//! `ffi/bench/bench.c agent`).
 //!
 //! The contract (also in `examples/*.c`): a task is a WEIGHTS DXO of f32 tensors `weight`
 //! (ELEMENTS elements, shape [ELEMENTS / 16, 16]) and `bias` ([16]) whose element `i` in
@@ -12,9 +20,9 @@
 //! element plus one, same names and shapes, meta `NUM_STEPS_CURRENT_ROUND: 1`.
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use shmex::frame::{DataKind, Dxo, ReturnCode};
+use shmex::frame::{DataKind, Dxo, LoanSpec, ReturnCode};
 use shmex::protocol::{
     AbortSignal, Agent, AgentConfig, Exchanger, ExchangerConfig, GetTaskError, Headers,
 };
@@ -107,6 +115,89 @@ fn agent(name: &SegmentName) -> Result<(), Error> {
     Ok(())
 }
 
+/// `RESULT` line of round-trip times.
+fn report(label: &str, mut times: Vec<Duration>) {
+    times.sort_unstable();
+    let at = |q: f64| {
+        let i = ((times.len() as f64 - 1.0) * q).round() as usize;
+        times[i].as_secs_f64() * 1e6
+    };
+    println!(
+        "RESULT {label} median_us={:.3} p99_us={:.3} rounds={}",
+        at(0.5),
+        at(0.99),
+        times.len()
+    );
+}
+
+fn bench_exchanger(
+    name: &SegmentName,
+    label: &str,
+    warmup: usize,
+    rounds: usize,
+    bytes: usize,
+    ring: u64,
+) -> Result<(), Error> {
+    let config = ExchangerConfig::default()
+        .task_ring_capacity(ring)
+        .result_ring_capacity(ring);
+    let exchanger = Exchanger::create(name, config)?;
+    let abort = AbortSignal::new();
+    let elements = (bytes / 4).max(1);
+    let model: Vec<f32> = (0..elements).map(|i| pattern(i, 0)).collect();
+    let task = Dxo::new(DataKind::Weights).with_tensor("weight", &[elements as u64], &model)?;
+    let mut times = Vec::with_capacity(rounds);
+    for round in 0..warmup + rounds {
+        let headers = Headers::new(format!("task-{round}"));
+        let start = Instant::now();
+        let reply = exchanger.execute("train", &task, &headers, &abort);
+        let elapsed = start.elapsed();
+        let result = match (reply.rc, reply.result) {
+            (ReturnCode::Ok, Some(result)) => result,
+            (rc, _) => return Err(format!("round {round}: rc {rc}").into()),
+        };
+        let values = result
+            .tensor(0)
+            .ok_or("no tensor in the result")?
+            .as_slice::<f32>()?;
+        if values.len() != elements || values[elements - 1] != model[elements - 1] + 1.0 {
+            return Err(format!("round {round}: not the update").into());
+        }
+        if round >= warmup {
+            times.push(elapsed);
+        }
+    }
+    exchanger.close()?;
+    report(label, times);
+    Ok(())
+}
+
+fn bench_agent(name: &SegmentName) -> Result<(), Error> {
+    let agent = Agent::attach(name, AgentConfig::default())?;
+    loop {
+        let task = match agent.get_task(Some(Duration::from_secs(120))) {
+            Ok(Some(task)) => task,
+            Ok(None) => return Err("no task for 120 s".into()),
+            Err(GetTaskError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let spec = task.message.tensors().fold(
+            LoanSpec::new(DataKind::Weights).meta("NUM_STEPS_CURRENT_ROUND", 1),
+            |spec, t| spec.tensor(t.name(), t.dtype(), t.shape()),
+        );
+        let mut loan = agent.loan_result(&spec)?;
+        for (index, tensor) in task.message.tensors().enumerate() {
+            let values = tensor.as_slice::<f32>()?;
+            for (out, v) in loan.tensor_mut::<f32>(index)?.iter_mut().zip(values) {
+                *out = v + 1.0;
+            }
+        }
+        if !loan.commit(ReturnCode::Ok)? {
+            return Err(format!("task {}: result not accepted", task.id).into());
+        }
+    }
+}
+
 fn run() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str).ok_or("missing argument");
@@ -114,6 +205,15 @@ fn run() -> Result<(), Error> {
     match arg(0)? {
         "exchanger" => exchanger(&name, arg(3)?.parse()?, arg(4)?.parse()?),
         "agent" => agent(&name),
+        "bench-exchanger" => bench_exchanger(
+            &name,
+            arg(3)?,
+            arg(4)?.parse()?,
+            arg(5)?.parse()?,
+            arg(6)?.parse()?,
+            arg(7)?.parse()?,
+        ),
+        "bench-agent" => bench_agent(&name),
         other => Err(format!("unknown role {other}").into()),
     }
 }
