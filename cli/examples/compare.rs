@@ -6,6 +6,8 @@
 //! cargo run --release --example compare -- --quick # smoke run for CI (max 64 MiB, 1,000 RTTs,
 //!                                                  # a 64 MiB model of 20 tensors, hand-offs
 //!                                                  # of 1 MiB and 16 MiB)
+//! cargo run --release --example compare -- --tasks # only the 4 KiB task round trips (raw frame
+//!                                                  # echo, protocol, futex-raw) and their ratios
 //! ```
 //!
 //! Every two-process figure uses a second process that is this same executable re-run with a
@@ -103,15 +105,16 @@ fn main() {
         std::process::exit(code);
     }
     let quick = args.iter().skip(1).any(|a| a == "--quick");
+    let tasks_only = args.iter().skip(1).any(|a| a == "--tasks");
     if let Some(other) = args
         .iter()
         .skip(1)
-        .find(|a| *a != "--quick" && *a != "--bench")
+        .find(|a| *a != "--quick" && *a != "--tasks" && *a != "--bench")
     {
-        eprintln!("compare: unknown argument {other:?} (only --quick is accepted)");
+        eprintln!("compare: unknown argument {other:?} (only --quick and --tasks are accepted)");
         std::process::exit(2);
     }
-    if let Err(e) = run(quick) {
+    if let Err(e) = run(quick, tasks_only) {
         eprintln!("compare: error: {e}");
         std::process::exit(1);
     }
@@ -188,7 +191,7 @@ impl Report {
     }
 }
 
-fn run(quick: bool) -> Res<()> {
+fn run(quick: bool, tasks_only: bool) -> Res<()> {
     let started = Instant::now();
     let load_at_start = LoadAverage::now();
     let (cpu_count, cpus) = pick_cpus()?;
@@ -235,6 +238,24 @@ fn run(quick: bool) -> Res<()> {
         ["load1_start", "load5_start", "load15_start"],
         load_at_start,
     );
+
+    if tasks_only {
+        bench_task_round_trips(&config, &mut report)?;
+        report_load(
+            &mut report,
+            ["load1_end", "load5_end", "load15_end"],
+            LoadAverage::now(),
+        );
+        report.add(
+            "host",
+            "-",
+            "run_time_s",
+            started.elapsed().as_secs_f64(),
+            "s",
+        );
+        print_report(&config, &report);
+        return Ok(());
+    }
 
     let max = *config.sizes.iter().max().ok_or("no sizes")?;
     eprintln!("preparing a {} source buffer...", size_label(max));
@@ -449,7 +470,12 @@ fn print_report(config: &Config, report: &Report) {
         "{:<20}{:>12}{:>12}",
         "4 KiB task round trip", "median us", "p99 us"
     );
-    for t in ["shmex-task-spin", "shmex-task-futex"] {
+    for t in [
+        "shmex-task-spin",
+        "shmex-task-futex",
+        "protocol-task-spin",
+        "protocol-task-futex",
+    ] {
         if let (Some(m), Some(p)) = (
             report.get(t, "4KiB", "rtt_median_us"),
             report.get(t, "4KiB", "rtt_p99_us"),
@@ -514,6 +540,30 @@ fn print_report(config: &Config, report: &Report) {
         ratio(
             report.get("protocol-model", &largest, "round_trip_ms"),
             report.get("memcpy-x2", &largest, "time_ms")
+        )
+    );
+    // The protocol's small-task round trip over the raw 4 KiB task frame echo (same run):
+    // spinning, and on the futex path (against the frame echo and against two raw futex
+    // ping-pongs, the floor of a round trip that needs two wake-ups each way).
+    let task = |t: &str| report.get(t, "4KiB", "rtt_median_us");
+    let _ = writeln!(
+        out,
+        "RATIO protocol-task-4KiB/frame-echo-4KiB spin {}",
+        ratio(task("protocol-task-spin"), task("shmex-task-spin"))
+    );
+    let _ = writeln!(
+        out,
+        "RATIO protocol-task-futex-4KiB/frame-echo-futex-4KiB futex {}",
+        ratio(task("protocol-task-futex"), task("shmex-task-futex"))
+    );
+    let _ = writeln!(
+        out,
+        "RATIO protocol-task-futex-4KiB/futex-raw-x2 futex {}",
+        ratio(
+            task("protocol-task-futex"),
+            report
+                .get("futex-raw", "8B", "rtt_median_us")
+                .map(|v| 2.0 * v)
         )
     );
     if let [small, large, ..] = config.handoff_sizes.as_slice() {
@@ -1802,6 +1852,23 @@ fn unique_name(tag: &str) -> Res<SegmentName> {
 /// Measures the protocol's small-task round trip (spin and futex) and the round trip of a
 /// model of the largest size, against two memcpys of that size in the same run.
 fn bench_protocol(config: &Config, report: &mut Report) -> Res<()> {
+    bench_protocol_tasks(config, report)?;
+    bench_protocol_model(config, report)?;
+    report.notes.push(format!(
+        "protocol: protocol-task-* = Exchanger::execute of a 4 KiB f32 task answered by an Agent \
+         child with a 4 KiB result (ring waits spin {ACTIVE_SPIN:?} or 0; each side hands off \
+         between its caller and its pump thread); protocol-model = execute of a {}-tensor model \
+         of the largest size answered by a result of the same size (the agent sends it from its \
+         received task), median of {} rounds after a verified one, against two memcpys of the \
+         same size into a pre-faulted buffer timed alternately",
+        config.model_tensors,
+        protocol_rounds(config)
+    ));
+    Ok(())
+}
+
+/// The protocol's 4 KiB task round trips, spinning and on the futex path.
+fn bench_protocol_tasks(config: &Config, report: &mut Report) -> Res<()> {
     eprintln!("task protocol (Exchanger::execute -> Agent::get_task/submit_result):");
     for (transport, spin) in [
         ("protocol-task-spin", ACTIVE_SPIN),
@@ -1813,16 +1880,32 @@ fn bench_protocol(config: &Config, report: &mut Report) -> Res<()> {
             report,
         )?;
     }
-    bench_protocol_model(config, report)?;
+    Ok(())
+}
+
+/// `--tasks`: only what the small-task ratios need, in the full run's order: the raw futex
+/// ping-pong and the futex-path frame echo taking turns, the spinning frame echo alone, then
+/// the protocol's task round trips.
+fn bench_task_round_trips(config: &Config, report: &mut Report) -> Res<()> {
+    eprintln!(
+        "4 KiB task round trips ({} after {} warm-up):",
+        config.round_trips, config.warmup_round_trips
+    );
+    let sleeping = vec![
+        FutexPingPong::start(config)?,
+        TaskPingPong::start(config, "shmex-task-futex", Duration::ZERO)?,
+    ];
+    measure_round_trips(config, sleeping, report)?;
+    let task_spin = TaskPingPong::start(config, "shmex-task-spin", ACTIVE_SPIN)?;
+    measure_round_trips(config, vec![task_spin], report)?;
+    bench_protocol_tasks(config, report)?;
     report.notes.push(format!(
-        "protocol: protocol-task-* = Exchanger::execute of a 4 KiB f32 task answered by an Agent \
-         child with a 4 KiB result (ring waits spin {ACTIVE_SPIN:?} or 0; each side hands off \
-         between its caller and its pump thread); protocol-model = execute of a {}-tensor model \
-         of the largest size answered by a result of the same size (the agent sends it from its \
-         received task), median of {} rounds after a verified one, against two memcpys of the \
-         same size into a pre-faulted buffer timed alternately",
-        config.model_tensors,
-        protocol_rounds(config)
+        "--tasks: only the 4 KiB task round trips: {} per transport after a warm-up of at least \
+         {:?} and {} round trips; futex-raw and shmex-task-futex in alternating batches of \
+         {ROUND_TRIP_BATCH}; shmex-task-* = the raw task frame echo (FrameSender/FrameReceiver), \
+         protocol-task-* = Exchanger::execute answered by an Agent child; spin = WaitStrategy \
+         spin {ACTIVE_SPIN:?} on both sides, futex = spin 0",
+        config.round_trips, config.warmup, config.warmup_round_trips
     ));
     Ok(())
 }
