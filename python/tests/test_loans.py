@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import _thread
 import gc
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -283,3 +285,27 @@ def test_error_codes_are_listed() -> None:
     names = {k for k in vars(shmex.ErrorCode) if k.isupper()}
     assert names == set(shmex._shmex.ERROR_CODES)
     assert shmex.ShmexError("x").code is None
+
+
+def test_ctrl_c_interrupts_a_task_loan_execute_and_aborts_the_task(
+    link: tuple[str, str], peer: Any
+) -> None:
+    def trainer(agent: shmex.Agent) -> bool:
+        task = agent.get_task(timeout=20)
+        assert task is not None
+        while not task.aborted:
+            time.sleep(0.01)
+        return True
+
+    with shmex.Exchanger(*link) as ex:
+        p = peer(link, trainer)
+        loan = ex.task_loan("train", {"w": (16, np.float32)})
+        loan["w"][...] = 1
+        threading.Timer(0.3, _thread.interrupt_main).start()
+        with pytest.raises(KeyboardInterrupt):
+            loan.execute()
+        assert p.join()  # the agent saw the abort
+        assert loan.state == "committed"
+        p = peer(link, echo)
+        assert ex.execute("train", W).rc == "OK"  # the exchanger is free again
+        p.join()
