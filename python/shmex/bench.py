@@ -10,9 +10,12 @@ through ``$SHMEX_PROTOCOL_RTT``), the same round trip done from Rust is measured
 
 Prints a table and ``RESULT <transport> <size> <metric> <value> <unit>`` lines, and
 ``RATIO pickle5-socket/shmex-python <size> <x>``, ``RATIO shmex-python/shmex-rust <size> <x>``
-and ``RESULT shmex-python <size> receiver_peak_rss_ratio <x> x`` (the agent's peak RSS over
-model + both rings). FLARE 2.9's own path (``RATIO flare/shmex-python``) is not measured here
-yet. A benchmark, not a test.
+and ``RESULT shmex-python <size> receiver_peak_rss_ratio <x> x``: the peak RSS of a fresh
+agent process that receives one task and answers it, over model + both rings (the rings are
+mapped whole). The peers of the timed runs report theirs too (``receiver_peak_rss_MiB``):
+it can hold two models, as the next task arrives while the peer still holds the one it
+answered. FLARE 2.9's own path (``RATIO flare/shmex-python``) is not measured here yet.
+A benchmark, not a test.
 
     python -m shmex.bench [--sizes 8B,16MiB,256MiB,1GiB] [--repeat 5] [--rust PATH]
 """
@@ -56,9 +59,25 @@ def model(size: int) -> dict[str, np.ndarray]:
 # ---- shmex ---------------------------------------------------------------------------------
 
 
+def _peak_rss_of_self() -> int:
+    """Peak RSS of this process in bytes: ``VmHWM`` of ``/proc/self/status``.
+
+    Not ``ru_maxrss``: Linux keeps that across ``execve``, so a peer started by a parent that
+    holds a model would report the parent's RSS at the fork.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _report_peak_rss() -> None:
-    """Prints this process's peak RSS in bytes (Linux reports KiB), for the parent to read."""
-    print(f"PEAK_RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}", flush=True)
+    """Prints this process's peak RSS in bytes, for the parent to read."""
+    print(f"PEAK_RSS {_peak_rss_of_self()}", flush=True)
 
 
 def _peak_rss(peer: subprocess.Popen[str]) -> int:
@@ -70,9 +89,10 @@ def _peak_rss(peer: subprocess.Popen[str]) -> int:
     return 0
 
 
-def _shmex_peer(site: str, agent_id: str) -> None:
+def _shmex_peer(site: str, agent_id: str, count: int | None = None) -> None:
+    """Echoes tasks until bye (or ``count`` of them), then reports its peak RSS."""
     with Agent(site, agent_id, attach_timeout=60) as agent:
-        while True:
+        while count is None or count > 0:
             try:
                 task = agent.get_task()
             except AgentClosed:  # the exchanger said bye: the run is over
@@ -81,6 +101,7 @@ def _shmex_peer(site: str, agent_id: str) -> None:
                 continue
             agent.submit_result(task.data, {})
             del task
+            count = None if count is None else count - 1
     _report_peak_rss()
 
 
@@ -108,6 +129,29 @@ def bench_shmex(data: dict[str, np.ndarray], repeat: int, ring: int) -> tuple[li
             ex.close()
             rss = _peak_rss(peer)
     return times, rss
+
+
+def shmex_receiver_rss(data: dict[str, np.ndarray], ring: int) -> int:
+    """Peak RSS of a fresh agent process that receives one task of ``data`` and echoes it.
+
+    One task only: in the timed run the next task can arrive while the peer still holds the
+    last one (it answers from its view), so that peer's peak can hold two models.
+    """
+    site, agent_id = f"benchrss{os.getpid()}", "peer"
+    with Exchanger(site, agent_id, task_ring_capacity=ring, result_ring_capacity=ring) as ex:
+        peer = subprocess.Popen(
+            [sys.executable, "-m", "shmex.bench", "--peer", "shmex", site, agent_id, "1"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            reply = ex.execute("echo", data)
+            if reply.rc != "OK":
+                raise RuntimeError(f"shmex round trip failed: {reply.rc}")
+            del reply
+        finally:
+            rss = _peak_rss(peer)
+    return rss
 
 
 # ---- pickle 5 over a Unix socket -----------------------------------------------------------
@@ -217,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.peer:
         if args.peer[0] == "shmex":
-            _shmex_peer(args.peer[1], args.peer[2])
+            count = int(args.peer[3]) if len(args.peer) > 3 else None
+            _shmex_peer(args.peer[1], args.peer[2], count)
         else:
             _pickle_peer(int(args.peer[1]))
         return
@@ -241,8 +286,13 @@ def main(argv: list[str] | None = None) -> None:
                     f"RESULT {transport} {label} round_trip_GBps {2 * size / median / 1e9:.2f} GB/s"
                 )
             print(f"RESULT {transport} {label} receiver_peak_rss_MiB {rss / (1 << 20):.1f} MiB")
-        ratio = rows[-2][4] / (size + 2 * ring)
-        print(f"RESULT shmex-python {label} receiver_peak_rss_ratio {ratio:.2f} x")
+        once = shmex_receiver_rss(data, ring)
+        print(
+            f"RESULT shmex-python {label} one_task_receiver_peak_rss_MiB {once / (1 << 20):.1f} MiB"
+        )
+        print(
+            f"RESULT shmex-python {label} receiver_peak_rss_ratio {once / (size + 2 * ring):.2f} x"
+        )
         print(
             f"RATIO pickle5-socket/shmex-python {label} "
             f"{medians['pickle5-socket'] / medians['shmex-python']:.2f}"
@@ -256,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.rust:
         print("shmex-rust: not measured (pass --rust PATH of the protocol_rtt example)")
     print("flare: not measured (FLARE 2.9's IPCAgent path is not wired into this benchmark)")
-    sender = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sender = _peak_rss_of_self() / (1 << 20)
     print(f"sender (this process, all transports) peak RSS: {sender:.1f} MiB")
     print(f"\n{'transport':<16}{'size':>8}{'median rtt':>14}{'receiver peak RSS':>20}")
     for transport, label, _size, median, rss in rows:
