@@ -107,10 +107,14 @@ def test_commit_with_a_live_array_is_refused(link: tuple[str, str]) -> None:
                 loan.commit()
             assert info.value.code == shmex.ErrorCode.CALL_STATE
             mv = memoryview(view)
+            dl = np.from_dlpack(view)
             del view
             with pytest.raises(shmex.CallStateError):
                 loan.commit()
             del mv
+            with pytest.raises(shmex.CallStateError):
+                loan.commit()  # the DLPack import still holds it
+            del dl
             assert loan.commit()  # nothing references the ring space any more
             with pytest.raises(shmex.CallStateError, match="already committed"):
                 loan.commit()  # twice
