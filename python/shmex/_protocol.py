@@ -10,7 +10,8 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 
-from . import _shmex, _tensors
+from . import _loans, _shmex, _tensors
+from ._loans import ResultLoan, TaskLoan, TensorSpecs
 from ._shmex import AgentClosed
 from ._tensors import Data, ReceivedData
 
@@ -54,6 +55,19 @@ def _check_round(what: str, value: object) -> Optional[int]:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{what} must be an int, got {type(value).__name__}")
     return int(value)
+
+
+def _check_abort(abort: object) -> None:
+    if abort is not None and not callable(getattr(abort, "is_set", None)):
+        raise TypeError("abort must have an is_set() method (e.g. threading.Event)")
+
+
+def _data_kind_of(meta: object, data_kind: Optional[str], default: str) -> str:
+    """``data_kind``, else meta ``data_kind``, else ``default``; checked."""
+    if data_kind is None and isinstance(meta, Mapping):
+        kind = meta.get("data_kind")
+        data_kind = kind if isinstance(kind, str) else None
+    return _tensors.check_data_kind(default if data_kind is None else data_kind)
 
 
 def _check_return_code(return_code: object) -> str:
@@ -213,8 +227,7 @@ class Exchanger:
             _check_round("total_round", total_round),
         )
         seconds = _check_seconds("timeout", timeout, optional=True)
-        if abort is not None and not callable(getattr(abort, "is_set", None)):
-            raise TypeError("abort must have an is_set() method (e.g. threading.Event)")
+        _check_abort(abort)
         rc, result_kind, message = self._core.execute(
             task_name,
             task_id,
@@ -231,6 +244,55 @@ class Exchanger:
             return Reply(rc, task_id, result_kind, None, {}, {})
         received, dtypes = _tensors.incoming(message)
         return Reply(rc, task_id, result_kind, received, _tensors.meta_of(message), dtypes)
+
+    def task_loan(
+        self,
+        task_name: str,
+        tensors: Optional[TensorSpecs],
+        meta: Optional[Mapping[str, Any]] = None,
+        *,
+        data_kind: Optional[str] = None,
+        opaque: int = 0,
+        task_id: Optional[str] = None,
+        current_round: Optional[int] = None,
+        total_round: Optional[int] = None,
+        abort: Optional[AbortEvent] = None,
+    ) -> TaskLoan:
+        """Lends task-ring space for a task, to be filled in place and sent with no copy.
+
+        ``tensors``: names mapped to ``(shape, dtype)`` (a numpy dtype, or a shmex dtype
+        name such as ``"bf16"``); ``opaque``: bytes to reserve (data kind APP_DEFINED).
+        ``meta``, ``data_kind`` (default ``WEIGHTS``, or ``APP_DEFINED`` with only opaque
+        bytes), ``task_id``, the rounds and ``abort`` as for :meth:`execute`. The task must
+        fit in one record of the task ring. Fill ``loan[name]`` (or ``loan.arrays``), then
+        ``loan.execute()`` → :class:`Reply`::
+
+            with ex.task_loan("train", {"w": ((1024,), np.float32)}) as loan:
+                loan["w"][...] = weights
+                reply = loan.execute()
+
+        The task is in flight from here on. Raises ``TypeError``/``ValueError`` for a bad
+        spec, and :class:`ShmexError` with ``code`` and ``rc`` (the return code ``execute``
+        would give) when nothing can be lent: ``CALL_STATE``/``BAD_REQUEST_DATA`` while a
+        task is in flight, ``CLOSED``/``TASK_ABORTED`` after :meth:`close`. Waits (GIL
+        released, Ctrl-C raises ``KeyboardInterrupt``) only while the ring is full of
+        messages the agent has not read. See :class:`TaskLoan` for the array rules.
+        """
+        _check_str("task_name", task_name)
+        task_id = str(uuid.uuid4()) if task_id is None else _check_str("task_id", task_id)
+        specs, opaque_len = _loans.specs(tensors, opaque)
+        default = "APP_DEFINED" if opaque_len and not specs else "WEIGHTS"
+        kind = _tensors.check_data_kind(default if data_kind is None else data_kind)
+        meta_text = _tensors.meta_json(meta)
+        rounds = (
+            _check_round("current_round", current_round),
+            _check_round("total_round", total_round),
+        )
+        _check_abort(abort)
+        core = self._core.task_loan(
+            task_name, task_id, kind, meta_text, specs, opaque_len, rounds[0], rounds[1], abort
+        )
+        return TaskLoan(core)
 
     def close(self) -> None:
         """Tells the agent ``bye`` and removes the segment.
@@ -419,9 +481,44 @@ class Agent:
         try:
             return self._core.submit_result(rc, kind, meta_text, tensors, opaque)
         finally:
-            if self._current is not None:
-                self._current._answered()
-                self._current = None
+            self._answered()
+
+    def result_loan(
+        self,
+        tensors: Optional[TensorSpecs],
+        meta: Optional[Mapping[str, Any]] = None,
+        *,
+        data_kind: Optional[str] = None,
+        opaque: int = 0,
+    ) -> ResultLoan:
+        """Lends result-ring space for the fetched task's result, filled in place (no copy).
+
+        ``tensors``: names mapped to ``(shape, dtype)`` (a numpy dtype, or a shmex dtype
+        name such as ``"bf16"``); ``opaque``: bytes to reserve (APP_DEFINED). ``meta`` and
+        ``data_kind`` as for :meth:`submit_result`. The result must fit in one record of the
+        result ring. Fill ``loan[name]`` (or ``loan.arrays``), then ``loan.commit(rc)``::
+
+            with agent.result_loan({"w": (task.data["w"].shape, np.float32)}) as loan:
+                np.multiply(task.data["w"], 2, out=loan["w"])
+                accepted = loan.commit()
+
+        Raises ``TypeError``/``ValueError`` for a bad spec; :class:`CallStateError`
+        (``code`` ``CALL_STATE``) where :meth:`submit_result` would return ``False`` (no
+        task to answer, already answered, aborted) or while another loan is outstanding;
+        :class:`AgentClosed` when closed. Waits for ring space with the GIL released (Ctrl-C
+        raises ``KeyboardInterrupt``). See :class:`ResultLoan` for the array rules.
+        """
+        specs, opaque_len = _loans.specs(tensors, opaque)
+        default = "APP_DEFINED" if opaque_len and not specs else "WEIGHTS"
+        kind = _data_kind_of(meta, data_kind, default)
+        meta_text = _tensors.meta_json(meta)
+        core = self._core.result_loan(kind, meta_text, specs, opaque_len)
+        return ResultLoan(core, self._answered)
+
+    def _answered(self) -> None:
+        if self._current is not None:
+            self._current._answered()
+            self._current = None
 
     def close(self) -> None:
         """Detaches; later calls raise :class:`AgentClosed`. Received arrays stay valid."""
@@ -445,4 +542,13 @@ class Agent:
         return f"Agent(status={self.status!r})"
 
 
-__all__ = ["AbortEvent", "Agent", "AgentClosed", "Exchanger", "Reply", "Task"]
+__all__ = [
+    "AbortEvent",
+    "Agent",
+    "AgentClosed",
+    "Exchanger",
+    "Reply",
+    "ResultLoan",
+    "Task",
+    "TaskLoan",
+]

@@ -8,9 +8,13 @@ SEGMENT_PREFIX: str
 DEFAULT_RING_CAPACITY: int
 RETURN_CODES: list[str]
 DATA_KINDS: list[str]
+ERROR_CODES: list[str]
 
 class ShmexError(Exception):
     """Base class of the errors shmex raises."""
+
+    code: Optional[str]
+    """The error's code (``shmex.ErrorCode``); ``None`` for an internal error."""
 
 class AgentClosed(ShmexError):
     """The agent is closed (FLARE's ``AgentClosed``)."""
@@ -34,6 +38,49 @@ class _Message:
         """The opaque bytes (a copy; empty when there are none)."""
     def tensors(self) -> list[tuple[str, str, list[int], int, int]]:
         """``(name, dtype, shape, address, nbytes)`` of each tensor in this object's memory."""
+
+_SpecTensor = tuple[str, str, list[int]]
+
+class _LoanLease:
+    """Held by the base of each loaned array: keeps the loan's ring space reserved."""
+
+class _ResultLoan:
+    """A result built in place; ``shmex.ResultLoan`` wraps it."""
+
+    def task_id(self) -> str:
+        """The id of the task this result answers."""
+    def tensors(self) -> list[tuple[str, str, list[int], int]]:
+        """``(name, dtype, shape, nbytes)`` of each tensor, in spec order."""
+    def lease(self, index: Optional[int]) -> tuple[_LoanLease, int, int]:
+        """``(lease, address, nbytes)`` of tensor ``index`` (None: the opaque bytes)."""
+    def leases(self) -> int:
+        """Leases alive."""
+    def state(self) -> str:
+        """open, committed, abandoned, or abandoned (arrays alive)."""
+    def commit(self, return_code: str) -> bool:
+        """Sends the result; whether the exchanger accepted it."""
+    def abandon(self) -> None:
+        """Abandons the loan."""
+
+class _TaskLoan:
+    """A task built in place; ``shmex.TaskLoan`` wraps it."""
+
+    def task_id(self) -> str:
+        """The task id."""
+    def tensors(self) -> list[tuple[str, str, list[int], int]]:
+        """``(name, dtype, shape, nbytes)`` of each tensor, in spec order."""
+    def lease(self, index: Optional[int]) -> tuple[_LoanLease, int, int]:
+        """``(lease, address, nbytes)`` of tensor ``index`` (None: the opaque bytes)."""
+    def leases(self) -> int:
+        """Leases alive."""
+    def state(self) -> str:
+        """open, committed, abandoned, or abandoned (arrays alive)."""
+    def execute(
+        self, abort: Optional[_AbortEvent], timeout: Optional[float]
+    ) -> tuple[str, Optional[str], Optional[_Message]]:
+        """Sends the task and waits for its result: ``(rc, data_kind, message)``."""
+    def abandon(self) -> None:
+        """Abandons the loan."""
 
 class _Exchanger:
     """The FL-client side; ``shmex.Exchanger`` wraps it."""
@@ -74,6 +121,19 @@ class _Exchanger:
         timeout: Optional[float],
     ) -> tuple[str, Optional[str], Optional[_Message]]:
         """Sends a task and waits for its result: ``(rc, data_kind, message)``."""
+    def task_loan(
+        self,
+        task_name: str,
+        task_id: str,
+        data_kind: str,
+        meta_json: str,
+        tensors: list[_SpecTensor],
+        opaque_len: int,
+        current_round: Optional[int],
+        total_round: Optional[int],
+        abort: Optional[_AbortEvent],
+    ) -> _TaskLoan:
+        """Lends task-ring space for a task laid out by the spec."""
     def close(self) -> None:
         """Says bye to the agent and removes the segment."""
 
@@ -106,5 +166,9 @@ class _Agent:
         opaque: Optional[np.ndarray],
     ) -> bool:
         """Submits the current task's result; returns whether it was accepted."""
+    def result_loan(
+        self, data_kind: str, meta_json: str, tensors: list[_SpecTensor], opaque_len: int
+    ) -> _ResultLoan:
+        """Lends result-ring space for the current task's result."""
     def close(self) -> None:
         """Detaches."""

@@ -26,9 +26,9 @@ from . import _shmex
 try:  # pragma: no cover - depends on the environment
     import ml_dtypes
 
-    _BFLOAT16: Optional[np.dtype[Any]] = np.dtype(ml_dtypes.bfloat16)
+    BFLOAT16: Optional[np.dtype[Any]] = np.dtype(ml_dtypes.bfloat16)
 except ImportError:  # pragma: no cover - depends on the environment
-    _BFLOAT16 = None
+    BFLOAT16 = None
 
 MAX_DIMS = 8
 """Most dimensions a tensor may have."""
@@ -36,7 +36,7 @@ MAX_DIMS = 8
 _ORDER = "<" if sys.byteorder == "little" else ">"
 
 # shmex dtype name -> numpy typestr of the same bits (bf16 as its uint16 bits).
-_TYPESTR = {
+TYPESTR = {
     "f16": f"{_ORDER}f2",
     "bf16": f"{_ORDER}u2",
     "f32": f"{_ORDER}f4",
@@ -99,14 +99,14 @@ class BF16:
         return f"BF16(shape={self.bits.shape})"
 
 
-def _shmex_dtype(name: str, dtype: np.dtype[Any]) -> str:
+def shmex_dtype(name: str, dtype: np.dtype[Any]) -> str:
     """The shmex dtype of a numpy dtype, or ``TypeError`` naming the tensor."""
     if dtype.hasobject or dtype.fields is not None:
         raise TypeError(
             f"tensor {name!r}: dtype {dtype} (object or structured) cannot be sent; "
             "use a numeric or bool array"
         )
-    if _BFLOAT16 is not None and dtype == _BFLOAT16:
+    if BFLOAT16 is not None and dtype == BFLOAT16:
         return "bf16"
     found = _FROM_NUMPY.get((dtype.kind, dtype.itemsize))
     if found is None:
@@ -123,10 +123,10 @@ def _as_array(name: str, value: Any) -> tuple[str, np.ndarray]:
         dtype, array = "bf16", value.bits
     elif isinstance(value, np.ndarray):
         array = value
-        dtype = _shmex_dtype(name, array.dtype)
+        dtype = shmex_dtype(name, array.dtype)
     elif hasattr(value, "__array__") or hasattr(value, "__array_interface__"):
         array = np.asarray(value)
-        dtype = _shmex_dtype(name, array.dtype)
+        dtype = shmex_dtype(name, array.dtype)
     else:
         raise TypeError(
             f"tensor {name!r}: expected a numpy array (or an object with __array__), "
@@ -234,9 +234,9 @@ def incoming(message: _shmex._Message) -> tuple[ReceivedData, dict[str, str]]:
     arrays: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
     for name, dtype, shape, address, _nbytes in specs:
-        array = np.asarray(_TensorMemory(message, _TYPESTR[dtype], shape, address))
-        if dtype == "bf16" and _BFLOAT16 is not None:
-            array = array.view(_BFLOAT16)
+        array = np.asarray(_TensorMemory(message, TYPESTR[dtype], shape, address))
+        if dtype == "bf16" and BFLOAT16 is not None:
+            array = array.view(BFLOAT16)
         arrays[name] = array
         dtypes[name] = dtype
     return arrays, dtypes

@@ -24,11 +24,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use serde_json::{Map, Value};
 use shmex::error::{Coded, ErrorCode};
-use shmex::frame::{DType, DataKind, Dxo, DxoError, OwnedMessage, ReturnCode, SendError};
+use shmex::frame::{DType, DataKind, Dxo, DxoError, LoanError, LoanSpec, OwnedMessage, ReturnCode};
 use shmex::protocol::{
-    AbortSignal, Agent, AgentAttachError, AgentConfig, AgentStatus, CloseError, Exchanger,
-    ExchangerConfig, ExchangerCreateError, ExchangerStatus, GetTaskError, Headers, RestartPolicy,
-    SubmitError,
+    AbortSignal, Agent, AgentAttachError, AgentConfig, AgentStatus, Exchanger, ExchangerConfig,
+    ExchangerCreateError, ExchangerStatus, Headers, Reply, RestartPolicy, ResultLoan, SubmitError,
+    TaskLoan, TaskLoanError,
 };
 use shmex::segment::SegmentName;
 
@@ -72,12 +72,32 @@ fn panic_error(payload: &(dyn std::any::Any + Send)) -> PyErr {
     ShmexError::new_err(format!("internal error in shmex (a bug): {text}"))
 }
 
+/// Sets the exception's `code` attribute to `code`'s name (`shmex.ErrorCode`).
+fn coded(err: PyErr, code: ErrorCode) -> PyErr {
+    Python::attach(|py| {
+        // Best effort: an exception object that refuses attributes keeps its text.
+        let _ = err.value(py).setattr("code", code.name());
+    });
+    err
+}
+
+/// A `ValueError` with code `code`.
+fn value_error(text: String, code: ErrorCode) -> PyErr {
+    coded(PyValueError::new_err(text), code)
+}
+
+/// A `TypeError` with code `INVALID_DATA`.
+fn type_error(text: String) -> PyErr {
+    coded(PyTypeError::new_err(text), ErrorCode::InvalidData)
+}
+
 /// A duration in seconds from Python: finite and not negative.
 fn seconds(what: &str, secs: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(secs).map_err(|_| {
-        PyValueError::new_err(format!(
-            "{what} must be a finite number of seconds >= 0, got {secs}"
-        ))
+        value_error(
+            format!("{what} must be a finite number of seconds >= 0, got {secs}"),
+            ErrorCode::InvalidConfig,
+        )
     })
 }
 
@@ -91,22 +111,44 @@ fn optional_seconds(what: &str, secs: Option<f64>) -> PyResult<Option<Duration>>
 }
 
 fn segment_name(site: &str, agent_id: &str) -> PyResult<SegmentName> {
-    SegmentName::for_agent(site, agent_id).map_err(|e| PyValueError::new_err(e.to_string()))
+    SegmentName::for_agent(site, agent_id).map_err(|e| coded_error("invalid link name", &e))
 }
 
 fn parse_meta(meta_json: &str) -> PyResult<Map<String, Value>> {
-    serde_json::from_str(meta_json)
-        .map_err(|e| PyValueError::new_err(format!("meta is not a JSON object: {e}")))
+    serde_json::from_str(meta_json).map_err(|e| {
+        value_error(
+            format!("meta is not a JSON object: {e}"),
+            ErrorCode::InvalidData,
+        )
+    })
 }
 
 fn parse_kind(data_kind: &str) -> PyResult<DataKind> {
-    data_kind
-        .parse()
-        .map_err(|_| PyValueError::new_err(format!("unknown data kind {data_kind:?}")))
+    data_kind.parse().map_err(|_| {
+        value_error(
+            format!("unknown data kind {data_kind:?}"),
+            ErrorCode::InvalidData,
+        )
+    })
 }
 
 fn dxo_error(e: DxoError) -> PyErr {
-    PyValueError::new_err(e.to_string())
+    coded_error("invalid data", &e)
+}
+
+fn parse_dtype(name: &str, dtype: &str) -> PyResult<DType> {
+    dtype
+        .parse()
+        .map_err(|_| type_error(format!("tensor {name:?}: unknown dtype {dtype:?}")))
+}
+
+fn parse_return_code(return_code: &str) -> PyResult<ReturnCode> {
+    return_code.parse().map_err(|_| {
+        value_error(
+            format!("unknown return code {return_code:?}"),
+            ErrorCode::InvalidData,
+        )
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -140,11 +182,14 @@ fn array_memory(array: &Bound<'_, PyAny>, what: &str) -> PyResult<(usize, usize)
     let interface = interface.cast::<PyDict>()?;
     let strides = interface.get_item("strides")?;
     if strides.is_some_and(|s| !s.is_none()) {
-        return Err(PyValueError::new_err(format!("{what} is not C-contiguous")));
+        return Err(value_error(
+            format!("{what} is not C-contiguous"),
+            ErrorCode::InvalidData,
+        ));
     }
     let data = interface
         .get_item("data")?
-        .ok_or_else(|| PyTypeError::new_err(format!("{what} has no data pointer")))?;
+        .ok_or_else(|| type_error(format!("{what} has no data pointer")))?;
     let address: usize = data.cast::<PyTuple>()?.get_item(0)?.extract()?;
     let len: usize = array.getattr("nbytes")?.extract()?;
     Ok((address, len))
@@ -162,9 +207,7 @@ impl Payload {
         let mut keep_alive = Vec::with_capacity(tensors.len() + 1);
         let mut out = Vec::with_capacity(tensors.len());
         for (name, dtype, shape, array) in tensors {
-            let dtype: DType = dtype.parse().map_err(|_| {
-                PyTypeError::new_err(format!("tensor {name:?}: unknown dtype {dtype:?}"))
-            })?;
+            let dtype = parse_dtype(&name, &dtype)?;
             let (address, len) = array_memory(&array, &format!("tensor {name:?}"))?;
             keep_alive.push(array.unbind());
             out.push(OutTensor {
@@ -229,15 +272,70 @@ impl Payload {
 }
 
 // ---------------------------------------------------------------------------------------
-// Blocking calls: on a helper thread, waited for in slices with the GIL released.
+// Blocking calls: on a pooled helper thread, waited for in slices with the GIL released.
 
-/// What happens to the helper thread when the caller is interrupted (`KeyboardInterrupt`,
-/// or any exception raised between slices).
+/// What happens to the helper thread's call when the caller is interrupted
+/// (`KeyboardInterrupt`, or any exception raised between slices).
 enum OnInterrupt {
     /// Trigger this signal (the call then returns promptly) and wait for it to finish.
     Abort(AbortSignal),
     /// Leave the call running to its own end; its outcome is dropped.
     Abandon,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Helper threads kept for blocking calls: one is taken per call and given back when the
+/// call ends, so a call costs two thread hand-offs instead of a thread's creation and exit
+/// (the 8-byte round trip spent about a third of its time starting threads). Threads are
+/// never ended (an ending thread could lose a job sent to it as it ends); there are as many
+/// as calls ever ran at once. After `fork()` the child has none of the parent's threads, so
+/// the idle list is keyed by the process id.
+struct HelperPool {
+    /// `(process id, senders of idle helpers)`.
+    idle: std::sync::Mutex<(u32, Vec<mpsc::Sender<Job>>)>,
+}
+
+static HELPERS: HelperPool = HelperPool {
+    idle: std::sync::Mutex::new((0, Vec::new())),
+};
+
+impl HelperPool {
+    fn idle(&self) -> std::sync::MutexGuard<'_, (u32, Vec<mpsc::Sender<Job>>)> {
+        // Nothing panics while the lock is held; a poisoned lock still holds a valid list.
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = std::process::id();
+        if idle.0 != pid {
+            // A forked child: the senders lead to threads that exist only in the parent.
+            idle.0 = pid;
+            idle.1.clear();
+        }
+        idle
+    }
+
+    /// Runs `job` on an idle helper, or on a new one.
+    fn run(&'static self, job: Job) -> std::io::Result<()> {
+        let taken = self.idle().1.pop();
+        let job = match taken {
+            Some(helper) => match helper.send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (tx, rx) = mpsc::channel::<Job>();
+        tx.send(job)
+            .map_err(|_| std::io::Error::other("helper channel closed"))?;
+        std::thread::Builder::new()
+            .name("shmex-python-call".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                    self.idle().1.push(tx.clone());
+                }
+            })?;
+        Ok(())
+    }
 }
 
 /// Runs `work` on a helper thread and waits for it with the GIL released, at most [`SLICE`]
@@ -250,14 +348,18 @@ fn run_blocking<T: Send + 'static>(
     on_interrupt: OnInterrupt,
 ) -> PyResult<T> {
     let (tx, rx) = mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name("shmex-python-call".into())
-        .spawn(move || {
+    HELPERS
+        .run(Box::new(move || {
             let outcome = catch_unwind(AssertUnwindSafe(work));
             // The receiver is gone only when the caller abandoned the call.
             let _ = tx.send(outcome);
-        })
-        .map_err(|e| ShmexError::new_err(format!("cannot start a helper thread: {e}")))?;
+        }))
+        .map_err(|e| {
+            coded(
+                ShmexError::new_err(format!("cannot start a helper thread: {e}")),
+                ErrorCode::Os,
+            )
+        })?;
     let mut rx = rx;
     loop {
         // The receiver is not `Sync`: it travels into the GIL-free closure and back.
@@ -385,11 +487,7 @@ fn coded_error(context: &str, e: &dyn Coded) -> PyErr {
         | ErrorCode::InUse
         | ErrorCode::Os => ShmexError::new_err(text),
     };
-    Python::attach(|py| {
-        // Best effort: an exception object that refuses attributes keeps its text.
-        let _ = err.value(py).setattr("code", code.name());
-    });
-    err
+    coded(err, code)
 }
 
 fn create_error(e: ExchangerCreateError) -> PyErr {
@@ -437,9 +535,10 @@ impl PyExchanger {
                 "redeliver" => RestartPolicy::Redeliver,
                 "fail" => RestartPolicy::Fail,
                 other => {
-                    return Err(PyValueError::new_err(format!(
-                        "on_agent_restart must be 'redeliver' or 'fail', got {other:?}"
-                    )))
+                    return Err(value_error(
+                        format!("on_agent_restart must be 'redeliver' or 'fail', got {other:?}"),
+                        ErrorCode::InvalidConfig,
+                    ))
                 }
             };
             // Struct update from the default: fields the binding does not set keep it.
@@ -538,26 +637,77 @@ impl PyExchanger {
             };
             let reply = run_blocking(py, work, between, OnInterrupt::Abort(signal.clone()))?
                 .map_err(dxo_error)?;
-            let rc = match reply.rc {
-                ReturnCode::TaskAborted if timed_out => ReturnCode::Timeout,
-                rc => rc,
+            Ok(reply_parts(reply, timed_out))
+        })
+    }
+
+    /// Lends task-ring space for a task laid out by the spec. When nothing can be lent, raises
+    /// with the error's `code` and, in `rc`, the return code `execute` would give.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (task_name, task_id, data_kind, meta_json, tensors, opaque_len,
+        current_round, total_round, abort))]
+    fn task_loan(
+        &self,
+        py: Python<'_>,
+        task_name: String,
+        task_id: String,
+        data_kind: &str,
+        meta_json: &str,
+        tensors: Vec<SpecTensor>,
+        opaque_len: usize,
+        current_round: Option<i64>,
+        total_round: Option<i64>,
+        abort: Option<Py<PyAny>>,
+    ) -> PyResult<PyTaskLoan> {
+        guarded(|| {
+            let spec = loan_spec(data_kind, meta_json, tensors, opaque_len)?;
+            let headers = Headers {
+                task_id: task_id.clone(),
+                current_round,
+                num_rounds: total_round,
             };
-            Ok((
-                rc.as_str(),
-                reply.data_kind.map(DataKind::as_str),
-                reply.result.map(|message| Message { message }),
-            ))
+            let signal = AbortSignal::new();
+            if abort_requested(&abort, py)? {
+                signal.abort();
+            }
+            let exchanger = Arc::clone(&self.exchanger);
+            let worker_signal = signal.clone();
+            let worker_spec = spec.clone();
+            let work =
+                move || exchanger.loan_task(&task_name, &worker_spec, &headers, &worker_signal);
+            let between = |py: Python<'_>| {
+                if abort_requested(&abort, py)? {
+                    signal.abort();
+                }
+                Ok(())
+            };
+            let mut loan =
+                match run_blocking(py, work, between, OnInterrupt::Abort(signal.clone()))? {
+                    Ok(loan) => loan,
+                    // A spec the core refuses is the caller's error, as in `execute`'s
+                    // checks before sending; the other failures are return codes.
+                    Err(TaskLoanError::Spec(LoanError::Dxo(e))) => return Err(dxo_error(e)),
+                    Err(TaskLoanError::Spec(LoanError::Send(e)))
+                        if e.code() == ErrorCode::TooLarge =>
+                    {
+                        return Err(coded_error("cannot lend a task", &e))
+                    }
+                    Err(e) => return Err(task_loan_error(e)),
+                };
+            let memory = LoanMemory::of(&mut loan, &spec)?;
+            Ok(PyTaskLoan {
+                cell: Arc::new(LoanCell::new(loan)),
+                memory,
+                task_id,
+            })
         })
     }
 
     /// Says bye to the agent and removes the segment; later calls do nothing.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         guarded(|| {
-            py.detach(|| self.exchanger.close()).map_err(|e| match e {
-                CloseError::Bye(e) => {
-                    ShmexError::new_err(format!("closed, but the agent was not told: {e}"))
-                }
-            })
+            py.detach(|| self.exchanger.close())
+                .map_err(|e| coded_error("closed, but the agent was not told", &e))
         })
     }
 }
@@ -589,8 +739,15 @@ fn agent_status(status: AgentStatus) -> &'static str {
     }
 }
 
-fn send_error(e: SendError) -> PyErr {
-    coded_error("cannot send", &e)
+fn submit_error(context: &str, e: SubmitError) -> PyErr {
+    match e {
+        // The exception's text says what the core's does not: a loan holds the sending half.
+        SubmitError::LoanOutstanding => coded_error(
+            &format!("{context} (commit or abandon the outstanding result loan first)"),
+            &e,
+        ),
+        e => coded_error(context, &e),
+    }
 }
 
 #[pymethods]
@@ -680,12 +837,7 @@ impl PyAgent {
                         )))
                     }
                     Ok(None) => {}
-                    Err(e) => {
-                        return Err(match e {
-                            GetTaskError::Closed => AgentClosed::new_err(e.to_string()),
-                            GetTaskError::CallState => CallStateError::new_err(e.to_string()),
-                        })
-                    }
+                    Err(e) => return Err(coded_error("cannot get a task", &e)),
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Ok(None);
@@ -707,9 +859,7 @@ impl PyAgent {
         opaque: Option<Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         guarded(|| {
-            let rc: ReturnCode = return_code.parse().map_err(|_| {
-                PyValueError::new_err(format!("unknown return code {return_code:?}"))
-            })?;
+            let rc = parse_return_code(return_code)?;
             let payload = Payload::new(data_kind, meta_json, tensors, opaque)?;
             let agent = Arc::clone(&self.agent);
             let work = move || {
@@ -720,14 +870,39 @@ impl PyAgent {
             // completes (or fails) on its own.
             let submitted =
                 run_blocking(py, work, |_| Ok(()), OnInterrupt::Abandon)?.map_err(dxo_error)?;
-            submitted.map_err(|e| match e {
-                SubmitError::Closed => AgentClosed::new_err(e.to_string()),
-                SubmitError::Send(e) => send_error(e),
-                // Loan-only variants, or the agent's sending half lent to a loan (the
-                // binding does not lend it yet): mapped by their code.
-                SubmitError::Spec(_)
-                | SubmitError::NotAnswerable
-                | SubmitError::LoanOutstanding => coded_error("cannot submit", &e),
+            submitted.map_err(|e| submit_error("cannot submit", e))
+        })
+    }
+
+    /// Lends result-ring space for the current task's result, laid out by the spec.
+    #[pyo3(signature = (data_kind, meta_json, tensors, opaque_len))]
+    fn result_loan(
+        &self,
+        py: Python<'_>,
+        data_kind: &str,
+        meta_json: &str,
+        tensors: Vec<SpecTensor>,
+        opaque_len: usize,
+    ) -> PyResult<PyResultLoan> {
+        guarded(|| {
+            let spec = loan_spec(data_kind, meta_json, tensors, opaque_len)?;
+            let agent = Arc::clone(&self.agent);
+            let worker_spec = spec.clone();
+            // Interrupted: the loan made meanwhile is dropped on the helper thread, which
+            // abandons it.
+            let mut loan = run_blocking(
+                py,
+                move || agent.loan_result(&worker_spec),
+                |_| Ok(()),
+                OnInterrupt::Abandon,
+            )?
+            .map_err(|e| submit_error("cannot lend a result", e))?;
+            let memory = LoanMemory::of(&mut loan, &spec)?;
+            let task_id = loan.task_id().to_string();
+            Ok(PyResultLoan {
+                cell: Arc::new(LoanCell::new(loan)),
+                memory,
+                task_id,
             })
         })
     }
@@ -741,6 +916,476 @@ impl PyAgent {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Loans: messages built in place in the ring.
+//
+// Safety design. A loan's tensors are handed to Python as writable numpy arrays over ring
+// memory. A numpy array cannot be revoked, so the ring space must stay the loan's for as long
+// as any array views it. Every array's base object holds a `_LoanLease`; numpy keeps the base
+// of an array, and of every view, slice, memoryview, DLPack capsule or `torch.from_numpy`
+// tensor made from it, alive, so "a lease is alive" covers "some Python object can reach the
+// memory". The loan counts its live leases under its lock:
+// - `commit`/`execute` hands the ring space to the peer, after which writes would race with
+//   its reads and later messages: it is refused (`CallStateError`, code `CALL_STATE`) while
+//   any lease is alive, and no lease can be taken once it has begun;
+// - abandoning (`abandon`, leaving the `with` block, dropping the loan object) with leases
+//   alive keeps the reservation (the core `ResultLoan`/`TaskLoan`) until the last lease is
+//   gone, so the space is never reused under a live array; meanwhile the agent's other
+//   submissions raise `CALL_STATE` (the loan still holds its sending half) and the
+//   exchanger's task stays in flight.
+// The addresses of the tensors are taken once, when the loan is made; Rust never forms a
+// reference over them again until the commit, when no array exists any more.
+
+/// A loan's lifecycle.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LoanPhase {
+    /// Arrays may be leased; it may be committed or abandoned.
+    Open,
+    /// Abandoned: the reservation is dropped when the last lease is.
+    Abandoned,
+    /// Committed (`ResultLoan`) or executed (`TaskLoan`).
+    Committed,
+}
+
+/// The state a loan object shares with the leases it handed out.
+struct LoanState<L> {
+    /// The core loan: `Some` until committed, or abandoned with no lease alive.
+    loan: Option<L>,
+    phase: LoanPhase,
+    /// Leases alive.
+    leases: usize,
+}
+
+struct LoanCell<L> {
+    state: std::sync::Mutex<LoanState<L>>,
+}
+
+impl<L> LoanCell<L> {
+    fn new(loan: L) -> LoanCell<L> {
+        LoanCell {
+            state: std::sync::Mutex::new(LoanState {
+                loan: Some(loan),
+                phase: LoanPhase::Open,
+                leases: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LoanState<L>> {
+        // Nothing panics while the lock is held; a poisoned lock still holds a valid state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one more lease, if the loan is open.
+    fn lease(&self) -> PyResult<()> {
+        let mut state = self.lock();
+        match state.phase {
+            LoanPhase::Open => {
+                state.leases += 1;
+                Ok(())
+            }
+            phase => Err(loan_state_error(phase)),
+        }
+    }
+
+    /// Takes the loan to commit it: only while open and with no lease alive.
+    fn take_for_commit(&self) -> PyResult<L> {
+        let mut state = self.lock();
+        if state.phase != LoanPhase::Open {
+            return Err(loan_state_error(state.phase));
+        }
+        if state.leases > 0 {
+            return Err(coded(
+                CallStateError::new_err(format!(
+                    "{} array(s) viewing this loan are still referenced: delete them (del) \
+                     before committing, the ring space they view goes to the peer",
+                    state.leases
+                )),
+                ErrorCode::CallState,
+            ));
+        }
+        let loan = state
+            .loan
+            .take()
+            .ok_or_else(|| loan_state_error(state.phase))?;
+        state.phase = LoanPhase::Committed;
+        Ok(loan)
+    }
+
+    /// Abandons an open loan; its reservation goes with the last lease.
+    fn abandon(&self) {
+        let dropped = {
+            let mut state = self.lock();
+            if state.phase == LoanPhase::Open {
+                state.phase = LoanPhase::Abandoned;
+            }
+            Self::reservation_to_drop(&mut state)
+        };
+        // Dropped outside the lock: dropping a core loan takes the core's locks.
+        drop(dropped);
+    }
+
+    fn reservation_to_drop(state: &mut LoanState<L>) -> Option<L> {
+        if state.phase == LoanPhase::Abandoned && state.leases == 0 {
+            state.loan.take()
+        } else {
+            None
+        }
+    }
+
+    fn phase_name(&self) -> &'static str {
+        let state = self.lock();
+        match state.phase {
+            LoanPhase::Open => "open",
+            LoanPhase::Abandoned if state.loan.is_some() => "abandoned (arrays alive)",
+            LoanPhase::Abandoned => "abandoned",
+            LoanPhase::Committed => "committed",
+        }
+    }
+
+    fn leases(&self) -> usize {
+        self.lock().leases
+    }
+}
+
+fn loan_state_error(phase: LoanPhase) -> PyErr {
+    let text = match phase {
+        LoanPhase::Open => "the loan is open",
+        LoanPhase::Abandoned => "the loan was abandoned (or its with block left)",
+        LoanPhase::Committed => "the loan was already committed",
+    };
+    coded(CallStateError::new_err(text), ErrorCode::CallState)
+}
+
+/// What a lease gives back when it dies.
+trait LeaseRelease: Send + Sync {
+    fn release(&self);
+}
+
+impl<L: Send> LeaseRelease for LoanCell<L> {
+    fn release(&self) {
+        let dropped = {
+            let mut state = self.lock();
+            state.leases = state.leases.saturating_sub(1);
+            Self::reservation_to_drop(&mut state)
+        };
+        drop(dropped);
+    }
+}
+
+/// Held by the base object of each array a loan hands out: while it lives, the loan's ring
+/// space stays reserved and the loan cannot be committed.
+#[pyclass(name = "_LoanLease", module = "shmex._shmex", frozen)]
+struct LoanLease {
+    cell: Arc<dyn LeaseRelease>,
+}
+
+impl Drop for LoanLease {
+    fn drop(&mut self) {
+        self.cell.release();
+    }
+}
+
+/// The core loans' in-place accessors, for taking the addresses once.
+trait InPlace {
+    fn index(&mut self, name: &str) -> Option<usize>;
+    fn bytes(&mut self, index: usize) -> Result<&mut [u8], shmex::frame::ViewError>;
+    fn opaque(&mut self) -> Result<&mut [u8], shmex::frame::ViewError>;
+}
+
+impl InPlace for ResultLoan {
+    fn index(&mut self, name: &str) -> Option<usize> {
+        self.index_of(name)
+    }
+    fn bytes(&mut self, index: usize) -> Result<&mut [u8], shmex::frame::ViewError> {
+        self.tensor_bytes_mut(index)
+    }
+    fn opaque(&mut self) -> Result<&mut [u8], shmex::frame::ViewError> {
+        self.opaque_mut()
+    }
+}
+
+impl InPlace for TaskLoan {
+    fn index(&mut self, name: &str) -> Option<usize> {
+        self.index_of(name)
+    }
+    fn bytes(&mut self, index: usize) -> Result<&mut [u8], shmex::frame::ViewError> {
+        self.tensor_bytes_mut(index)
+    }
+    fn opaque(&mut self) -> Result<&mut [u8], shmex::frame::ViewError> {
+        self.opaque_mut()
+    }
+}
+
+/// A tensor spec from Python: `(name, shmex dtype, shape)`.
+type SpecTensor = (String, String, Vec<u64>);
+
+fn loan_spec(
+    data_kind: &str,
+    meta_json: &str,
+    tensors: Vec<SpecTensor>,
+    opaque_len: usize,
+) -> PyResult<LoanSpec> {
+    let mut spec = LoanSpec::new(parse_kind(data_kind)?);
+    spec.meta = parse_meta(meta_json)?;
+    for (name, dtype, shape) in tensors {
+        let dtype = parse_dtype(&name, &dtype)?;
+        spec = spec.tensor(name, dtype, &shape);
+    }
+    spec.opaque_len = opaque_len;
+    Ok(spec)
+}
+
+/// Where a loan's tensors and opaque bytes lie in the ring: `(name, dtype, shape, address,
+/// nbytes)` in spec order, and `(address, nbytes)` of the opaque bytes.
+struct LoanMemory {
+    tensors: Vec<(String, &'static str, Vec<u64>, usize, usize)>,
+    opaque: (usize, usize),
+}
+
+impl LoanMemory {
+    fn of(loan: &mut impl InPlace, spec: &LoanSpec) -> PyResult<LoanMemory> {
+        let mut tensors = Vec::with_capacity(spec.tensors.len());
+        for (name, dtype, shape) in &spec.tensors {
+            let index = loan.index(name).ok_or_else(|| {
+                coded(
+                    ShmexError::new_err(format!("internal error: tensor {name:?} not in the loan")),
+                    ErrorCode::NoSuchTensor,
+                )
+            })?;
+            let bytes = loan
+                .bytes(index)
+                .map_err(|e| coded_error("cannot view the loan", &e))?;
+            tensors.push((
+                name.clone(),
+                dtype.as_str(),
+                shape.clone(),
+                bytes.as_mut_ptr() as usize,
+                bytes.len(),
+            ));
+        }
+        let opaque = if spec.opaque_len > 0 {
+            let bytes = loan
+                .opaque()
+                .map_err(|e| coded_error("cannot view the loan", &e))?;
+            (bytes.as_mut_ptr() as usize, bytes.len())
+        } else {
+            (0, 0)
+        };
+        Ok(LoanMemory { tensors, opaque })
+    }
+
+    /// `(lease, address, nbytes)` of tensor `index` (`None`: the opaque bytes).
+    fn lease<L: Send + 'static>(
+        &self,
+        cell: &Arc<LoanCell<L>>,
+        index: Option<usize>,
+    ) -> PyResult<(LoanLease, usize, usize)> {
+        let (address, len) = match index {
+            Some(i) => self.tensors.get(i).map(|t| (t.3, t.4)).ok_or_else(|| {
+                value_error(
+                    format!("no tensor {i} (the loan has {})", self.tensors.len()),
+                    ErrorCode::NoSuchTensor,
+                )
+            })?,
+            None => self.opaque,
+        };
+        cell.lease()?;
+        let cell: Arc<dyn LeaseRelease> = Arc::clone(cell) as Arc<dyn LeaseRelease>;
+        Ok((LoanLease { cell }, address, len))
+    }
+}
+
+/// A result being built in place (`shmex.ResultLoan` wraps it).
+#[pyclass(name = "_ResultLoan", module = "shmex._shmex", frozen)]
+struct PyResultLoan {
+    cell: Arc<LoanCell<ResultLoan>>,
+    memory: LoanMemory,
+    task_id: String,
+}
+
+impl Drop for PyResultLoan {
+    fn drop(&mut self) {
+        self.cell.abandon();
+    }
+}
+
+#[pymethods]
+impl PyResultLoan {
+    /// The id of the task this result answers.
+    fn task_id(&self) -> String {
+        self.task_id.clone()
+    }
+
+    /// `(name, dtype, shape, nbytes)` of each tensor, in spec order.
+    fn tensors(&self) -> Vec<(String, &'static str, Vec<u64>, usize)> {
+        self.memory
+            .tensors
+            .iter()
+            .map(|t| (t.0.clone(), t.1, t.2.clone(), t.4))
+            .collect()
+    }
+
+    /// `(lease, address, nbytes)` of tensor `index` (`None`: the opaque bytes); the memory
+    /// stays this loan's while the lease lives.
+    #[pyo3(signature = (index))]
+    fn lease(&self, index: Option<usize>) -> PyResult<(LoanLease, usize, usize)> {
+        guarded(|| self.memory.lease(&self.cell, index))
+    }
+
+    /// Leases alive.
+    fn leases(&self) -> usize {
+        self.cell.leases()
+    }
+
+    /// `open`, `committed`, `abandoned` or `abandoned (arrays alive)`.
+    fn state(&self) -> &'static str {
+        self.cell.phase_name()
+    }
+
+    /// Sends the result with `return_code`; whether the exchanger accepted it.
+    fn commit(&self, py: Python<'_>, return_code: &str) -> PyResult<bool> {
+        guarded(|| {
+            let rc = parse_return_code(return_code)?;
+            let loan = self.cell.take_for_commit()?;
+            // Interrupted: the result is in the ring already; the ack is waited for on the
+            // helper thread.
+            run_blocking(
+                py,
+                move || loan.commit(rc),
+                |_| Ok(()),
+                OnInterrupt::Abandon,
+            )?
+            .map_err(|e| submit_error("cannot commit the result loan", e))
+        })
+    }
+
+    /// Abandons the loan (nothing is sent); does nothing once committed or abandoned.
+    fn abandon(&self) {
+        self.cell.abandon();
+    }
+}
+
+/// A task being built in place (`shmex.TaskLoan` wraps it).
+#[pyclass(name = "_TaskLoan", module = "shmex._shmex", frozen)]
+struct PyTaskLoan {
+    cell: Arc<LoanCell<TaskLoan>>,
+    memory: LoanMemory,
+    task_id: String,
+}
+
+impl Drop for PyTaskLoan {
+    fn drop(&mut self) {
+        self.cell.abandon();
+    }
+}
+
+#[pymethods]
+impl PyTaskLoan {
+    /// The task id.
+    fn task_id(&self) -> String {
+        self.task_id.clone()
+    }
+
+    /// `(name, dtype, shape, nbytes)` of each tensor, in spec order.
+    fn tensors(&self) -> Vec<(String, &'static str, Vec<u64>, usize)> {
+        self.memory
+            .tensors
+            .iter()
+            .map(|t| (t.0.clone(), t.1, t.2.clone(), t.4))
+            .collect()
+    }
+
+    /// As `_ResultLoan.lease`.
+    #[pyo3(signature = (index))]
+    fn lease(&self, index: Option<usize>) -> PyResult<(LoanLease, usize, usize)> {
+        guarded(|| self.memory.lease(&self.cell, index))
+    }
+
+    /// Leases alive.
+    fn leases(&self) -> usize {
+        self.cell.leases()
+    }
+
+    /// As `_ResultLoan.state`.
+    fn state(&self) -> &'static str {
+        self.cell.phase_name()
+    }
+
+    /// Sends the task and waits for its result: `(rc, data_kind, message)`.
+    #[pyo3(signature = (abort, timeout))]
+    fn execute(
+        &self,
+        py: Python<'_>,
+        abort: Option<Py<PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<(&'static str, Option<&'static str>, Option<Message>)> {
+        guarded(|| {
+            let deadline =
+                optional_seconds("timeout", timeout)?.and_then(|t| Instant::now().checked_add(t));
+            let loan = self.cell.take_for_commit()?;
+            let signal = AbortSignal::new();
+            if abort_requested(&abort, py)? {
+                signal.abort();
+            }
+            let worker_signal = signal.clone();
+            let work = move || loan.execute(&worker_signal);
+            let mut timed_out = false;
+            let between = |py: Python<'_>| {
+                if abort_requested(&abort, py)? {
+                    signal.abort();
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    timed_out = true;
+                    signal.abort();
+                }
+                Ok(())
+            };
+            let reply = run_blocking(py, work, between, OnInterrupt::Abort(signal.clone()))?;
+            Ok(reply_parts(reply, timed_out))
+        })
+    }
+
+    /// Abandons the loan (nothing is sent, the task ends); does nothing once executed or
+    /// abandoned.
+    fn abandon(&self) {
+        self.cell.abandon();
+    }
+}
+
+/// Why no task loan was made, with the return code `execute` would give in `rc`.
+fn task_loan_error(e: TaskLoanError) -> PyErr {
+    let context = "cannot lend a task";
+    let err = match e {
+        // The exchanger's own state, not the agent's: not `AgentClosed`.
+        TaskLoanError::Closed | TaskLoanError::Aborted => {
+            coded(ShmexError::new_err(format!("{context}: {e}")), e.code())
+        }
+        _ => coded_error(context, &e),
+    };
+    Python::attach(|py| {
+        let _ = err.value(py).setattr("rc", e.rc().as_str());
+    });
+    err
+}
+
+/// `(rc, data_kind, message)` of a reply; `TASK_ABORTED` becomes `TIMEOUT` when the caller's
+/// timeout aborted it.
+fn reply_parts(
+    reply: Reply,
+    timed_out: bool,
+) -> (&'static str, Option<&'static str>, Option<Message>) {
+    let rc = match reply.rc {
+        ReturnCode::TaskAborted if timed_out => ReturnCode::Timeout,
+        rc => rc,
+    };
+    (
+        rc.as_str(),
+        reply.data_kind.map(DataKind::as_str),
+        reply.result.map(|message| Message { message }),
+    )
+}
+
 /// The compiled module; `shmex/__init__.py` re-exports what users see.
 #[pymodule]
 fn _shmex(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -748,6 +1393,12 @@ fn _shmex(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ShmexError", py.get_type::<ShmexError>())?;
     m.add("AgentClosed", py.get_type::<AgentClosed>())?;
     m.add("CallStateError", py.get_type::<CallStateError>())?;
+    // Errors made without a code (an internal error) still have the attribute.
+    py.get_type::<ShmexError>().setattr("code", py.None())?;
+    m.add(
+        "ERROR_CODES",
+        ErrorCode::ALL.iter().map(|c| c.name()).collect::<Vec<_>>(),
+    )?;
     m.add("SEGMENT_PREFIX", shmex::segment::NAME_PREFIX)?;
     m.add("DEFAULT_RING_CAPACITY", shmex::link::DEFAULT_RING_CAPACITY)?;
     m.add(
@@ -764,5 +1415,8 @@ fn _shmex(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyExchanger>()?;
     m.add_class::<PyAgent>()?;
     m.add_class::<Message>()?;
+    m.add_class::<PyResultLoan>()?;
+    m.add_class::<PyTaskLoan>()?;
+    m.add_class::<LoanLease>()?;
     Ok(())
 }

@@ -89,7 +89,7 @@ def test_bf16_arrives_as_ml_dtypes_bfloat16(link: tuple[str, str], peer: Any) ->
 def test_bf16_without_ml_dtypes_is_uint16(
     link: tuple[str, str], peer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_tensors, "_BFLOAT16", None)
+    monkeypatch.setattr(_tensors, "BFLOAT16", None)
     raw = np.array([0x3FC0, 0xC000], dtype=np.uint16)
     with shmex.Exchanger(*link) as ex:
         p = peer(link, echo)
