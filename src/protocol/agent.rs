@@ -7,8 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{
-    data_and_meta, deadline_after, kind_meta, pump_slice, AgentConfig, Receive, Receiving, Shared,
-    Step, META_DATA_KIND,
+    data_and_meta, deadline_after, kind_meta, pump_slice, AgentConfig, Shared, META_DATA_KIND,
 };
 use crate::control::Liveness;
 use crate::frame::{
@@ -161,15 +160,6 @@ impl State {
     fn is_closed(&self) -> bool {
         self.status == AgentStatus::Closed
     }
-
-    /// Whether a waiting caller may receive itself: not while the pump must close the link or
-    /// look for a new exchanger.
-    fn may_receive(&self) -> bool {
-        matches!(
-            self.status,
-            AgentStatus::Connected | AgentStatus::Disconnected
-        )
-    }
 }
 
 struct Outbox {
@@ -204,7 +194,6 @@ struct Claim {
 #[must_use = "a result loan sends nothing until it is committed; dropping it abandons it"]
 pub struct ResultLoan {
     inner: Arc<Inner>,
-    rx: Arc<Receive<Pump>>,
     /// `Some` until committed or dropped.
     producer: Option<Producer>,
     loan: Option<DetachedLoan>,
@@ -255,7 +244,7 @@ impl ResultLoan {
             .and_then(|()| loan.commit(&mut producer));
         inner.return_producer(producer, generation);
         match committed {
-            Ok(_) => inner.await_result_ack(&self.rx, &self.claim, sequence),
+            Ok(_) => inner.await_result_ack(&self.claim, sequence),
             // Not reachable: the producer was this loan's alone. Nothing was sent.
             Err(_) => inner.finish_submit(&self.claim.id, false),
         }
@@ -355,19 +344,12 @@ impl Inner {
     }
 
     /// Waits for the `result_ack` of the submission `sequence` of `claim`.
-    fn await_result_ack(
-        &self,
-        rx: &Receive<Pump>,
-        claim: &Claim,
-        sequence: u64,
-    ) -> Result<bool, SubmitError> {
+    fn await_result_ack(&self, claim: &Claim, sequence: u64) -> Result<bool, SubmitError> {
         let inner = self;
         let slice = pump_slice(&inner.config.wait);
         let (id, generation) = (&claim.id, claim.generation);
         let sent_at = Instant::now();
         let mut warned_late = false;
-        // Receives the ack itself while the pump is not receiving (no thread hand-off).
-        let mut receiving = Receiving::new(rx, &inner.shared);
         let mut st = inner.shared.lock();
         loop {
             // The ack first: an exchanger that answered and then said `bye` accepted it.
@@ -403,8 +385,7 @@ impl Inner {
                     inner.config.submit_result_timeout
                 );
             }
-            let may_receive = st.may_receive();
-            st = receiving.wait(st, slice, None, may_receive);
+            st = inner.shared.wait(st, slice, None);
         }
     }
 
@@ -499,9 +480,7 @@ impl Inner {
 /// exchanger on the same name and serves it.
 pub struct Agent {
     inner: Arc<Inner>,
-    /// The receive side, shared by the pump and a call waiting for its task or ack.
-    rx: Arc<Receive<Pump>>,
-    pump: Mutex<Option<JoinHandle<()>>>,
+    pump: Mutex<Option<JoinHandle<Option<ReceiveHalf>>>>,
 }
 
 /// The pump's part of a link: the consumer half and the control.
@@ -569,29 +548,23 @@ impl Agent {
         });
         let mut receiver = FrameReceiver::new(inner.config.limits);
         receiver.set_min_epoch(epoch);
-        let pump = Pump {
+        let mut pump = Pump {
             receiver,
             link: Some(receive_half),
             epoch,
             generation: 0,
             last_alive: Instant::now(),
-            next_check: Instant::now(),
             inner: Arc::clone(&inner),
         };
-        let rx = Arc::new(Receive::new(pump));
-        let handle = {
-            let (rx, inner) = (Arc::clone(&rx), Arc::clone(&inner));
-            std::thread::Builder::new()
-                .name("shmex-agent-pump".into())
-                .spawn(move || {
-                    let slice = pump_slice(&inner.config.wait);
-                    rx.run_pump(&inner.shared, &inner.stop, slice);
-                })
-                .map_err(AgentAttachError::Spawn)?
-        };
+        let handle = std::thread::Builder::new()
+            .name("shmex-agent-pump".into())
+            .spawn(move || {
+                pump.run();
+                pump.link.take()
+            })
+            .map_err(AgentAttachError::Spawn)?;
         Ok(Agent {
             inner,
-            rx,
             pump: Mutex::new(Some(handle)),
         })
     }
@@ -619,8 +592,6 @@ impl Agent {
     pub fn get_task(&self, timeout: Option<Duration>) -> Result<Option<Task>, GetTaskError> {
         let deadline = timeout.and_then(deadline_after);
         let slice = pump_slice(&self.inner.config.wait);
-        // Receives the task itself while the pump is not receiving (no thread hand-off).
-        let mut receiving = Receiving::new(&self.rx, &self.inner.shared);
         let mut st = self.inner.shared.lock();
         loop {
             if st.is_closed() {
@@ -647,8 +618,7 @@ impl Agent {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Ok(None);
                     }
-                    let may_receive = st.may_receive();
-                    st = receiving.wait(st, slice, deadline, may_receive);
+                    st = self.inner.shared.wait(st, slice, deadline);
                 }
             }
         }
@@ -708,7 +678,7 @@ impl Agent {
             sent
         };
         match sent {
-            Ok(sequence) => self.inner.await_result_ack(&self.rx, &claim, sequence),
+            Ok(sequence) => self.inner.await_result_ack(&claim, sequence),
             Err(SendError::Cancelled | SendError::PeerLost(_) | SendError::Timeout) => {
                 self.inner.finish_submit(&claim.id, false)
             }
@@ -802,7 +772,6 @@ impl Agent {
         match loan {
             Ok(loan) => Ok(ResultLoan {
                 inner: Arc::clone(inner),
-                rx: Arc::clone(&self.rx),
                 producer: Some(producer),
                 loan: Some(loan),
                 claim,
@@ -861,10 +830,7 @@ impl Agent {
         };
         self.inner.set_status(AgentStatus::Closed);
         self.inner.stop.store(true, Ordering::Release);
-        pump.thread().unpark();
-        let _ = pump.join();
-        // Waits for a call still receiving (it sees Closed and returns).
-        let link = self.rx.take().and_then(|mut pump| pump.link.take());
+        let link = pump.join().ok().flatten();
         drop(self.inner.lock_outbox().take());
         drop(link);
     }
@@ -883,40 +849,39 @@ struct Pump {
     epoch: u64,
     generation: u64,
     last_alive: Instant,
-    /// When the exchanger's liveness is checked next.
-    next_check: Instant,
     inner: Arc<Inner>,
 }
 
-impl Step for Pump {
-    fn step(&mut self, until: Instant) {
+impl Pump {
+    fn run(&mut self) {
         let slice = pump_slice(&self.inner.config.wait);
         // A message that has begun may take this long per fragment (a peer stalled longer
         // mid-message is disconnected anyway); liveness checks wait until it is complete.
         let stall = Some(self.inner.config.flare_site_connection_timeout);
-        {
+        let mut next_check = Instant::now();
+        while !self.inner.stop.load(Ordering::Acquire) {
             let status = self.inner.shared.lock().status;
             match status {
                 AgentStatus::Closed => {
-                    std::thread::sleep(until.saturating_duration_since(Instant::now()));
-                    return;
+                    std::thread::sleep(slice);
+                    continue;
                 }
                 AgentStatus::Lost => {
                     self.reattach(slice);
                     self.check_heartbeat_timeout();
-                    return;
+                    continue;
                 }
                 AgentStatus::Connected | AgentStatus::Disconnected => {}
             }
             let Some((consumer, _)) = self.link.as_mut() else {
                 self.inner.set_status(AgentStatus::Lost);
-                return;
+                continue;
             };
             let stop = &self.inner.stop;
             let stopping = |_epoch: u64| stop.load(Ordering::Acquire);
             let failed = match self.receiver.recv_with_stall_cancellable(
                 consumer,
-                Some(until),
+                Some(Instant::now() + slice),
                 stall,
                 (&stopping, slice),
             ) {
@@ -930,15 +895,13 @@ impl Step for Pump {
                 self.on_receive_error(e);
             }
             self.inner.flush_acks_if_free();
-            if Instant::now() >= self.next_check {
+            if Instant::now() >= next_check {
                 self.check_liveness();
-                self.next_check = Instant::now() + slice;
+                next_check = Instant::now() + slice;
             }
         }
     }
-}
 
-impl Pump {
     /// A receive failed: the peer's loss ends or suspends the link; a message that began and
     /// was refused (over the limits, malformed, its sender gone quiet mid-message) is logged,
     /// and a task is answered BAD_REQUEST_DATA so that the exchanger's `execute` ends (FLARE's

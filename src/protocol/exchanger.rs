@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     dxo_has_data, kind_meta, pump_slice, result_data_kind, AbortSignal, ExchangerConfig, Headers,
-    Receive, Receiving, RestartPolicy, Shared, Step, META_CURRENT_ROUND, META_DATA_KIND,
-    META_TOTAL_ROUND,
+    RestartPolicy, Shared, META_CURRENT_ROUND, META_DATA_KIND, META_TOTAL_ROUND,
 };
 use crate::control::Liveness;
 use crate::frame::{
@@ -181,9 +180,7 @@ struct Inner {
 /// segment.
 pub struct Exchanger {
     inner: Arc<Inner>,
-    /// The receive half, shared by the pump and an `execute` waiting for its result.
-    rx: Arc<Receive<Pump>>,
-    pump: Mutex<Option<JoinHandle<()>>>,
+    pump: Mutex<Option<JoinHandle<(Consumer, LinkControl)>>>,
     name: SegmentName,
 }
 
@@ -255,7 +252,7 @@ impl Exchanger {
             name: name.clone(),
             config,
         });
-        let pump = Pump {
+        let mut pump = Pump {
             receiver: FrameReceiver::new(inner.config.limits),
             consumer,
             core: PumpCore {
@@ -265,23 +262,16 @@ impl Exchanger {
                 min_epoch: 1,
                 last_alive: Instant::now(),
             },
-            next_check: Instant::now(),
-            corrupt: false,
         };
-        let rx = Arc::new(Receive::new(pump));
-        let handle = {
-            let (rx, inner) = (Arc::clone(&rx), Arc::clone(&inner));
-            std::thread::Builder::new()
-                .name("shmex-exchanger-pump".into())
-                .spawn(move || {
-                    let slice = pump_slice(&inner.config.wait);
-                    rx.run_pump(&inner.shared, &inner.stop, slice);
-                })
-                .map_err(ExchangerCreateError::Spawn)?
-        };
+        let handle = std::thread::Builder::new()
+            .name("shmex-exchanger-pump".into())
+            .spawn(move || {
+                pump.run();
+                (pump.consumer, pump.core.control)
+            })
+            .map_err(ExchangerCreateError::Spawn)?;
         Ok(Exchanger {
             inner,
-            rx,
             pump: Mutex::new(Some(handle)),
             name: name.clone(),
         })
@@ -342,14 +332,8 @@ impl Exchanger {
         if let Err(rc) = self.inner.begin_task(id, app_defined, Phase::WaitAgent) {
             return Reply::bare(rc);
         }
-        self.inner.run_task(
-            &self.rx,
-            task_name,
-            id,
-            TaskSource::Copy(&task),
-            abort,
-            None,
-        )
+        self.inner
+            .run_task(task_name, id, TaskSource::Copy(&task), abort, None)
     }
 
     /// Lends ring space for a task laid out by `spec` (data kind, meta, and the name, dtype
@@ -423,7 +407,6 @@ impl Exchanger {
         match reserved {
             Ok(loan) => Ok(TaskLoan {
                 inner: Arc::clone(inner),
-                rx: Arc::clone(&self.rx),
                 producer: Some(producer),
                 loan: Some(loan),
                 task_name: task_name.to_string(),
@@ -500,7 +483,6 @@ impl TaskLoanError {
 #[must_use = "a task loan sends nothing until it is executed; dropping it abandons the task"]
 pub struct TaskLoan {
     inner: Arc<Inner>,
-    rx: Arc<Receive<Pump>>,
     /// `Some` until executed or dropped.
     producer: Option<Producer>,
     loan: Option<DetachedLoan>,
@@ -562,7 +544,7 @@ impl TaskLoan {
                 committed: None,
                 copy: None,
             };
-            return inner.run_task(&self.rx, &self.task_name, &self.id, abandoned, abort, None);
+            return inner.run_task(&self.task_name, &self.id, abandoned, abort, None);
         };
         let committed = loan
             .set_epoch(&mut producer, epoch)
@@ -573,7 +555,6 @@ impl TaskLoan {
             copy: None,
         };
         inner.run_task(
-            &self.rx,
             &self.task_name,
             &self.id,
             source,
@@ -655,7 +636,6 @@ impl Inner {
     /// agent (`docs/protocol.md` §3.1, execute). `first_push` is when it was first pushed.
     fn run_task(
         &self,
-        rx: &Receive<Pump>,
         task_name: &str,
         id: &str,
         mut source: TaskSource<'_>,
@@ -666,10 +646,6 @@ impl Inner {
         // `result_timeout` counts from the first push, so a task whose ack never comes (a
         // stalled agent, a lost ack) ends too.
         let mut warned_late_ack = false;
-        // While it waits, this call receives itself (its result, the acks, the liveness
-        // checks) when the pump is not receiving: no thread hand-off between the result and
-        // the caller.
-        let mut receiving = Receiving::new(rx, &self.shared);
         loop {
             let mut st = self.shared.lock();
             let status = st.status;
@@ -682,7 +658,7 @@ impl Inner {
                     let reply = st.task.take().and_then(|t| t.outcome);
                     return reply.unwrap_or_else(|| Reply::bare(ReturnCode::Error));
                 }
-                drop(receiving.wait(st, slice, None, true));
+                drop(self.shared.wait(st, slice, None));
                 continue;
             }
             let halted = matches!(status, ExchangerStatus::Stopped | ExchangerStatus::Closed);
@@ -700,9 +676,6 @@ impl Inner {
                         t.phase = Phase::Sending { epoch };
                         first_push.get_or_insert_with(Instant::now);
                         drop(st);
-                        // The pump watches the agent while the task streams (a push may wait
-                        // for ring space): it ends the push if the incarnation ends.
-                        receiving.release();
                         let sent = self.push_task(task_name, id, &mut source, epoch, abort);
                         let st = self.shared.lock();
                         if st.task.is_none() {
@@ -748,9 +721,7 @@ impl Inner {
                 // A loaned task is in the caller's hands.
                 Phase::Running { .. } | Phase::Loaned => {}
             }
-            // Waiting for an agent: the pump adopts it.
-            let may_receive = t.phase != Phase::WaitAgent;
-            drop(receiving.wait(st, slice, None, may_receive));
+            drop(self.shared.wait(st, slice, None));
         }
     }
 
@@ -877,8 +848,7 @@ impl Exchanger {
             Ok(())
         };
         self.inner.stop.store(true, Ordering::Release);
-        pump.thread().unpark();
-        let _ = pump.join();
+        let parts = pump.join();
         // Ring halves first, then the control (which marks our side closed and unlinks). A
         // producer lent to a loan comes back to the outbox (which stays) to push the `bye`.
         {
@@ -887,10 +857,9 @@ impl Exchanger {
                 drop(outbox.take());
             }
         }
-        // Waits for an `execute` still receiving (it sees Closed and returns).
-        if let Some(Pump { consumer, core, .. }) = self.rx.take() {
+        if let Ok((consumer, control)) = parts {
             drop(consumer);
-            drop(core);
+            drop(control);
         }
         bye.map_err(CloseError::from)
     }
@@ -990,11 +959,6 @@ struct Pump {
     receiver: FrameReceiver,
     consumer: Consumer,
     core: PumpCore,
-    /// When the agent's liveness is checked next.
-    next_check: Instant,
-    /// A corrupt result ring cannot be read again; a Stopped exchanger still reads (and
-    /// answers) results, so that no agent waits for an ack.
-    corrupt: bool,
 }
 
 struct PumpCore {
@@ -1008,21 +972,25 @@ struct PumpCore {
     last_alive: Instant,
 }
 
-impl Step for Pump {
-    fn step(&mut self, until: Instant) {
+impl Pump {
+    fn run(&mut self) {
         let slice = pump_slice(&self.core.inner.config.wait);
         let stall = Some(self.core.inner.config.agent_connection_timeout);
-        {
+        let mut next_check = Instant::now();
+        // A corrupt result ring cannot be read again; a Stopped exchanger still reads (and
+        // answers) results, so that no agent waits for an ack.
+        let mut corrupt = false;
+        while !self.core.inner.stop.load(Ordering::Acquire) {
             let mut peer_lost = false;
-            if self.corrupt {
-                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            if corrupt {
+                std::thread::sleep(slice);
             } else {
                 let control = &self.core.control;
                 let stop = &self.core.inner.stop;
                 let abandoned = |epoch: u64| abandoned(control, stop, epoch);
                 let failed = match self.receiver.recv_with_stall_cancellable(
                     &mut self.consumer,
-                    Some(until),
+                    Some(Instant::now() + slice),
                     stall,
                     (&abandoned, slice),
                 ) {
@@ -1038,14 +1006,14 @@ impl Step for Pump {
                     Some(FrameError::Timeout) if dropped.is_none() => {}
                     // The partial message's sender was replaced (or we are closing): the
                     // liveness check ends its incarnation now.
-                    Some(FrameError::Cancelled) => self.next_check = Instant::now(),
+                    Some(FrameError::Cancelled) => next_check = Instant::now(),
                     Some(FrameError::PeerLost(_)) => peer_lost = true,
                     Some(FrameError::Corrupt(c)) => {
                         log::error!(
                             "shmex exchanger {}: result ring corrupt ({c})",
                             self.core.inner.name
                         );
-                        self.corrupt = true;
+                        corrupt = true;
                         self.core.stop();
                     }
                     // A message that began and was refused (over the limits, malformed): a
@@ -1059,19 +1027,17 @@ impl Step for Pump {
                 // The agent is gone and the ring is empty: the liveness check decides; sleep
                 // rather than spin until something changes.
                 self.check_liveness();
-                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                std::thread::sleep(slice);
             }
             self.receiver.set_min_epoch(self.core.min_epoch);
             self.core.inner.flush_outgoing_if_idle(slice);
-            if Instant::now() >= self.next_check {
+            if Instant::now() >= next_check {
                 self.check_liveness();
-                self.next_check = Instant::now() + slice;
+                next_check = Instant::now() + slice;
             }
         }
     }
-}
 
-impl Pump {
     /// `docs/protocol.md` §3.1, agent status.
     fn check_liveness(&mut self) {
         let inner = Arc::clone(&self.core.inner);

@@ -108,7 +108,7 @@ pub use exchanger::{
     CloseError, Exchanger, ExchangerCreateError, ExchangerStatus, Reply, TaskLoan, TaskLoanError,
 };
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -199,9 +199,6 @@ fn kind_meta<'a>(dxo: &Dxo<'a>) -> Dxo<'a> {
 struct Shared<S> {
     state: Mutex<S>,
     changed: Condvar,
-    /// Threads asleep in [`Shared::wait`]: `notify` makes no system call when there are none
-    /// (most changes, now that a waiting caller usually receives itself).
-    sleepers: AtomicUsize,
 }
 
 impl<S> Shared<S> {
@@ -209,7 +206,6 @@ impl<S> Shared<S> {
         Shared {
             state: Mutex::new(state),
             changed: Condvar::new(),
-            sleepers: AtomicUsize::new(0),
         }
     }
 
@@ -226,185 +222,14 @@ impl<S> Shared<S> {
     ) -> MutexGuard<'g, S> {
         let now = Instant::now();
         let timeout = deadline.map_or(slice, |d| d.saturating_duration_since(now).min(slice));
-        // SYNC: pairs with the load in `notify` through the mutex: counted while `guard` is
-        // held, so a notifier that changed the state under the lock after this sees it.
-        self.sleepers.fetch_add(1, Ordering::Relaxed);
-        let guard = self
-            .changed
+        self.changed
             .wait_timeout(guard, timeout)
             .unwrap_or_else(|e| e.into_inner())
-            .0;
-        self.sleepers.fetch_sub(1, Ordering::Relaxed);
-        guard
+            .0
     }
 
-    /// Wakes the sleepers in [`Shared::wait`]. Call it after changing the state under the
-    /// lock (a sleeper counted itself under that lock before it slept, or it saw the change).
     fn notify(&self) {
-        // SYNC: pairs with the increment in `wait` (ordered by the state mutex, which every
-        // caller of `notify` held and let go of after its change).
-        if self.sleepers.load(Ordering::Relaxed) > 0 {
-            self.changed.notify_all();
-        }
-    }
-}
-
-/// What a side's receive half does in one turn: receive (waiting at most until `until`),
-/// answer and apply what came, and check the peer's liveness when due. The pump thread runs
-/// it in a loop; a caller waiting for its own reply runs it instead of sleeping.
-trait Step {
-    fn step(&mut self, until: Instant);
-}
-
-/// A side's receive half (`None` once closed), shared by its pump thread and the callers
-/// that wait for their own reply (`docs/protocol.md` §8, "caller receives").
-///
-/// A caller that would sleep on [`Shared`] until the pump hands it a message takes the half
-/// instead (never waiting for it) and receives itself: the message, its acks and the
-/// liveness checks are handled by the same code, in the same order, only on the thread that
-/// is waiting anyway, so no thread wake-up lies between the message and its caller. The pump
-/// steps aside (parks, at most one poll slice at a time) while any caller wants the half, and
-/// takes it back when none does.
-struct Receive<P> {
-    half: Mutex<Option<P>>,
-    /// Callers that want the half (holding it, or about to take it when the holder lets go).
-    wanted: AtomicUsize,
-}
-
-impl<P: Step> Receive<P> {
-    fn new(half: P) -> Receive<P> {
-        Receive {
-            half: Mutex::new(Some(half)),
-            wanted: AtomicUsize::new(0),
-        }
-    }
-
-    /// The half, unless another thread holds it.
-    fn try_lock(&self) -> Option<MutexGuard<'_, Option<P>>> {
-        match self.half.try_lock() {
-            Ok(guard) => Some(guard),
-            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
-    }
-
-    /// Takes the half out for good (close), waiting for its holder to let go.
-    fn take(&self) -> Option<P> {
-        self.half.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-
-    /// Whether a caller wants the half (the pump steps aside).
-    fn is_wanted(&self) -> bool {
-        // SYNC: pairs with the SeqCst RMWs in `Receiving::try_hold` and `Receiving::release`;
-        // a stale answer costs one step or one park slice, never a lost message.
-        self.wanted.load(Ordering::SeqCst) > 0
-    }
-
-    /// The pump thread: steps while no caller wants the half; parks (woken by `unpark` or
-    /// after `slice`) while one does or holds it.
-    fn run_pump<S>(&self, shared: &Shared<S>, stop: &AtomicBool, slice: Duration) {
-        while !stop.load(Ordering::Acquire) {
-            if self.is_wanted() {
-                std::thread::park_timeout(slice);
-                continue;
-            }
-            let Some(mut guard) = self.try_lock() else {
-                std::thread::park_timeout(slice);
-                continue;
-            };
-            let Some(half) = guard.as_mut() else { return };
-            half.step(Instant::now() + slice);
-            drop(guard);
-            if self.is_wanted() {
-                // A caller that found the half busy sleeps on the state: tell it.
-                drop(shared.lock());
-                shared.notify();
-            }
-        }
-    }
-}
-
-/// A caller's use of a side's [`Receive`] half while it waits for its own reply: registered
-/// as wanting it from the first [`Receiving::wait`], holding it once it was free, letting go
-/// (and telling any other waiter) when dropped or [`Receiving::release`]d.
-struct Receiving<'a, P: Step, S> {
-    receive: &'a Receive<P>,
-    shared: &'a Shared<S>,
-    guard: Option<MutexGuard<'a, Option<P>>>,
-    registered: bool,
-}
-
-impl<'a, P: Step, S> Receiving<'a, P, S> {
-    fn new(receive: &'a Receive<P>, shared: &'a Shared<S>) -> Receiving<'a, P, S> {
-        Receiving {
-            receive,
-            shared,
-            guard: None,
-            registered: false,
-        }
-    }
-
-    /// Called with the state locked: whether this caller holds the half (taking it if free).
-    fn try_hold(&mut self) -> bool {
-        if self.guard.is_some() {
-            return true;
-        }
-        if !self.registered {
-            // SYNC: pairs with `Receive::is_wanted` and the RMW in `release`: a holder that
-            // lets go after this sees us and wakes us.
-            self.receive.wanted.fetch_add(1, Ordering::SeqCst);
-            self.registered = true;
-        }
-        self.guard = self.receive.try_lock();
-        self.guard.is_some()
-    }
-
-    /// Lets go of the half (if held) and stops wanting it; wakes callers that wait for it.
-    fn release(&mut self) {
-        let held = self.guard.take().is_some();
-        if std::mem::take(&mut self.registered) {
-            // SYNC: pairs with the RMW in `try_hold` (see there).
-            let others = self.receive.wanted.fetch_sub(1, Ordering::SeqCst) > 1;
-            if held && others {
-                // A waiter checked the half under the state lock before sleeping on it.
-                drop(self.shared.lock());
-                self.shared.notify();
-            }
-        }
-    }
-
-    /// Instead of [`Shared::wait`]: when `may_receive` and the half is free (or already
-    /// held), receives for one slice (not past `deadline`) and returns the state locked again;
-    /// else lets go of the half and sleeps on the state as `Shared::wait`.
-    fn wait<'g>(
-        &mut self,
-        guard: MutexGuard<'g, S>,
-        slice: Duration,
-        deadline: Option<Instant>,
-        may_receive: bool,
-    ) -> MutexGuard<'g, S>
-    where
-        'a: 'g,
-    {
-        if may_receive && self.try_hold() {
-            drop(guard);
-            let now = Instant::now();
-            let until = deadline.map_or(now + slice, |d| d.min(now + slice));
-            if let Some(half) = self.guard.as_mut().and_then(|g| g.as_mut()) {
-                half.step(until);
-            }
-            return self.shared.lock();
-        }
-        if !may_receive {
-            self.release();
-        }
-        self.shared.wait(guard, slice, deadline)
-    }
-}
-
-impl<P: Step, S> Drop for Receiving<'_, P, S> {
-    fn drop(&mut self) {
-        self.release();
+        self.changed.notify_all();
     }
 }
 
