@@ -220,9 +220,11 @@ const MIN_PAGE: usize = 4096;
 
 /// A private, anonymous, read-write memory map of `len` bytes, zeroed by the OS on first touch.
 ///
-/// No huge-page advice: on this project's reference VM (THP `madvise` mode, free page
-/// reporting to the host in 2 MiB blocks) `MADV_HUGEPAGE` made first touch 2–3 × slower, every
-/// huge page being a block the host had taken back.
+/// No huge-page advice: on this project's reference VM (THP in `madvise` mode, a balloon
+/// device reporting free guest memory to the host in 2 MiB blocks) `MADV_HUGEPAGE` made the
+/// first touch of a receive buffer 2–3 × slower, not faster. Our reading, not proven: every
+/// huge page needs a free 2 MiB block, the very unit the host has taken back, so each one is
+/// refaulted on the host, while 4 KiB pages also come from smaller free blocks it still backs.
 pub fn map_anonymous(len: usize) -> io::Result<memmap2::MmapMut> {
     memmap2::MmapMut::map_anon(len)
 }
