@@ -1891,3 +1891,48 @@ fn result_stalled_mid_message_is_answered_invalid_and_ends_the_task() {
     assert_eq!(ack.0, sequence);
     assert_ne!(ack.1, ReturnCode::Ok);
 }
+
+/// Both sides told the model size up front (`expected_message_len`) exchange models larger
+/// than their rings, task and result intact, round after round; the reservation is the
+/// expected size plus room for headers.
+#[test]
+fn expected_message_len_reserves_and_large_models_round_trip() {
+    const ELEMENTS: usize = 200_000;
+    let expected = Some((ELEMENTS * 4) as u64);
+    let config = exchanger_config()
+        .task_ring_capacity(64 * 1024)
+        .result_ring_capacity(64 * 1024)
+        .expected_message_len(expected);
+    let reserved = config.reserved_receive_buffer().unwrap();
+    assert!(reserved >= (ELEMENTS * 4) as u64 + (1 << 20));
+    assert_eq!(ExchangerConfig::default().reserved_receive_buffer(), None);
+    let ex = Arc::new(create_with("expected-len", config));
+    let agent = Agent::attach(ex.name(), agent_config().expected_message_len(expected)).unwrap();
+    let data: Vec<f32> = (0..ELEMENTS).map(|i| i as f32).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..2 {
+                let task = get(&agent);
+                let result = task.message.tensors_dxo(DataKind::WeightDiff).unwrap();
+                assert!(agent.submit_result(&result, ReturnCode::Ok).unwrap());
+            }
+        });
+        for round in 0..2 {
+            let dxo = Dxo::new(DataKind::Weights)
+                .with_tensor("w", &[ELEMENTS as u64], &data)
+                .unwrap();
+            let reply = ex.execute(
+                "train",
+                &dxo,
+                &Headers::new(format!("t{round}")),
+                &watchdog(),
+            );
+            assert_eq!(reply.rc, ReturnCode::Ok);
+            let result = reply.result.unwrap();
+            let w = result.tensor_by_name("w").unwrap().to_vec::<f32>().unwrap();
+            assert_eq!(w, data, "round {round}");
+        }
+    });
+    agent.close();
+    ex.close().unwrap();
+}

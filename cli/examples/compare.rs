@@ -43,6 +43,11 @@
 //!     answers with a loaned message of the same size: hand-off = round trip / 2;
 //!   - `shmex-task-{spin,futex}`: round trip of a 4 KiB task DXO answered by a 4 KiB result
 //!     (copy-send, in-place receive; the agent sends its result straight from the task's view).
+//! - the first round against the second (`RATIO demo-round1/round2`): `shmex demo`'s exchange
+//!   (the largest size's model of `model_tensors` tensors through the default 16 MiB rings,
+//!   task and result verified) run by a fresh exchanger process (not pinned) with a fresh
+//!   agent process, once with both sides told the model size up front
+//!   (`expected_message_len`, as the demo does: `demo`) and once not (`demo-no-reserve`).
 //!
 //! Output: a human table, then `RESULT <transport> <size> <metric> <value> <unit>` lines and
 //! `RATIO` lines for scripts (`scripts/benchmarks.py` turns several runs into
@@ -291,6 +296,7 @@ fn run(quick: bool, tasks_only: bool) -> Res<()> {
     measure_round_trips(&config, vec![task_spin], &mut report)?;
     measure_round_trips(&config, vec![SpinPingPong::start(&config)?], &mut report)?;
     bench_protocol(&config, &mut report)?;
+    bench_demo_rounds(&config, &mut report)?;
     report.notes.push(format!(
         "round trips: {} per transport after a warm-up of at least {:?} and {} round trips; \
          shmex-futex, futex-raw, uds and shmex-task-futex measured in alternating batches of \
@@ -484,6 +490,27 @@ fn print_report(config: &Config, report: &Report) {
         }
     }
     let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<20}{:>12}{:>12}{:>12}",
+        format!("{largest} demo rounds"),
+        "round 1 ms",
+        "round 2 ms",
+        "ratio"
+    );
+    for t in DEMO_TRANSPORTS {
+        if let (Some(first), Some(second)) = (
+            report.get(t, &largest, "round1_ms"),
+            report.get(t, &largest, "round2_ms"),
+        ) {
+            let _ = writeln!(
+                out,
+                "{t:<20}{first:>12.1}{second:>12.1}{:>12.2}",
+                first / second
+            );
+        }
+    }
+    let _ = writeln!(out);
     if let (Some(m), Some(x)) = (
         report.get("shmex", "-", "detect_median_ms"),
         report.get("shmex", "-", "detect_max_ms"),
@@ -566,6 +593,16 @@ fn print_report(config: &Config, report: &Report) {
                 .map(|v| 2.0 * v)
         )
     );
+    for t in DEMO_TRANSPORTS {
+        let _ = writeln!(
+            out,
+            "RATIO {t}-round1/round2 {largest} {}",
+            ratio(
+                report.get(t, &largest, "round1_ms"),
+                report.get(t, &largest, "round2_ms")
+            )
+        );
+    }
     if let [small, large, ..] = config.handoff_sizes.as_slice() {
         let (small, large) = (size_label(*small), size_label(*large));
         let _ = writeln!(
@@ -1602,6 +1639,7 @@ fn child_main(args: &[String]) -> Res<()> {
         "loan-echo" => child_loan_echo(arg(0)?),
         "task-echo" => child_task_echo(arg(0)?, Duration::from_nanos(arg(1)?.parse()?)),
         "protocol-agent" => child_protocol_agent(arg(0)?, Duration::from_nanos(arg(1)?.parse()?)),
+        "demo-exchanger" => child_demo_exchanger(arg(0)?.parse()?, arg(1)?.parse()?, arg(2)?),
         other => Err(format!("unknown child mode {other:?}").into()),
     }
 }
@@ -2105,4 +2143,102 @@ fn child_protocol_agent(name: &str, spin: Duration) -> Res<()> {
             return Err(format!("protocol-agent: result of {} refused", task.id).into());
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The demo's first round against its later ones
+// ---------------------------------------------------------------------------------------
+
+/// The demo runs measured: told the model size up front (as `shmex demo`), and not.
+const DEMO_TRANSPORTS: [&str; 2] = ["demo", "demo-no-reserve"];
+/// Rounds per demo run (the first, and the second it is compared with, and one more).
+const DEMO_ROUNDS: u32 = 3;
+
+/// `demo-round1/round2`: each demo run in a fresh `demo-exchanger` child (which starts its
+/// own fresh agent), so that neither side has memory left over from other figures.
+fn bench_demo_rounds(config: &Config, report: &mut Report) -> Res<()> {
+    let total = *config.sizes.iter().max().ok_or("no sizes")?;
+    let label = size_label(total);
+    eprintln!("demo rounds ({label} model, fresh exchanger and agent processes):");
+    // Not pinned, as the demo is not: the child widens the affinity it inherits.
+    let launcher = Launcher::current_exe(&["--child"], None)?;
+    for transport in DEMO_TRANSPORTS {
+        let mut peer = Peer::spawn(
+            &launcher,
+            "demo-exchanger",
+            &[
+                total.to_string(),
+                config.model_tensors.to_string(),
+                transport.to_string(),
+            ],
+        )?;
+        let line = peer.next_line(shmex_cli::model::ROUND_TIMEOUT * (DEMO_ROUNDS + 1))?;
+        peer.finish()?;
+        let rounds: Vec<f64> = line
+            .strip_prefix("ROUNDS ")
+            .ok_or_else(|| format!("demo-exchanger: unexpected line {line:?}"))?
+            .split(' ')
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        let [first, second, ..] = rounds.as_slice() else {
+            return Err(format!("demo-exchanger: too few rounds in {line:?}").into());
+        };
+        eprintln!("  {transport}: rounds {rounds:.1?} ms");
+        report.add(transport, &label, "round1_ms", *first, "ms");
+        report.add(transport, &label, "round2_ms", *second, "ms");
+    }
+    report.notes.push(format!(
+        "demo rounds: shmex demo's exchange of a {label} model of {} tensors (16 MiB rings, \
+         task and result verified), {DEMO_ROUNDS} rounds on a freshly created exchanger in a \
+         fresh process with a fresh agent process, not pinned; demo = both sides given \
+         expected_message_len (the model size) as shmex demo does, demo-no-reserve = not \
+         (shmex demo --no-reserve); round1/round2 = the first round's time over the second's",
+        config.model_tensors
+    ));
+    Ok(())
+}
+
+/// A fresh exchanger running the demo's rounds with a fresh `demo-agent` child; prints
+/// `ROUNDS <ms> <ms> ...`.
+fn child_demo_exchanger(size: usize, tensors: usize, transport: &str) -> Res<()> {
+    use shmex_cli::model::{exchange_round, expected_arg, Model, ROUND_TIMEOUT};
+    // Inherited from the pinned parent; the demo runs on every CPU.
+    let mut every_cpu = rustix::thread::CpuSet::new();
+    for cpu in 0..rustix::thread::CpuSet::MAX_CPU {
+        every_cpu.set(cpu);
+    }
+    rustix::thread::sched_setaffinity(None, &every_cpu)?;
+    let expected = match transport {
+        "demo" => Some(size as u64),
+        "demo-no-reserve" => None,
+        other => return Err(format!("demo-exchanger: unknown variant {other:?}").into()),
+    };
+    let name = unique_name(transport)?;
+    let exchanger = Exchanger::create(
+        &name,
+        ExchangerConfig::default().expected_message_len(expected),
+    )?;
+    let launcher = Launcher::current_exe(&["--child"], None)?;
+    let mut agent = Peer::spawn(
+        &launcher,
+        "demo-agent",
+        &[name.as_str().to_string(), expected_arg(expected)],
+    )?;
+    let model = Model::new(size, tensors);
+    let checksum = model.checksum();
+    agent.expect("ready")?;
+    let mut rounds = Vec::new();
+    for round in 1..=DEMO_ROUNDS {
+        let outcome = exchange_round(&exchanger, &model, checksum, round, DEMO_ROUNDS)?;
+        let agent_line = agent.next_line(ROUND_TIMEOUT)?;
+        if !outcome.result_verified || agent_line != format!("CHECKSUM {checksum:016x}") {
+            return Err(format!("demo-exchanger: round {round} not verified").into());
+        }
+        rounds.push(format!("{:.3}", outcome.elapsed.as_secs_f64() * 1e3));
+    }
+    exchanger.close()?;
+    agent.finish()?;
+    drop(exchanger);
+    println!("ROUNDS {}", rounds.join(" "));
+    Ok(())
 }

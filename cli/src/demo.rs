@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use shmex::protocol::{Exchanger, ExchangerConfig};
 use shmex::segment::SegmentName;
 use shmex_cli::harness::{self, parse_size, size_label, Launcher, Peer};
-use shmex_cli::model::{exchange_round, Model};
+use shmex_cli::model::{exchange_round, expected_arg, Model};
 
 use crate::bench::CHILD_COMMAND;
 use crate::format;
@@ -37,6 +37,11 @@ pub struct DemoArgs {
     /// smaller, with a message, if `/dev/shm` cannot hold two.
     #[arg(long, value_parser = parse_size, default_value = "16MiB")]
     ring: usize,
+    /// Do not tell the library the model's size up front (`expected_message_len`): each
+    /// side then maps and faults in its receive buffer during the first round, as a user who
+    /// does not set it sees.
+    #[arg(long)]
+    no_reserve: bool,
 }
 
 /// The ring capacity to use: `wanted`, halved until two rings fit in `free` bytes.
@@ -93,17 +98,27 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
     }
 
     let name = SegmentName::new(format!("shmex.demo.{}", std::process::id()))?;
+    // Both sides know the model's size, so each faults in its receive buffer before the
+    // first round rather than during it.
+    let expected_len = (!args.no_reserve).then_some(size as u64);
     let config = ExchangerConfig::default()
         .task_ring_capacity(ring as u64)
-        .result_ring_capacity(ring as u64);
+        .result_ring_capacity(ring as u64)
+        .expected_message_len(expected_len);
+    let reserved = config.reserved_receive_buffer();
     let exchanger = Exchanger::create(&name, config)?;
     let (_, cpus) = harness::pick_cpus().map_err(|e| Failure::new(e.to_string()))?;
     let launcher = Launcher::current_exe(&[CHILD_COMMAND], None).map_err(child_error)?;
-    let mut agent =
-        Peer::spawn(&launcher, "demo-agent", &[name.as_str().to_string()]).map_err(child_error)?;
-    agent.expect("ready").map_err(child_error)?;
+    let mut agent = Peer::spawn(
+        &launcher,
+        "demo-agent",
+        &[name.as_str().to_string(), expected_arg(expected_len)],
+    )
+    .map_err(child_error)?;
+    // The agent reserves its buffer while the model is built.
     eprintln!("building the model...");
     let model = Model::new(size, tensors);
+    agent.expect("ready").map_err(child_error)?;
     let expected = model.checksum();
     println!(
         "shmex demo: model of {} tensors, {}; rings of {}; {} rounds; exchanger pid {}, agent \
@@ -154,10 +169,18 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
     }
     progress.finish_and_clear();
     if args.rounds > 1 {
-        println!(
-            "(round 1 includes the first touch of both sides' receive buffers; later rounds \
-             reuse them)"
-        );
+        if let Some(reserved) = reserved {
+            println!(
+                "(both sides reserved a receive buffer for the model before round 1 \
+                 (expected_message_len): {} of memory each, held until they exit)",
+                format::bytes(reserved)
+            );
+        } else {
+            println!(
+                "(--no-reserve: round 1 includes mapping and faulting in both sides' receive \
+                 buffers; later rounds reuse them)"
+            );
+        }
     }
     exchanger.close()?;
     agent.finish().map_err(child_error)?;

@@ -61,7 +61,9 @@ pub fn run_child(mode: &str, args: &[String]) -> Option<Res<()>> {
         "pipe-sink" => (|| pipe_sink(arg(0)?.parse()?))(),
         "shmex-sink" => (|| child_shmex_sink(arg(0)?, max()?))(),
         "loan-sink" => (|| child_loan_sink(arg(0)?))(),
-        "demo-agent" => (|| crate::model::agent_child(arg(0)?))(),
+        "demo-agent" => {
+            (|| crate::model::agent_child(arg(0)?, crate::model::parse_expected(arg(1)?)?))()
+        }
         _ => return None,
     })
 }

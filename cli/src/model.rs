@@ -109,6 +109,17 @@ pub fn model_checksum<'a>(tensors: impl Iterator<Item = &'a [u8]>) -> u64 {
     checksum_all(tensors)
 }
 
+/// The agent child's argument for [`AgentConfig::expected_message_len`] (`0`: none).
+pub fn expected_arg(expected: Option<u64>) -> String {
+    expected.unwrap_or(0).to_string()
+}
+
+/// Reads an [`expected_arg`] back.
+pub fn parse_expected(arg: &str) -> Res<Option<u64>> {
+    let bytes: u64 = arg.parse()?;
+    Ok((bytes != 0).then_some(bytes))
+}
+
 /// What one round of the exchange showed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Round {
@@ -174,11 +185,12 @@ pub fn answer_task(agent: &Agent) -> Res<Option<u64>> {
     )))
 }
 
-/// The demo's agent process: attaches to the exchanger on segment `name`, prints `ready`,
-/// then answers tasks until the exchanger says bye, printing `CHECKSUM <hex>` of each task
-/// after answering it.
-pub fn agent_child(name: &str) -> Res<()> {
-    let agent = Agent::attach(&SegmentName::new(name)?, AgentConfig::default())?;
+/// The demo's agent process: attaches to the exchanger on segment `name` (with
+/// [`AgentConfig::expected_message_len`] `expected`), prints `ready`, then answers tasks
+/// until the exchanger says bye, printing `CHECKSUM <hex>` of each task after answering it.
+pub fn agent_child(name: &str, expected: Option<u64>) -> Res<()> {
+    let config = AgentConfig::default().expected_message_len(expected);
+    let agent = Agent::attach(&SegmentName::new(name)?, config)?;
     println!("ready");
     while let Some(sum) = answer_task(&agent)? {
         println!("CHECKSUM {sum:016x}");

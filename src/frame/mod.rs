@@ -142,4 +142,45 @@ mod tests {
             assert_eq!(slot(&receiver), 0, "the next message took it");
         });
     }
+
+    /// A receiver that reserved its buffer up front reassembles a larger-than-ring message
+    /// into that buffer (no new map), and keeps it across a restart for a new link.
+    #[test]
+    fn reserved_buffer_receives_without_a_new_map_and_survives_restart() {
+        let (mut tx, mut rx) = crate::ring::in_process(64 * 1024, Signals::in_process()).unwrap();
+        let data: Vec<f32> = (0..100_000).map(|i| i as f32).collect();
+        let dxo = Dxo::new(DataKind::Weights)
+            .with_tensor("w", &[100_000], &data)
+            .unwrap();
+        let soon = || Some(Instant::now() + Duration::from_secs(30));
+        let mut receiver = FrameReceiver::default();
+        receiver.reserve(1 << 20).unwrap();
+        let reserved = receiver.assembly.map.as_ref().unwrap().as_ptr();
+        assert_eq!(receiver.assembly.prefaulted, 1 << 20);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut sender = FrameSender::new();
+                for _ in 0..2 {
+                    let task = Envelope::new(MessageKind::Task);
+                    sender.send(&mut tx, &task, Some(&dxo), soon()).unwrap();
+                }
+            });
+            for round in 0..2 {
+                let message = receiver.recv(&mut rx, soon()).unwrap();
+                assert!(!message.is_in_ring());
+                let w = message
+                    .tensor_by_name("w")
+                    .unwrap()
+                    .to_vec::<f32>()
+                    .unwrap();
+                assert_eq!(w, data);
+                drop(message);
+                let map = receiver.assembly.map.as_ref().unwrap();
+                assert_eq!(map.as_ptr(), reserved, "round {round}: the reserved buffer");
+                receiver.set_min_epoch(7);
+                receiver.restart();
+                assert_eq!(receiver.min_epoch, 0);
+            }
+        });
+    }
 }

@@ -7,13 +7,15 @@ use super::*;
 /// A buffer whose start is page-aligned (so every tensor in it is 64-byte aligned), used to
 /// reassemble fragmented messages and to copy messages out of the ring.
 ///
-/// It is an anonymous memory map: its pages come from the OS zeroed, on first touch, so
-/// reserving room for a large announced message costs nothing until its bytes arrive, and a
-/// failed allocation is an error, not an abort.
+/// It is an anonymous memory map: its pages come from the OS zeroed, on first touch (or all
+/// at once with [`AlignedBuf::prefault`]), so reserving room for a large announced message
+/// costs nothing until its bytes arrive, and a failed allocation is an error, not an abort.
 #[derive(Default)]
 pub struct AlignedBuf {
     pub(super) map: Option<memmap2::MmapMut>,
     pub(super) len: usize,
+    /// Bytes from the start known to be faulted in by [`AlignedBuf::prefault`].
+    pub(super) prefaulted: usize,
 }
 
 impl fmt::Debug for AlignedBuf {
@@ -60,9 +62,30 @@ impl AlignedBuf {
     /// contents are gone.
     pub fn reset(&mut self, len: usize) -> std::io::Result<()> {
         if len > self.capacity() {
-            self.map = Some(memmap2::MmapMut::map_anon(len)?);
+            // The old map goes first, so that its pages can serve the new one.
+            self.map = None;
+            self.prefaulted = 0;
+            self.map = Some(crate::sys::map_anonymous(len)?);
         }
         self.len = len;
+        Ok(())
+    }
+
+    /// Makes room for `len` bytes (as [`AlignedBuf::reset`] would, the length unchanged when
+    /// the capacity suffices, else set to `len`) and faults the first `len` bytes' pages in
+    /// now, in one batch (`MADV_POPULATE_WRITE` on Linux), so that writing them later takes
+    /// no page faults. This commits `len` bytes of memory until the buffer is dropped. Bytes
+    /// already held are kept.
+    pub fn prefault(&mut self, len: usize) -> std::io::Result<()> {
+        if len > self.capacity() {
+            self.reset(len)?;
+        }
+        if len > self.prefaulted {
+            if let Some(map) = self.map.as_mut() {
+                crate::sys::populate_write(&mut map[..len])?;
+            }
+            self.prefaulted = len;
+        }
         Ok(())
     }
 
@@ -143,6 +166,30 @@ impl FrameReceiver {
     /// The limits enforced.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Makes the reassembly buffer hold at least `len` bytes with every page faulted in now,
+    /// so that no fragmented message of up to `len` bytes received later takes a page fault
+    /// (and messages too large for the ring are reassembled at copy speed from the first
+    /// one). Costs `len` bytes of memory, committed until the receiver is dropped.
+    pub fn reserve(&mut self, len: usize) -> std::io::Result<()> {
+        {
+            let mut given_back = self.returned.lock().unwrap_or_else(|e| e.into_inner());
+            if given_back.capacity() > self.assembly.capacity() {
+                std::mem::swap(&mut self.assembly, &mut *given_back);
+            }
+        }
+        self.assembly.prefault(len)
+    }
+
+    /// Forgets the stream it was reading (minimum epoch, stale count, the last dropped
+    /// message, the cached parse), as a new receiver would, but keeps its buffers and their
+    /// faulted-in pages: for a receiver moved to a new link.
+    pub fn restart(&mut self) {
+        self.min_epoch = 0;
+        self.stale_dropped = 0;
+        self.dropped = None;
+        self.spare = Scratch::default();
     }
 
     /// After a receive that failed: the message it had begun and dropped (over a limit,
@@ -326,6 +373,10 @@ impl FrameReceiver {
             }
         };
         let mut caller = caller;
+        // Whether each fragment's pages are faulted in (one batch) before it is copied: in a
+        // new map they are all missing, and one call per fragment costs far less than a fault
+        // per page in the middle of the copy (while the sender keeps filling the ring).
+        let mut populate = false;
         let out: &mut [u8] = match caller.as_mut() {
             // Checked against the buffer's length above.
             Some(buffer) => &mut buffer[..total],
@@ -338,7 +389,8 @@ impl FrameReceiver {
                     }
                 }
                 // Lazily zeroed pages: room is reserved now, memory used only as fragments
-                // arrive.
+                // arrive (a new map's pages are faulted in a fragment at a time, below).
+                populate = assembly.capacity() < total;
                 if assembly.reset(total).is_err() {
                     grant.release();
                     return Err(FrameError::OutOfMemory {
@@ -348,7 +400,7 @@ impl FrameReceiver {
                 assembly.as_mut_slice()
             }
         };
-        let mut received = copy_fragment(grant, out, 0)?;
+        let mut received = copy_fragment(grant, out, 0, populate)?;
         let mut index = 0u32;
         while (received as u64) < first.message_len {
             index = index.wrapping_add(1);
@@ -409,7 +461,7 @@ impl FrameReceiver {
                     offset: next.fragment_offset,
                 }));
             }
-            received = copy_fragment(grant, out, received)?;
+            received = copy_fragment(grant, out, received, populate)?;
         }
         let body: &[u8] = match &caller {
             Some(buffer) => &buffer[..total],
@@ -505,11 +557,13 @@ pub(super) fn fragment_header(grant: &ReadGrant<'_>) -> Result<FragmentHeader, F
     Ok(header)
 }
 
-/// Copies a checked fragment's body bytes into `out` at `at`, releases it, returns the new end.
+/// Copies a checked fragment's body bytes into `out` at `at` (first faulting in the pages
+/// they go to, in one batch, if `populate`), releases it, returns the new end.
 pub(super) fn copy_fragment(
     grant: ReadGrant<'_>,
     out: &mut [u8],
     at: usize,
+    populate: bool,
 ) -> Result<usize, FrameError> {
     let bytes = &grant.as_slice()[FRAGMENT_HEADER_LEN..];
     let end = at + bytes.len();
@@ -522,6 +576,12 @@ pub(super) fn copy_fragment(
         };
         grant.release();
         return Err(FrameError::BadFragment(problem));
+    }
+    if populate && crate::sys::populate_write(&mut out[at..end]).is_err() {
+        grant.release();
+        return Err(FrameError::OutOfMemory {
+            len: out.len() as u64,
+        });
     }
     // Into a destination larger than the cache, bypass the cache (as streams do).
     let streaming = out.len() as u64 >= crate::stream::NON_TEMPORAL_MIN;

@@ -526,6 +526,9 @@ impl Agent {
     /// Attaches to the link `name`, waiting up to [`AgentConfig::attach_timeout`] for a live
     /// exchanger, and starts the pump.
     pub fn attach(name: &SegmentName, config: AgentConfig) -> Result<Agent, AgentAttachError> {
+        // Before attaching, so the exchanger never sees an attached agent without a pump.
+        let mut receiver = FrameReceiver::new(config.limits);
+        super::config::reserve_receiver(&mut receiver, config.expected_message_len, "agent");
         let link = Link::attach(name, &attach_options(&config, config.attach_timeout))?;
         let (outbox, receive_half) = split_link(link, 0);
         let epoch = outbox.epoch;
@@ -546,7 +549,6 @@ impl Agent {
             name: name.clone(),
             stop: AtomicBool::new(false),
         });
-        let mut receiver = FrameReceiver::new(inner.config.limits);
         receiver.set_min_epoch(epoch);
         let mut pump = Pump {
             receiver,
@@ -1013,7 +1015,8 @@ impl Pump {
         );
         self.epoch = epoch;
         self.last_alive = Instant::now();
-        self.receiver = FrameReceiver::new(self.inner.config.limits);
+        // A new stream, the same buffers (their pages stay faulted in).
+        self.receiver.restart();
         self.receiver.set_min_epoch(epoch);
         *self.inner.lock_outbox() = Some(outbox);
         self.link = Some(receive_half);

@@ -64,6 +64,15 @@ pub struct ExchangerConfig {
     pub limits: Limits,
     /// Replace a segment of the same name whose owner died (default `true`).
     pub reclaim_stale: bool,
+    /// The length in bytes of the largest result this side expects to receive, if known (a
+    /// model's tensor bytes will do: room for the message's headers and tensor table is
+    /// added, 1/128 of it plus 1 MiB). `Exchanger::create` then maps and faults in a reassembly
+    /// buffer of that size before returning (taking about as long as writing that much
+    /// memory once), so that not even the first result larger than the ring takes a page fault.
+    /// It costs that much memory (resident) for the life of the exchanger, which a large
+    /// result would use anyway from its first arrival on. `None` (default): the buffer is
+    /// mapped and faulted in (in one batch) when the first large result arrives.
+    pub expected_message_len: Option<u64>,
 }
 
 /// Setters, one per field (the struct is `#[non_exhaustive]`: build it from `default()`).
@@ -158,6 +167,21 @@ impl ExchangerConfig {
         self.reclaim_stale = reclaim_stale;
         self
     }
+
+    /// Sets [`ExchangerConfig::expected_message_len`].
+    #[must_use]
+    pub fn expected_message_len(mut self, expected_message_len: Option<u64>) -> Self {
+        self.expected_message_len = expected_message_len;
+        self
+    }
+
+    /// The bytes of memory [`ExchangerConfig::expected_message_len`] reserves (and keeps resident) for
+    /// the receive buffer: the expected length plus room for headers and the tensor table.
+    /// `None` when it is not set.
+    pub fn reserved_receive_buffer(&self) -> Option<u64> {
+        self.expected_message_len
+            .map(|expected| reserved_len(expected, &self.limits) as u64)
+    }
 }
 
 impl Default for ExchangerConfig {
@@ -176,6 +200,7 @@ impl Default for ExchangerConfig {
             result_ring_capacity: DEFAULT_RING_CAPACITY,
             limits: Limits::default(),
             reclaim_stale: true,
+            expected_message_len: None,
         }
     }
 }
@@ -208,6 +233,15 @@ pub struct AgentConfig {
     pub wait: WaitStrategy,
     /// Limits enforced on received tasks before anything is allocated.
     pub limits: Limits,
+    /// The length in bytes of the largest task this side expects to receive, if known (a
+    /// model's tensor bytes will do: room for the message's headers and tensor table is
+    /// added, 1/128 of it plus 1 MiB). `Agent::attach` then maps and faults in a reassembly
+    /// buffer of that size before returning (taking about as long as writing that much
+    /// memory once), so that not even the first task larger than the ring takes a page fault.
+    /// It costs that much memory (resident) for the life of the agent, which a large
+    /// task would use anyway from its first arrival on. `None` (default): the buffer is
+    /// mapped and faulted in (in one batch) when the first large task arrives.
+    pub expected_message_len: Option<u64>,
 }
 
 /// Setters, one per field (the struct is `#[non_exhaustive]`: build it from `default()`).
@@ -273,6 +307,21 @@ impl AgentConfig {
         self.limits = limits;
         self
     }
+
+    /// Sets [`AgentConfig::expected_message_len`].
+    #[must_use]
+    pub fn expected_message_len(mut self, expected_message_len: Option<u64>) -> Self {
+        self.expected_message_len = expected_message_len;
+        self
+    }
+
+    /// The bytes of memory [`AgentConfig::expected_message_len`] reserves (and keeps resident) for
+    /// the receive buffer: the expected length plus room for headers and the tensor table.
+    /// `None` when it is not set.
+    pub fn reserved_receive_buffer(&self) -> Option<u64> {
+        self.expected_message_len
+            .map(|expected| reserved_len(expected, &self.limits) as u64)
+    }
 }
 
 impl Default for AgentConfig {
@@ -286,6 +335,34 @@ impl Default for AgentConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             wait: WaitStrategy::default(),
             limits: Limits::default(),
+            expected_message_len: None,
         }
+    }
+}
+
+/// The reassembly buffer reserved for [`ExchangerConfig::expected_message_len`] or
+/// [`AgentConfig::expected_message_len`]: the expected length plus room for the headers,
+/// tensor table and alignment padding (1/128 of it plus 1 MiB), capped by the limit on
+/// message length (no larger message is accepted).
+pub(super) fn reserved_len(expected: u64, limits: &Limits) -> usize {
+    let with_room = expected
+        .saturating_add(expected / 128)
+        .saturating_add(1 << 20);
+    usize::try_from(with_room.min(limits.max_message_len)).unwrap_or(usize::MAX)
+}
+
+/// Reserves `receiver`'s reassembly buffer for `expected` bytes (see [`reserved_len`]); a
+/// refusal is logged, not fatal: the buffer is then mapped when a large message arrives.
+pub(super) fn reserve_receiver(
+    receiver: &mut crate::frame::FrameReceiver,
+    expected: Option<u64>,
+    role: &str,
+) {
+    let Some(expected) = expected else {
+        return;
+    };
+    let len = reserved_len(expected, receiver.limits());
+    if let Err(e) = receiver.reserve(len) {
+        log::warn!("shmex {role}: no memory reserved for a {len}-byte message: {e}");
     }
 }

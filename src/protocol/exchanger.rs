@@ -229,6 +229,9 @@ impl Exchanger {
             populate: true,
         };
         warn_heartbeat_settings(name, &config);
+        // Before the link exists, so no agent waits on a link without a pump meanwhile.
+        let mut receiver = FrameReceiver::new(config.limits);
+        super::config::reserve_receiver(&mut receiver, config.expected_message_len, "exchanger");
         let LinkParts {
             producer,
             consumer,
@@ -253,7 +256,7 @@ impl Exchanger {
             config,
         });
         let mut pump = Pump {
-            receiver: FrameReceiver::new(inner.config.limits),
+            receiver,
             consumer,
             core: PumpCore {
                 inner: Arc::clone(&inner),
