@@ -189,10 +189,17 @@ TARGETS: list[Target] = [
         "x",
     ),
     Target(
-        "protocol: 4 KiB task / raw 4 KiB task frame echo, futex path",
-        protocol_over_echo("futex"),
+        "protocol: 4 KiB task, futex path / two raw futex ping-pongs",
+        lambda r: r.ratio("protocol-task-futex-4KiB/futex-raw-x2"),
         True,
-        3.0,
+        1.5,
+        "x",
+    ),
+    Target(
+        "demo: first round / second round, {largest} model, size given up front",
+        lambda r: r.ratio("demo-round1/round2"),
+        True,
+        1.5,
         "x",
     ),
     Target(
