@@ -5,10 +5,11 @@ use std::ffi::{c_char, CStr};
 use std::ptr::NonNull;
 
 use serde_json::{Map, Value};
-use shmex::frame::{Dxo, LoanSpec, MAX_DIMS};
+use shmex::frame::{DType, Dxo, LoanSpec, MAX_DIMS};
 use shmex::protocol::Headers;
 
-use crate::status::{shmex_status, Failure};
+use crate::handles::Registry;
+use crate::status::{guard, shmex_status, Failure};
 use crate::types::{
     data_kind_from_c, dtype_from_c, shmex_data, shmex_headers, shmex_loan_spec, shmex_tensor,
     shmex_tensor_spec,
@@ -89,6 +90,52 @@ impl<T> Out<T> {
     }
 }
 
+/// Writes `read(object)` to `*out`, `object` being the live object of `handle` in
+/// `registry`: `out` is checked first, then the handle, as every accessor of a handle does.
+///
+/// # Safety
+/// `out` is NULL or valid for writes of a `T` (aligned).
+pub(crate) unsafe fn read_handle<O, T>(
+    registry: &Registry<O>,
+    handle: usize,
+    out: *mut T,
+    what: &str,
+    read: impl FnOnce(&O) -> Result<T, Failure>,
+) -> shmex_status {
+    guard(|| {
+        // SAFETY: the caller's contract is `Out::new`'s.
+        let out = unsafe { Out::new(out, what) }?;
+        let object = registry.get(handle)?;
+        out.write(read(&object)?);
+        Ok(())
+    })
+}
+
+/// As [`read_handle`], for an accessor that also takes a tensor's `name`: `out` is checked
+/// first, then `name`, then the handle.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string; `out` is NULL or valid for writes of a `T`
+/// (aligned).
+pub(crate) unsafe fn read_handle_by_name<O, T>(
+    registry: &Registry<O>,
+    handle: usize,
+    name: *const c_char,
+    out: *mut T,
+    what: &str,
+    read: impl FnOnce(&O, &str) -> Result<T, Failure>,
+) -> shmex_status {
+    guard(|| {
+        // SAFETY: the caller's contract is `Out::new`'s.
+        let out = unsafe { Out::new(out, what) }?;
+        // SAFETY: the caller's contract is `str_arg`'s.
+        let name = unsafe { str_arg(name, "name") }?;
+        let object = registry.get(handle)?;
+        out.write(read(&object, name)?);
+        Ok(())
+    })
+}
+
 /// Writes `value` to an optional out-pointer (NULL: not wanted).
 ///
 /// # Safety
@@ -116,6 +163,34 @@ pub(crate) unsafe fn meta_arg(ptr: *const c_char) -> Result<Map<String, Value>, 
         .map_err(|e| Failure::invalid(format!("meta_json is not a JSON object: {e}")))
 }
 
+/// The name, dtype and shape of tensor `index` as C describes it (a tensor to send or a
+/// loaned tensor's spec), checked in this order.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string; `shape` is NULL or holds `ndim` extents; both
+/// valid and unchanged for `'a`.
+unsafe fn layout_arg<'a>(
+    name: *const c_char,
+    dtype: u32,
+    ndim: usize,
+    shape: *const u64,
+    index: usize,
+) -> Result<(&'a str, DType, &'a [u64]), Failure> {
+    // SAFETY: the caller's contract.
+    let name = unsafe { str_arg(name, &format!("the name of tensor {index}")) }?;
+    let dtype = dtype_from_c(dtype)
+        .map_err(|f| Failure::invalid(format!("tensor {name:?}: {}", f.message)))?;
+    if ndim > MAX_DIMS {
+        return Err(Failure::new(
+            shmex_status::SHMEX_INVALID_DATA,
+            format!("tensor {name:?} has {ndim} dimensions, at most {MAX_DIMS} are allowed"),
+        ));
+    }
+    // SAFETY: the caller's contract: `shape` holds `ndim` extents.
+    let shape = unsafe { slice_arg(shape, ndim, &format!("the shape of tensor {name:?}")) }?;
+    Ok((name, dtype, shape))
+}
+
 /// One tensor of a DXO to send, added to `dxo`.
 ///
 /// # Safety
@@ -123,20 +198,7 @@ pub(crate) unsafe fn meta_arg(ptr: *const c_char) -> Result<Map<String, Value>, 
 /// string, `shape` `ndim` extents, `data` `len` bytes, all valid and unchanged for `'a`.
 unsafe fn add_tensor<'a>(dxo: Dxo<'a>, t: &shmex_tensor, index: usize) -> Result<Dxo<'a>, Failure> {
     // SAFETY: the caller's contract.
-    let name = unsafe { str_arg(t.name, &format!("the name of tensor {index}")) }?;
-    let dtype = dtype_from_c(t.dtype)
-        .map_err(|f| Failure::invalid(format!("tensor {name:?}: {}", f.message)))?;
-    if t.ndim > MAX_DIMS {
-        return Err(Failure::new(
-            shmex_status::SHMEX_INVALID_DATA,
-            format!(
-                "tensor {name:?} has {} dimensions, at most {MAX_DIMS} are allowed",
-                t.ndim
-            ),
-        ));
-    }
-    // SAFETY: the caller's contract: `shape` holds `ndim` extents.
-    let shape = unsafe { slice_arg(t.shape, t.ndim, &format!("the shape of tensor {name:?}")) }?;
+    let (name, dtype, shape) = unsafe { layout_arg(t.name, t.dtype, t.ndim, t.shape, index) }?;
     // SAFETY: the caller's contract: `data` holds `len` bytes.
     let bytes = unsafe {
         slice_arg(
@@ -187,22 +249,9 @@ pub(crate) unsafe fn dxo_arg<'a>(data: *const shmex_data, what: &str) -> Result<
 unsafe fn tensor_spec_arg(
     t: &shmex_tensor_spec,
     index: usize,
-) -> Result<(String, shmex::frame::DType, Vec<u64>), Failure> {
+) -> Result<(String, DType, Vec<u64>), Failure> {
     // SAFETY: the caller's contract.
-    let name = unsafe { str_arg(t.name, &format!("the name of tensor {index}")) }?;
-    let dtype = dtype_from_c(t.dtype)
-        .map_err(|f| Failure::invalid(format!("tensor {name:?}: {}", f.message)))?;
-    if t.ndim > MAX_DIMS {
-        return Err(Failure::new(
-            shmex_status::SHMEX_INVALID_DATA,
-            format!(
-                "tensor {name:?} has {} dimensions, at most {MAX_DIMS} are allowed",
-                t.ndim
-            ),
-        ));
-    }
-    // SAFETY: the caller's contract: `shape` holds `ndim` extents.
-    let shape = unsafe { slice_arg(t.shape, t.ndim, &format!("the shape of tensor {name:?}")) }?;
+    let (name, dtype, shape) = unsafe { layout_arg(t.name, t.dtype, t.ndim, t.shape, index) }?;
     Ok((name.to_owned(), dtype, shape.to_vec()))
 }
 

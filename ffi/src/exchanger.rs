@@ -3,7 +3,7 @@
 use std::ffi::c_char;
 use std::sync::Arc;
 
-use shmex::protocol::{AbortSignal, Exchanger, ExchangerStatus, Reply};
+use shmex::protocol::{AbortSignal, Exchanger, ExchangerStatus, Headers, Reply};
 use shmex::segment::SegmentName;
 
 use crate::args::{dxo_arg, headers_arg, str_arg, Out};
@@ -40,6 +40,44 @@ pub(crate) fn reply_object(reply: Reply) -> Result<ReplyObject, Failure> {
         rc: reply.rc,
         data_kind: reply.data_kind,
         received: reply.result.map(Received::new).transpose()?,
+    })
+}
+
+/// The checked arguments every way of sending a task starts with (see [`task_args`]).
+pub(crate) struct TaskArgs<'a, T> {
+    pub(crate) out: Out<*mut T>,
+    pub(crate) exchanger: Arc<Exchanger>,
+    pub(crate) task_name: &'a str,
+    pub(crate) headers: Headers,
+}
+
+/// What sending a task starts with (`shmex_exchanger_execute`, `shmex_exchanger_loan_task`),
+/// checked in this order: the out-pointer `out` (set to NULL at once), the exchanger, the
+/// task name and the headers.
+///
+/// # Safety
+/// `out` is NULL or valid for writing a pointer; `task_name` is NULL or a NUL-terminated
+/// string valid and unchanged for `'a`; `headers` as for [`headers_arg`].
+pub(crate) unsafe fn task_args<'a, T>(
+    out: *mut *mut T,
+    what: &str,
+    exchanger: *const shmex_exchanger,
+    task_name: *const c_char,
+    headers: *const shmex_headers,
+) -> Result<TaskArgs<'a, T>, Failure> {
+    // SAFETY: the caller's contract.
+    let out = unsafe { Out::new(out, what) }?;
+    out.write(std::ptr::null_mut());
+    let exchanger = EXCHANGERS.get(exchanger.addr())?;
+    // SAFETY: the caller's contract.
+    let task_name = unsafe { str_arg(task_name, "task_name") }?;
+    // SAFETY: the caller's contract.
+    let headers = unsafe { headers_arg(headers) }?;
+    Ok(TaskArgs {
+        out,
+        exchanger,
+        task_name,
+        headers,
     })
 }
 
@@ -139,13 +177,13 @@ pub unsafe extern "C" fn shmex_exchanger_execute(
 ) -> shmex_status {
     guard(|| {
         // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_reply, "out_reply") }?;
-        out.write(std::ptr::null_mut());
-        let exchanger = EXCHANGERS.get(exchanger.addr())?;
-        // SAFETY: the caller's contract.
-        let task_name = unsafe { str_arg(task_name, "task_name") }?;
-        // SAFETY: the caller's contract.
-        let rust_headers = unsafe { headers_arg(headers) }?;
+        let args = unsafe { task_args(out_reply, "out_reply", exchanger, task_name, headers) }?;
+        let TaskArgs {
+            out,
+            exchanger,
+            task_name,
+            headers: rust_headers,
+        } = args;
         // SAFETY: the caller's contract.
         let dxo = unsafe { dxo_arg(data, "data") }?;
         let signal = abort_arg(abort)?;

@@ -13,8 +13,8 @@ use shmex::frame::{LoanSpec, ViewError};
 use shmex::protocol::{ResultLoan, TaskLoan};
 
 use crate::agent::AGENTS;
-use crate::args::{headers_arg, loan_spec_arg, str_arg, write_optional, Out};
-use crate::exchanger::{abort_arg, reply_object, EXCHANGERS};
+use crate::args::{loan_spec_arg, read_handle, read_handle_by_name, write_optional, Out};
+use crate::exchanger::{abort_arg, reply_object, task_args, TaskArgs};
 use crate::handles::Registry;
 use crate::received::{nul_terminated, REPLIES};
 use crate::status::{guard, shmex_status, Failure};
@@ -196,12 +196,12 @@ pub unsafe extern "C" fn shmex_result_loan_tensor_count(
     loan: *const shmex_result_loan,
     out_count: *mut usize,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_count, "out_count") }?;
-        out.write(RESULT_LOANS.get(loan.addr())?.tensors.len());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&RESULT_LOANS, loan.addr(), out_count, "out_count", |o| {
+            Ok(o.tensors.len())
+        })
+    }
 }
 
 /// Describes tensor `index` (0-based, the spec's order) of the loan in `*out_tensor`: its
@@ -218,12 +218,12 @@ pub unsafe extern "C" fn shmex_result_loan_tensor(
     index: usize,
     out_tensor: *mut shmex_tensor_mut,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_tensor, "out_tensor") }?;
-        out.write(RESULT_LOANS.get(loan.addr())?.tensor(index)?);
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&RESULT_LOANS, loan.addr(), out_tensor, "out_tensor", |o| {
+            o.tensor(index)
+        })
+    }
 }
 
 /// As `shmex_result_loan_tensor`, for the tensor named `name`. Thread-safe.
@@ -237,15 +237,17 @@ pub unsafe extern "C" fn shmex_result_loan_tensor_by_name(
     name: *const c_char,
     out_tensor: *mut shmex_tensor_mut,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_tensor, "out_tensor") }?;
-        // SAFETY: the caller's contract.
-        let name = unsafe { str_arg(name, "name") }?;
-        let object = RESULT_LOANS.get(loan.addr())?;
-        out.write(object.tensor(object.index_of(name)?)?);
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle_by_name(
+            &RESULT_LOANS,
+            loan.addr(),
+            name,
+            out_tensor,
+            "out_tensor",
+            |o, name| o.tensor(o.index_of(name)?),
+        )
+    }
 }
 
 /// Sends the loaned result with FLARE return code `rc` (a `shmex_rc`) and waits for the
@@ -334,13 +336,13 @@ pub unsafe extern "C" fn shmex_exchanger_loan_task(
 ) -> shmex_status {
     guard(|| {
         // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_loan, "out_loan") }?;
-        out.write(std::ptr::null_mut());
-        let exchanger = EXCHANGERS.get(exchanger.addr())?;
-        // SAFETY: the caller's contract.
-        let task_name = unsafe { str_arg(task_name, "task_name") }?;
-        // SAFETY: the caller's contract.
-        let headers = unsafe { headers_arg(headers) }?;
+        let args = unsafe { task_args(out_loan, "out_loan", exchanger, task_name, headers) }?;
+        let TaskArgs {
+            out,
+            exchanger,
+            task_name,
+            headers,
+        } = args;
         // SAFETY: the caller's contract.
         let spec = unsafe { loan_spec_arg(spec) }?;
         let signal = abort_arg(abort)?;
@@ -363,12 +365,12 @@ pub unsafe extern "C" fn shmex_task_loan_tensor_count(
     loan: *const shmex_task_loan,
     out_count: *mut usize,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_count, "out_count") }?;
-        out.write(TASK_LOANS.get(loan.addr())?.tensors.len());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&TASK_LOANS, loan.addr(), out_count, "out_count", |o| {
+            Ok(o.tensors.len())
+        })
+    }
 }
 
 /// Describes tensor `index` (0-based, the spec's order) of the loan in `*out_tensor`: its
@@ -384,12 +386,12 @@ pub unsafe extern "C" fn shmex_task_loan_tensor(
     index: usize,
     out_tensor: *mut shmex_tensor_mut,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_tensor, "out_tensor") }?;
-        out.write(TASK_LOANS.get(loan.addr())?.tensor(index)?);
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&TASK_LOANS, loan.addr(), out_tensor, "out_tensor", |o| {
+            o.tensor(index)
+        })
+    }
 }
 
 /// As `shmex_task_loan_tensor`, for the tensor named `name`. Thread-safe.
@@ -403,15 +405,17 @@ pub unsafe extern "C" fn shmex_task_loan_tensor_by_name(
     name: *const c_char,
     out_tensor: *mut shmex_tensor_mut,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_tensor, "out_tensor") }?;
-        // SAFETY: the caller's contract.
-        let name = unsafe { str_arg(name, "name") }?;
-        let object = TASK_LOANS.get(loan.addr())?;
-        out.write(object.tensor(object.index_of(name)?)?);
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle_by_name(
+            &TASK_LOANS,
+            loan.addr(),
+            name,
+            out_tensor,
+            "out_tensor",
+            |o, name| o.tensor(o.index_of(name)?),
+        )
+    }
 }
 
 /// Sends the loaned task and waits for its reply, as `shmex_exchanger_execute` (same reply

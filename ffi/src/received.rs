@@ -7,7 +7,7 @@ use std::ffi::{c_char, c_void};
 
 use shmex::frame::{DataKind, OwnedMessage, ReturnCode};
 
-use crate::args::{str_arg, Out};
+use crate::args::{read_handle, read_handle_by_name};
 use crate::handles::Registry;
 use crate::status::{guard, shmex_status, Failure};
 use crate::types::{data_kind_to_c, dtype_to_c, rc_to_c, shmex_reply, shmex_task, shmex_tensor};
@@ -170,13 +170,12 @@ pub unsafe extern "C" fn shmex_task_id(
     task: *const shmex_task,
     out_id: *mut *const c_char,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_id, "out_id") }?;
-        let task = TASKS.get(task.addr())?;
-        out.write(task.id.as_ptr().cast());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&TASKS, task.addr(), out_id, "out_id", |o| {
+            Ok(o.id.as_ptr().cast())
+        })
+    }
 }
 
 /// The task's name (e.g. `"train"`, NUL-terminated); valid until `shmex_task_free(task)`.
@@ -189,13 +188,12 @@ pub unsafe extern "C" fn shmex_task_name(
     task: *const shmex_task,
     out_name: *mut *const c_char,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_name, "out_name") }?;
-        let task = TASKS.get(task.addr())?;
-        out.write(task.name.as_ptr().cast());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&TASKS, task.addr(), out_name, "out_name", |o| {
+            Ok(o.name.as_ptr().cast())
+        })
+    }
 }
 
 /// The task's meta as a NUL-terminated JSON object (with `current_round`, `total_round`,
@@ -209,12 +207,12 @@ pub unsafe extern "C" fn shmex_task_meta(
     task: *const shmex_task,
     out_json: *mut *const c_char,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_json, "out_json") }?;
-        out.write(TASKS.get(task.addr())?.meta_ptr());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&TASKS, task.addr(), out_json, "out_json", |o| {
+            Ok(o.meta_ptr())
+        })
+    }
 }
 
 /// The task's data kind (a `shmex_data_kind`). Thread-safe.
@@ -226,12 +224,12 @@ pub unsafe extern "C" fn shmex_task_data_kind(
     task: *const shmex_task,
     out_kind: *mut u32,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_kind, "out_kind") }?;
-        out.write(data_kind_to_c(TASKS.get(task.addr())?.data_kind()) as u32);
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&TASKS, task.addr(), out_kind, "out_kind", |o| {
+            Ok(data_kind_to_c(o.data_kind()) as u32)
+        })
+    }
 }
 
 /// The number of tensors of the task. Thread-safe.
@@ -243,12 +241,12 @@ pub unsafe extern "C" fn shmex_task_tensor_count(
     task: *const shmex_task,
     out_count: *mut usize,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_count, "out_count") }?;
-        out.write(TASKS.get(task.addr())?.tensor_count());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&TASKS, task.addr(), out_count, "out_count", |o| {
+            Ok(o.tensor_count())
+        })
+    }
 }
 
 /// Describes tensor `index` (0-based) of the task in `*out_tensor`: a view in place, its
@@ -263,12 +261,12 @@ pub unsafe extern "C" fn shmex_task_tensor(
     index: usize,
     out_tensor: *mut shmex_tensor,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_tensor, "out_tensor") }?;
-        out.write(TASKS.get(task.addr())?.tensor(index)?);
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&TASKS, task.addr(), out_tensor, "out_tensor", |o| {
+            o.tensor(index)
+        })
+    }
 }
 
 /// As `shmex_task_tensor`, for the tensor named `name`. Thread-safe.
@@ -282,14 +280,17 @@ pub unsafe extern "C" fn shmex_task_tensor_by_name(
     name: *const c_char,
     out_tensor: *mut shmex_tensor,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_tensor, "out_tensor") }?;
-        // SAFETY: the caller's contract.
-        let name = unsafe { str_arg(name, "name") }?;
-        out.write(TASKS.get(task.addr())?.tensor_by_name(name)?);
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle_by_name(
+            &TASKS,
+            task.addr(),
+            name,
+            out_tensor,
+            "out_tensor",
+            |o, name| o.tensor_by_name(name),
+        )
+    }
 }
 
 /// Frees a task: every pointer read from it becomes invalid. NULL does nothing (`SHMEX_OK`);
@@ -320,12 +321,12 @@ pub unsafe extern "C" fn shmex_reply_rc(
     reply: *const shmex_reply,
     out_rc: *mut u32,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_rc, "out_rc") }?;
-        out.write(rc_to_c(REPLIES.get(reply.addr())?.rc) as u32);
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&REPLIES, reply.addr(), out_rc, "out_rc", |o| {
+            Ok(rc_to_c(o.rc) as u32)
+        })
+    }
 }
 
 /// The result's data kind (a `shmex_data_kind`; `SHMEX_DATA_KIND_NONE` for a bare reply).
@@ -338,12 +339,12 @@ pub unsafe extern "C" fn shmex_reply_data_kind(
     reply: *const shmex_reply,
     out_kind: *mut u32,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_kind, "out_kind") }?;
-        out.write(data_kind_to_c(REPLIES.get(reply.addr())?.data_kind()) as u32);
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&REPLIES, reply.addr(), out_kind, "out_kind", |o| {
+            Ok(data_kind_to_c(o.data_kind()) as u32)
+        })
+    }
 }
 
 /// The result's meta as a NUL-terminated JSON object (`"{}"` for a bare reply); valid until
@@ -356,12 +357,12 @@ pub unsafe extern "C" fn shmex_reply_meta(
     reply: *const shmex_reply,
     out_json: *mut *const c_char,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_json, "out_json") }?;
-        out.write(REPLIES.get(reply.addr())?.meta_ptr());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&REPLIES, reply.addr(), out_json, "out_json", |o| {
+            Ok(o.meta_ptr())
+        })
+    }
 }
 
 /// The number of tensors of the result (0 for a bare reply). Thread-safe.
@@ -373,12 +374,12 @@ pub unsafe extern "C" fn shmex_reply_tensor_count(
     reply: *const shmex_reply,
     out_count: *mut usize,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_count, "out_count") }?;
-        out.write(REPLIES.get(reply.addr())?.tensor_count());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&REPLIES, reply.addr(), out_count, "out_count", |o| {
+            Ok(o.tensor_count())
+        })
+    }
 }
 
 /// Describes tensor `index` of the result in `*out_tensor` (a view in place, valid until
@@ -392,12 +393,12 @@ pub unsafe extern "C" fn shmex_reply_tensor(
     index: usize,
     out_tensor: *mut shmex_tensor,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_tensor, "out_tensor") }?;
-        out.write(REPLIES.get(reply.addr())?.tensor(index)?);
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&REPLIES, reply.addr(), out_tensor, "out_tensor", |o| {
+            o.tensor(index)
+        })
+    }
 }
 
 /// As `shmex_reply_tensor`, for the tensor named `name`. Thread-safe.
@@ -411,14 +412,17 @@ pub unsafe extern "C" fn shmex_reply_tensor_by_name(
     name: *const c_char,
     out_tensor: *mut shmex_tensor,
 ) -> shmex_status {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let out = unsafe { Out::new(out_tensor, "out_tensor") }?;
-        // SAFETY: the caller's contract.
-        let name = unsafe { str_arg(name, "name") }?;
-        out.write(REPLIES.get(reply.addr())?.tensor_by_name(name)?);
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle_by_name(
+            &REPLIES,
+            reply.addr(),
+            name,
+            out_tensor,
+            "out_tensor",
+            |o, name| o.tensor_by_name(name),
+        )
+    }
 }
 
 /// Frees a reply: every pointer read from it becomes invalid. NULL does nothing

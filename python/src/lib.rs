@@ -1144,6 +1144,15 @@ struct LoanMemory {
 }
 
 impl LoanMemory {
+    /// `(name, dtype, shape, nbytes)` of each tensor, in spec order (what `tensors()` of
+    /// either loan returns).
+    fn describe(&self) -> Vec<(String, &'static str, Vec<u64>, usize)> {
+        self.tensors
+            .iter()
+            .map(|t| (t.0.clone(), t.1, t.2.clone(), t.4))
+            .collect()
+    }
+
     fn of(loan: &mut impl InPlace, spec: &LoanSpec) -> PyResult<LoanMemory> {
         let mut tensors = Vec::with_capacity(spec.tensors.len());
         for (name, dtype, shape) in &spec.tensors {
@@ -1219,11 +1228,7 @@ impl PyResultLoan {
 
     /// `(name, dtype, shape, nbytes)` of each tensor, in spec order.
     fn tensors(&self) -> Vec<(String, &'static str, Vec<u64>, usize)> {
-        self.memory
-            .tensors
-            .iter()
-            .map(|t| (t.0.clone(), t.1, t.2.clone(), t.4))
-            .collect()
+        self.memory.describe()
     }
 
     /// `(lease, address, nbytes)` of tensor `index` (`None`: the opaque bytes); the memory
@@ -1289,11 +1294,7 @@ impl PyTaskLoan {
 
     /// `(name, dtype, shape, nbytes)` of each tensor, in spec order.
     fn tensors(&self) -> Vec<(String, &'static str, Vec<u64>, usize)> {
-        self.memory
-            .tensors
-            .iter()
-            .map(|t| (t.0.clone(), t.1, t.2.clone(), t.4))
-            .collect()
+        self.memory.describe()
     }
 
     /// As `_ResultLoan.lease`.
