@@ -152,6 +152,16 @@ struct QueuedAck {
     generation: u64,
 }
 
+impl super::Queued for QueuedAck {
+    fn envelope(&self) -> Envelope<'_> {
+        Envelope::new(MessageKind::TaskAck)
+            .with_task(&self.id, "")
+            .with_rc(self.rc)
+            .with_epoch(self.epoch)
+            .with_reply_to(self.reply_to)
+    }
+}
+
 impl State {
     fn promote(&mut self) {
         self.current = self.pending.take();
@@ -278,16 +288,12 @@ struct Inner {
 
 impl Inner {
     fn lock_outbox(&self) -> MutexGuard<'_, Option<Outbox>> {
-        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.outbox)
     }
 
     /// The outbox, unless another thread holds it.
     fn try_lock_outbox(&self) -> Option<MutexGuard<'_, Option<Outbox>>> {
-        match self.outbox.try_lock() {
-            Ok(guard) => Some(guard),
-            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
+        super::try_lock(&self.outbox)
     }
 
     /// [`Inner::flush_acks`] if acks are queued and the outbox is free (never waits for it).
@@ -317,25 +323,14 @@ impl Inner {
             return;
         };
         let acks = std::mem::take(&mut self.shared.lock().acks);
-        let mut left = Vec::new();
-        for ack in acks {
-            if ack.generation != *generation || !left.is_empty() {
-                if ack.generation == *generation {
-                    left.push(ack);
-                }
-                continue;
-            }
-            let envelope = Envelope::new(MessageKind::TaskAck)
-                .with_task(&ack.id, "")
-                .with_rc(ack.rc)
-                .with_epoch(ack.epoch)
-                .with_reply_to(ack.reply_to);
-            let deadline = deadline_after(self.config.submit_result_timeout);
-            // An exchanger that died needs no ack; one whose ring stays full gets it later.
-            if let Err(SendError::Timeout) = sender.send(producer, &envelope, None, deadline) {
-                left.push(ack);
-            }
-        }
+        // An exchanger that died needs no ack; one whose ring stays full gets it later.
+        let (mut left, _) = super::push_in_order(
+            sender,
+            producer,
+            acks,
+            |ack| ack.generation == *generation,
+            || deadline_after(self.config.submit_result_timeout),
+        );
         if !left.is_empty() {
             let mut st = self.shared.lock();
             left.append(&mut st.acks);
@@ -827,7 +822,7 @@ impl Agent {
     /// Detaches: blocked and later calls return `Closed`; the pump stops. Calling it again
     /// does nothing.
     pub fn close(&self) {
-        let Some(pump) = self.pump.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some(pump) = super::lock(&self.pump).take() else {
             return;
         };
         self.inner.set_status(AgentStatus::Closed);

@@ -153,6 +153,16 @@ struct Control {
     reply_to: u64,
 }
 
+impl super::Queued for Control {
+    fn envelope(&self) -> Envelope<'_> {
+        Envelope::new(self.kind)
+            .with_task(&self.id, "")
+            .with_rc(self.rc)
+            .with_epoch(self.epoch)
+            .with_reply_to(self.reply_to)
+    }
+}
+
 struct Outbox {
     /// `None` while a [`TaskLoan`] holds it.
     producer: Option<Producer>,
@@ -826,7 +836,7 @@ impl Exchanger {
     /// does nothing. While a [`TaskLoan`] is outstanding, `bye` is queued and pushed when the
     /// loan is dropped or executed (which returns `TASK_ABORTED`).
     pub fn close(&self) -> Result<(), CloseError> {
-        let Some(pump) = self.pump.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some(pump) = super::lock(&self.pump).take() else {
             return Ok(());
         };
         self.inner.halted.store(true, Ordering::Release);
@@ -876,16 +886,12 @@ impl Drop for Exchanger {
 
 impl Inner {
     fn lock_outbox(&self) -> std::sync::MutexGuard<'_, Option<Outbox>> {
-        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.outbox)
     }
 
     /// The outbox, unless another thread holds it.
     fn try_lock_outbox(&self) -> Option<std::sync::MutexGuard<'_, Option<Outbox>>> {
-        match self.outbox.try_lock() {
-            Ok(guard) => Some(guard),
-            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
+        super::try_lock(&self.outbox)
     }
 
     /// Queues a message without DXO and pushes the queue if the outbox is free.
@@ -922,32 +928,13 @@ impl Inner {
             return Ok(());
         }
         let bound = self.bound.load(Ordering::Acquire);
-        let mut left = Vec::new();
-        let mut result = Ok(());
-        for control in queued {
-            if control.epoch != bound {
-                continue;
-            }
-            if !left.is_empty() {
-                left.push(control);
-                continue;
-            }
-            let envelope = Envelope::new(control.kind)
-                .with_task(&control.id, "")
-                .with_rc(control.rc)
-                .with_epoch(control.epoch)
-                .with_reply_to(control.reply_to);
-            let deadline = Some(Instant::now() + wait);
-            match sender.send(producer, &envelope, None, deadline) {
-                Ok(_) => {}
-                Err(SendError::Timeout) => {
-                    left.push(control);
-                    result = result.and(Err(SendError::Timeout));
-                }
-                // The agent is gone or the ring corrupt: the message cannot matter any more.
-                Err(e) => result = result.and(Err(e)),
-            }
-        }
+        let (mut left, result) = super::push_in_order(
+            sender,
+            producer,
+            queued,
+            |control| control.epoch == bound,
+            || Some(Instant::now() + wait),
+        );
         if !left.is_empty() {
             let mut st = self.shared.lock();
             left.append(&mut st.outgoing);

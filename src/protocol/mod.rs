@@ -112,7 +112,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::frame::{DataKind, Dxo, Message};
+use crate::frame::{DataKind, Dxo, Envelope, FrameSender, Message, SendError};
+use crate::ring::Producer;
 use crate::signal::WaitStrategy;
 use serde_json::{Map, Value};
 
@@ -193,6 +194,59 @@ fn kind_meta<'a>(dxo: &Dxo<'a>) -> Dxo<'a> {
         .with_meta(META_DATA_KIND, dxo.data_kind().as_str())
 }
 
+/// A message without a DXO (an ack, `abort`, `bye`) that waits in a side's ordered outgoing
+/// queue until the outbox is free.
+trait Queued {
+    /// The message to push.
+    fn envelope(&self) -> Envelope<'_>;
+}
+
+/// Pushes `queued` in order, dropping those `current` rejects (addressed to a peer that is
+/// gone), each waiting for ring space until `deadline()`. The first that finds no room is
+/// returned with every current message after it, in order, for the caller to put back in front
+/// of its queue; a message that fails otherwise (the peer gone, the ring corrupt) cannot matter
+/// any more and is dropped. The result is the first error.
+fn push_in_order<T: Queued>(
+    sender: &mut FrameSender,
+    producer: &mut Producer,
+    queued: Vec<T>,
+    current: impl Fn(&T) -> bool,
+    deadline: impl Fn() -> Option<Instant>,
+) -> (Vec<T>, Result<(), SendError>) {
+    let mut left = Vec::new();
+    let mut result = Ok(());
+    for message in queued.into_iter().filter(|m| current(m)) {
+        if !left.is_empty() {
+            left.push(message);
+            continue;
+        }
+        match sender.send(producer, &message.envelope(), None, deadline()) {
+            Ok(_) => {}
+            Err(SendError::Timeout) => {
+                result = result.and(Err(SendError::Timeout));
+                left.push(message);
+            }
+            Err(e) => result = result.and(Err(e)),
+        }
+    }
+    (left, result)
+}
+
+/// Locks `mutex`, taking over a lock whose holder panicked (the protected state is kept
+/// consistent between statements, so a panic elsewhere does not poison it for us).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// [`lock`] unless another thread holds `mutex`: never waits.
+fn try_lock<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match mutex.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 /// The state both sides share between user calls and the pump: a mutex-guarded value and a
 /// condition variable signalled on every change.
 #[derive(Debug)]
@@ -210,7 +264,7 @@ impl<S> Shared<S> {
     }
 
     fn lock(&self) -> MutexGuard<'_, S> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Waits for a change, at most `slice` and not past `deadline`.
