@@ -123,11 +123,13 @@ _Core = Union[_shmex._ResultLoan, _shmex._TaskLoan]
 class _Loan:
     """What result and task loans share: the tensors as writable arrays, the lifecycle."""
 
-    __slots__ = ("_core", "_index")
+    __slots__ = ("_core", "_index", "_tensors")
 
     def __init__(self, core: _Core) -> None:
         self._core: _Core = core
-        self._index = {name: i for i, (name, *_rest) in enumerate(core.tensors())}
+        # The spec does not change during the loan: read it once.
+        self._tensors = core.tensors()
+        self._index = {name: i for i, (name, *_rest) in enumerate(self._tensors)}
 
     @property
     def task_id(self) -> str:
@@ -149,7 +151,7 @@ class _Loan:
         index = self._index.get(name)
         if index is None:
             raise KeyError(name)
-        _name, dtype, shape, _nbytes = self._core.tensors()[index]
+        _name, dtype, shape, _nbytes = self._tensors[index]
         lease, address, _len = self._core.lease(index)
         array = np.asarray(_LoanMemory(lease, _tensors.TYPESTR[dtype], shape, address))
         if dtype == "bf16" and _tensors.BFLOAT16 is not None:

@@ -176,8 +176,14 @@ struct Payload {
 }
 
 /// The address and byte length of a C-contiguous array, read from numpy's array interface
-/// (`__array_interface__`: `strides` is `None` for a C-contiguous array).
+/// (`__array_interface__`: `strides` is `None` for a C-contiguous array). Only a real
+/// `numpy.ndarray` is accepted: its interface describes memory it owns or keeps alive, which
+/// an arbitrary object's need not (the address would become a slice below).
 fn array_memory(array: &Bound<'_, PyAny>, what: &str) -> PyResult<(usize, usize)> {
+    let ndarray = array.py().import("numpy")?.getattr("ndarray")?;
+    if !array.is_instance(&ndarray)? {
+        return Err(type_error(format!("{what} is not a numpy.ndarray")));
+    }
     let interface = array.getattr("__array_interface__")?;
     let interface = interface.cast::<PyDict>()?;
     let strides = interface.get_item("strides")?;
@@ -261,7 +267,8 @@ impl Payload {
             return &[];
         }
         // SAFETY: `address`/`len` are the data pointer and `nbytes` numpy reported for a
-        // C-contiguous array that `_keep_alive` holds a reference to, so the allocation is
+        // C-contiguous `numpy.ndarray` (`array_memory` refuses any other object) that
+        // `_keep_alive` holds a reference to, so the allocation is
         // live for as long as `self` (numpy refuses to resize an array someone else
         // references, and a u8 slice has no alignment requirement). The slice is only read
         // (copied into the ring); the package documents that arrays must not be written by
