@@ -65,6 +65,23 @@ pub(crate) unsafe fn slice_arg<'a, T>(
     Ok(unsafe { std::slice::from_raw_parts(ptr, count) })
 }
 
+/// The C struct `ptr` points to, checked not NULL and aligned first.
+///
+/// # Safety
+/// `ptr` is NULL or points to a valid `T`, unchanged for `'a`.
+pub(crate) unsafe fn ref_arg<'a, T>(ptr: *const T, what: &str) -> Result<&'a T, Failure> {
+    if ptr.is_null() {
+        return Err(Failure::null(what));
+    }
+    if !ptr.is_aligned() {
+        return Err(Failure::invalid(format!(
+            "{what} is not aligned for its type"
+        )));
+    }
+    // SAFETY: not NULL and aligned (checked above); the caller promises a valid `T` for 'a.
+    Ok(unsafe { &*ptr })
+}
+
 /// A pointer the result is written to, checked up front so that a NULL out-pointer fails
 /// before anything is created.
 pub(crate) struct Out<T>(NonNull<T>);
@@ -217,17 +234,8 @@ unsafe fn add_tensor<'a>(dxo: Dxo<'a>, t: &shmex_tensor, index: usize) -> Result
 /// `data` is NULL or points to a `shmex_data` whose pointers follow its contract, all valid
 /// and unchanged for `'a`.
 pub(crate) unsafe fn dxo_arg<'a>(data: *const shmex_data, what: &str) -> Result<Dxo<'a>, Failure> {
-    if data.is_null() {
-        return Err(Failure::null(what));
-    }
-    if !data.is_aligned() {
-        return Err(Failure::invalid(format!(
-            "{what} is not aligned for its type"
-        )));
-    }
-    // SAFETY: not NULL and aligned (checked above); the caller promises a valid `shmex_data`
-    // for 'a.
-    let data = unsafe { &*data };
+    // SAFETY: the caller promises a valid `shmex_data` for 'a (or NULL).
+    let data = unsafe { ref_arg(data, what) }?;
     let kind = data_kind_from_c(data.data_kind)?;
     // SAFETY: the caller's contract for `meta_json`.
     let meta = unsafe { meta_arg(data.meta_json) }?;
@@ -261,15 +269,9 @@ unsafe fn tensor_spec_arg(
 /// `spec` is NULL or points to a `shmex_loan_spec` whose pointers follow its contract during
 /// the call.
 pub(crate) unsafe fn loan_spec_arg(spec: *const shmex_loan_spec) -> Result<LoanSpec, Failure> {
-    if spec.is_null() {
-        return Err(Failure::null("spec"));
-    }
-    if !spec.is_aligned() {
-        return Err(Failure::invalid("spec is not aligned for its type"));
-    }
-    // SAFETY: not NULL and aligned (checked above); the caller promises a valid
-    // `shmex_loan_spec`, a plain C struct copied out here.
-    let spec = unsafe { spec.read() };
+    // SAFETY: the caller promises a valid `shmex_loan_spec` during the call (or NULL); the
+    // plain C struct is copied out here.
+    let spec = *unsafe { ref_arg(spec, "spec") }?;
     let mut loan = LoanSpec::new(data_kind_from_c(spec.data_kind)?);
     // SAFETY: the caller's contract for `meta_json`.
     loan.meta = unsafe { meta_arg(spec.meta_json) }?;
@@ -288,15 +290,9 @@ pub(crate) unsafe fn loan_spec_arg(spec: *const shmex_loan_spec) -> Result<LoanS
 /// `headers` is NULL or points to a `shmex_headers` whose `task_id` is NULL or a
 /// NUL-terminated string, valid during the call.
 pub(crate) unsafe fn headers_arg(headers: *const shmex_headers) -> Result<Headers, Failure> {
-    if headers.is_null() {
-        return Err(Failure::null("headers"));
-    }
-    if !headers.is_aligned() {
-        return Err(Failure::invalid("headers is not aligned for its type"));
-    }
-    // SAFETY: not NULL and aligned (checked above); the caller promises a valid
-    // `shmex_headers`, a plain C struct copied out here.
-    let headers = unsafe { headers.read() };
+    // SAFETY: the caller promises a valid `shmex_headers` during the call (or NULL); the
+    // plain C struct is copied out here.
+    let headers = *unsafe { ref_arg(headers, "headers") }?;
     // SAFETY: the caller's contract.
     let task_id = unsafe { str_arg(headers.task_id, "headers.task_id") }?;
     let mut rust_headers = Headers::new(task_id);

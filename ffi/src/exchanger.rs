@@ -130,12 +130,10 @@ pub unsafe extern "C" fn shmex_exchanger_create(
         let name = unsafe { name_arg(site, agent_id) }?;
         let options = if options.is_null() {
             default_exchanger_options()
-        } else if !options.is_aligned() {
-            return Err(Failure::invalid("options is not aligned for its type"));
         } else {
-            // SAFETY: not NULL and aligned (checked above); the caller promises a valid
-            // `shmex_exchanger_options`, a plain C struct copied out here.
-            unsafe { options.read() }
+            // SAFETY: the caller promises a valid `shmex_exchanger_options` (a plain C struct,
+            // copied out here).
+            *unsafe { crate::args::ref_arg(options, "options") }?
         };
         let exchanger = Exchanger::create(&name, exchanger_config(&options)?)
             .map_err(|e| Failure::coded(&e))?;
