@@ -178,6 +178,24 @@ fn nothing_from_old_incarnation_reaches_new_agent() {
 
 // ---------------------------------------------------------------- exchanger killed
 
+/// Fetches the next task, checks it is `id`, and answers with its tensor `w` as a
+/// WEIGHT_DIFF result (meta `task` = id), which must be accepted.
+fn echo_next_task(agent: &Agent, id: &str) {
+    let task = agent.get_task(Some(WATCHDOG)).unwrap().expect("a task");
+    assert_eq!(task.id, id);
+    let w = task
+        .message
+        .tensor_by_name("w")
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    let result = Dxo::new(DataKind::WeightDiff)
+        .with_tensor("w", &[w.len() as u64], &w)
+        .unwrap()
+        .with_meta("task", id);
+    assert!(agent.submit_result(&result, ReturnCode::Ok).unwrap());
+}
+
 fn agent_config() -> AgentConfig {
     AgentConfig::default()
         .attach_timeout(Duration::from_secs(30))
@@ -232,19 +250,7 @@ fn killed_exchanger_is_reclaimed_and_waiting_agent_serves_new_one() {
     });
     let weights = small_model();
     let pending = execute_in_thread(&exchanger, "t2", Arc::clone(&weights), watchdog());
-    let task = agent.get_task(Some(WATCHDOG)).unwrap().expect("task t2");
-    assert_eq!(task.id, "t2");
-    let w = task
-        .message
-        .tensor_by_name("w")
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
-    let result = Dxo::new(DataKind::WeightDiff)
-        .with_tensor("w", &[w.len() as u64], &w)
-        .unwrap()
-        .with_meta("task", "t2");
-    assert!(agent.submit_result(&result, ReturnCode::Ok).unwrap());
+    echo_next_task(&agent, "t2");
     assert_echo(&pending.join().unwrap(), "t2", &weights);
     exchanger.close().unwrap();
     assert!(!shm_exists(&name));
@@ -458,19 +464,7 @@ fn d5_result_of_killed_exchangers_task_never_completes_new_task() {
         !agent.submit_result(&old, ReturnCode::Ok).unwrap(),
         "the old task's result was accepted by the new exchanger"
     );
-    let task = agent.get_task(Some(WATCHDOG)).unwrap().expect("task new0");
-    assert_eq!(task.id, "new0");
-    let w = task
-        .message
-        .tensor_by_name("w")
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
-    let result = Dxo::new(DataKind::WeightDiff)
-        .with_tensor("w", &[w.len() as u64], &w)
-        .unwrap()
-        .with_meta("task", "new0");
-    assert!(agent.submit_result(&result, ReturnCode::Ok).unwrap());
+    echo_next_task(&agent, "new0");
     assert_echo(&pending.join().unwrap(), "new0", &weights);
     exchanger.close().unwrap();
     drop(agent);
