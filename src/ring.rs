@@ -327,6 +327,7 @@ const fn record_size(len: u64) -> u64 {
 }
 
 /// The shared part of a ring as one half sees it: where it lives and how to signal.
+#[derive(Clone)]
 struct RingRef {
     header: NonNull<RingHeader>,
     data: NonNull<u8>,
@@ -953,6 +954,8 @@ struct ConsumerCursor {
     head_offset: u64,
     /// Last validated tail: `head <= cached_tail <= head + capacity`, a multiple of 64.
     cached_tail: u64,
+    /// Records read past but kept in the ring ([`ReadGrant::hold`]); created by the first hold.
+    holds: Option<Arc<Holds>>,
 }
 
 /// A validated record at the consumer's head.
@@ -1082,11 +1085,64 @@ impl ConsumerCursor {
                 self.head_offset = 0;
             }
         }
-        let header = ring.header();
-        // SYNC: pairs with the Acquire load of head in `ProducerCursor::has_space`; the
-        // consumer's reads of the released bytes happen before the producer reuses them.
-        header.head.value.store(self.head, Ordering::Release);
-        signal::notify(&header.space_event.value, &*ring.signals.waiter);
+        match &self.holds {
+            None => publish_head(ring, self.head),
+            Some(holds) => {
+                let mut state = holds.lock();
+                state.read = Some(self.head);
+                // Under the lock, so that a hold dropped on another thread cannot publish an
+                // older head after this one.
+                publish_head(ring, state.oldest(self.head));
+            }
+        }
+    }
+}
+
+/// Publishes `head` (everything before it is free) to the producer and wakes it if it sleeps.
+#[inline]
+fn publish_head(ring: &RingRef, head: u64) {
+    let header = ring.header();
+    // SYNC: pairs with the Acquire load of head in `ProducerCursor::has_space`; the consumer's
+    // reads of the released bytes happen before the producer reuses them.
+    header.head.value.store(head, Ordering::Release);
+    signal::notify(&header.space_event.value, &*ring.signals.waiter);
+}
+
+/// The consumer's record of held records, shared with every [`RingHold`].
+///
+/// The head published to the producer is the start of the oldest live hold, or the
+/// consumer's read position when nothing is held; whoever changes either (the consumer
+/// advancing, a hold dropped on any thread) republishes it under the lock.
+#[derive(Debug, Default)]
+struct Holds {
+    state: std::sync::Mutex<HoldState>,
+}
+
+#[derive(Debug, Default)]
+struct HoldState {
+    /// The consumer's read position, or `None` once the consumer is gone (a later consumer
+    /// of the ring starts from the published head and owns it).
+    read: Option<u64>,
+    /// Start positions of the live holds.
+    live: Vec<u64>,
+}
+
+impl Holds {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HoldState> {
+        // Nothing panics while the lock is held; a poisoned state is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl HoldState {
+    /// The head to publish when the consumer has read up to `read`: the oldest live hold (the
+    /// one farthest behind `read`), else `read`.
+    fn oldest(&self, read: u64) -> u64 {
+        self.live
+            .iter()
+            .copied()
+            .max_by_key(|&start| read.wrapping_sub(start))
+            .unwrap_or(read)
     }
 }
 
@@ -1107,6 +1163,16 @@ impl fmt::Debug for Consumer {
             .field("capacity", &self.ring.capacity)
             .field("cursor", &self.cursor)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(holds) = &self.cursor.holds {
+            // Holds that outlive the consumer no longer publish: the ring's next consumer
+            // starts from the published head and owns it.
+            holds.lock().read = None;
+        }
     }
 }
 
@@ -1147,6 +1213,7 @@ impl Consumer {
             head,
             head_offset: head % ring.capacity,
             cached_tail: tail,
+            holds: None,
         };
         Ok(Consumer { ring, cursor })
     }
@@ -1268,7 +1335,7 @@ impl fmt::Debug for ReadGrant<'_> {
     }
 }
 
-impl ReadGrant<'_> {
+impl<'a> ReadGrant<'a> {
     /// Payload bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -1298,6 +1365,108 @@ impl ReadGrant<'_> {
     pub fn release(self) {
         let consumer = self.consumer;
         consumer.cursor.advance(&consumer.ring, self.size);
+    }
+
+    /// Moves the consumer past the record but keeps the record in the ring, readable through
+    /// the returned [`RingHold`] on any thread, until the hold is dropped: zero-copy receive of
+    /// a record that outlives the consumer's borrow.
+    ///
+    /// The producer cannot reuse the held bytes (nor anything after them) until the hold is
+    /// dropped, so holds shrink the room the producer has. A hold is refused (the grant comes
+    /// back in `Err`) when, with it, fewer than `keep_free` bytes of the ring could still take
+    /// new records: the caller copies the record out instead, and the records that must keep
+    /// flowing behind it (control messages) still fit.
+    pub fn hold(self, keep_free: u64) -> Result<RingHold, ReadGrant<'a>> {
+        let capacity = self.consumer.ring.capacity;
+        let start = self.consumer.cursor.head;
+        let end = start.wrapping_add(self.size);
+        let holds = Arc::clone(
+            self.consumer
+                .cursor
+                .holds
+                .get_or_insert_with(|| Arc::new(Holds::default())),
+        );
+        {
+            let mut state = holds.lock();
+            let oldest = state.oldest(start);
+            // Bytes the producer could not write into once this record is held: from the
+            // oldest hold to the end of this record (padding after it only frees more).
+            let pinned = end.wrapping_sub(oldest);
+            if pinned > capacity.saturating_sub(keep_free) {
+                return Err(self);
+            }
+            state.live.push(start);
+        }
+        let ring = self.consumer.ring.clone();
+        let (ptr, len) = (self.ptr, self.len);
+        self.consumer.cursor.advance(&ring, self.size);
+        Ok(RingHold {
+            ring,
+            holds,
+            start,
+            ptr,
+            len,
+        })
+    }
+}
+
+/// A record the consumer has read past but that stays in the ring until this is dropped
+/// ([`ReadGrant::hold`]). Owned: it can move to another thread and outlive the consumer; it
+/// keeps the ring's memory mapped.
+pub struct RingHold {
+    ring: RingRef,
+    holds: Arc<Holds>,
+    start: u64,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the held bytes are only read (through `&self`), the producer does not write them
+// while the hold is live (the published head stays at or before `start`), the memory is kept
+// mapped by `ring._keep` (`Send + Sync`), and the shared bookkeeping is behind a mutex.
+unsafe impl Send for RingHold {}
+// SAFETY: as above; `&RingHold` only gives read access to bytes nobody writes.
+unsafe impl Sync for RingHold {}
+
+impl fmt::Debug for RingHold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingHold")
+            .field("position", &self.start)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RingHold {
+    /// Payload bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The payload, aligned to `RECORD_ALIGN`.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `[ptr, ptr + len)` was validated (as for the grant it came from) to lie
+        // inside the data region and the published range; the published head stays at or
+        // before `start` while this hold is in `live`, so the producer does not write these
+        // bytes, and `ring._keep` keeps them mapped for the life of `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for RingHold {
+    fn drop(&mut self) {
+        let mut state = self.holds.lock();
+        if let Some(i) = state.live.iter().position(|&s| s == self.start) {
+            state.live.swap_remove(i);
+        }
+        if let Some(read) = state.read {
+            publish_head(&self.ring, state.oldest(read));
+        }
     }
 }
 
@@ -1468,6 +1637,7 @@ pub fn in_process(capacity: u64, signals: Signals) -> Result<(Producer, Consumer
             head: 0,
             head_offset: 0,
             cached_tail: 0,
+            holds: None,
         },
     };
     Ok((producer, consumer))
@@ -1539,6 +1709,97 @@ mod tests {
             !p.copy_committed(never.position(), &mut back[..10]),
             "not committed"
         );
+    }
+
+    /// A held record stays readable while the consumer reads on; the producer cannot write
+    /// over it, and gets the room back when the hold is dropped on another thread.
+    #[test]
+    fn held_record_stays_put_while_later_records_flow() {
+        let (mut p, mut c) = ring(4096);
+        p.push(&pattern(1, 1000), None).unwrap();
+        let hold = c.try_peek().unwrap().unwrap().hold(512).unwrap();
+        assert_eq!(hold.as_slice(), pattern(1, 1000));
+        // 1,088 bytes are pinned: small records behind it still flow, lap after lap of the
+        // rest of the ring would not.
+        let mut pushed = 0;
+        while p.try_push(&pattern(2, 100)).is_ok() {
+            pushed += 1;
+            assert_eq!(pop(&mut c), Some(pattern(2, 100)));
+            assert!(pushed < 100, "the producer wrote over the held record");
+        }
+        assert_eq!(hold.as_slice(), pattern(1, 1000), "held bytes unchanged");
+        assert_eq!(pop(&mut c), None);
+        // The producer blocks for room until another thread drops the hold.
+        let dropper = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            drop(hold);
+        });
+        p.push(
+            &pattern(3, 100),
+            Some(Instant::now() + Duration::from_secs(30)),
+        )
+        .unwrap();
+        dropper.join().unwrap();
+        assert_eq!(pop(&mut c), Some(pattern(3, 100)));
+    }
+
+    /// A hold is refused when it would leave less than `keep_free` bytes for new records,
+    /// counting the holds already live; the refused grant can still be read and released.
+    #[test]
+    fn hold_is_refused_when_too_little_room_would_remain() {
+        let (mut p, mut c) = ring(4096);
+        p.push(&pattern(1, 2000), None).unwrap();
+        let grant = c.try_peek().unwrap().unwrap();
+        let grant = grant
+            .hold(4096 - 2048)
+            .expect_err("2,112 pinned > 2,048 allowed");
+        let first = grant.hold(4096 - 2112).unwrap();
+        p.push(&pattern(2, 900), None).unwrap();
+        let grant = c.try_peek().unwrap().unwrap();
+        // With the first hold, 2,112 + 1,024 bytes would be pinned.
+        let grant = grant.hold(961).expect_err("only 960 would remain");
+        assert_eq!(grant.as_slice(), pattern(2, 900));
+        let second = grant.hold(960).unwrap();
+        assert_eq!(first.as_slice(), pattern(1, 2000));
+        assert_eq!(second.as_slice(), pattern(2, 900));
+        assert!(c.try_peek().unwrap().is_none());
+        assert_eq!(header(&p).head.value.load(Ordering::Relaxed), 0);
+        // Dropping the newer hold first frees nothing; dropping the oldest frees both.
+        drop(second);
+        assert_eq!(header(&p).head.value.load(Ordering::Relaxed), 0);
+        drop(first);
+        assert_eq!(header(&p).head.value.load(Ordering::Relaxed), 2112 + 1024);
+        assert_eq!(p.free_bytes().unwrap(), 4096, "the whole ring is free");
+    }
+
+    /// A hold that outlives its consumer stops publishing: the ring's next consumer starts at
+    /// the held record and owns the head from then on.
+    #[test]
+    fn hold_outliving_its_consumer_leaves_the_head_to_the_next_consumer() {
+        let (mut p, mut c) = ring(4096);
+        p.push(&pattern(1, 100), None).unwrap();
+        p.push(&pattern(2, 100), None).unwrap();
+        let hold = c.try_peek().unwrap().unwrap().hold(0).unwrap();
+        assert_eq!(pop(&mut c), Some(pattern(2, 100)));
+        let ring = c.ring.clone();
+        drop(c);
+        let mut next = Consumer {
+            cursor: ConsumerCursor {
+                head: 0,
+                head_offset: 0,
+                cached_tail: 0,
+                holds: None,
+            },
+            ring,
+        };
+        drop(hold);
+        assert_eq!(
+            header(&p).head.value.load(Ordering::Relaxed),
+            0,
+            "not published"
+        );
+        assert_eq!(pop(&mut next), Some(pattern(1, 100)), "seen again");
+        assert_eq!(pop(&mut next), Some(pattern(2, 100)));
     }
 
     /// A second view of a ring's memory, to scribble on it like a hostile peer would.

@@ -1936,3 +1936,114 @@ fn expected_message_len_reserves_and_large_models_round_trip() {
     agent.close();
     ex.close().unwrap();
 }
+
+// ---------------------------------------------------------------- receive in place (issue 12)
+
+fn in_place_pair(tag: &str, ring: u64) -> (Arc<Exchanger>, Agent) {
+    let config = exchanger_config()
+        .task_ring_capacity(ring)
+        .result_ring_capacity(ring)
+        .receive_in_place(true);
+    let exchanger = Arc::new(create_with(tag, config));
+    let agent = Agent::attach(exchanger.name(), agent_config().receive_in_place(true)).unwrap();
+    (exchanger, agent)
+}
+
+/// A task loan of one f32 tensor `w` of `len` elements, each `value`.
+fn big_task(exchanger: &Exchanger, id: &str, len: u64, value: f32) -> TaskLoan {
+    let spec = LoanSpec::new(DataKind::Weights).tensor("w", DType::F32, &[len]);
+    let mut loan = exchanger
+        .loan_task("train", &spec, &Headers::new(id), &watchdog())
+        .unwrap();
+    loan.tensor_mut::<f32>(0).unwrap().fill(value);
+    loan
+}
+
+fn all_equal(message: &OwnedMessage, value: f32) -> bool {
+    let w = message.tensor_by_name("w").unwrap();
+    w.as_slice::<f32>().unwrap().iter().all(|&x| x == value)
+}
+
+#[test]
+fn with_receive_in_place_loaned_tasks_and_results_are_read_in_the_ring() {
+    let (exchanger, agent) = in_place_pair("inplace", 1 << 20);
+    let loan = filled_task(&exchanger, "t1", [4.0, 3.0, 2.0, 1.0]);
+    let pending = std::thread::spawn(move || loan.execute(&watchdog()));
+    let task = get(&agent);
+    assert!(task.message.is_in_ring(), "task read in place");
+    let w = task.message.tensor_by_name("w").unwrap().to_vec::<f32>();
+    assert_eq!(w.unwrap(), [4.0, 3.0, 2.0, 1.0]);
+    let loan = filled_loan(&agent, [1.5; 4]);
+    assert!(loan.commit(ReturnCode::Ok).unwrap());
+    let result = join(pending).result.unwrap();
+    assert!(result.is_in_ring(), "result read in place");
+    let w = result.tensor_by_name("w").unwrap().to_vec::<f32>();
+    assert_eq!(w.unwrap(), [1.5; 4]);
+    // A copy sent task is held too, and the default copies out.
+    drop((task, result));
+    let pending = spawn_execute(&exchanger, "t2", watchdog());
+    assert!(get(&agent).message.is_in_ring());
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert!(join(pending).result.unwrap().is_in_ring());
+    let exchanger = Arc::new(create("inplace-off"));
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    let agent = attach(&exchanger);
+    assert!(!get(&agent).message.is_in_ring());
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert!(!join(pending).result.unwrap().is_in_ring());
+}
+
+#[test]
+fn abort_and_bye_reach_an_agent_that_holds_its_task_in_place() {
+    let (exchanger, agent) = in_place_pair("inplace-abort", 1 << 20);
+    // 700 KiB of the 1 MiB ring stays held while the agent works.
+    let loan = big_task(&exchanger, "t1", 175 << 10, 2.0);
+    let abort = AbortSignal::new();
+    let stop = abort.clone();
+    let pending = std::thread::spawn(move || loan.execute(&abort));
+    let task = get(&agent);
+    assert!(task.message.is_in_ring());
+    stop.abort();
+    assert_eq!(join(pending).rc, ReturnCode::TaskAborted);
+    eventually("the abort arrives behind the held task", || {
+        agent.is_aborted()
+    });
+    exchanger.close().unwrap();
+    eventually("the bye arrives behind the held task", || {
+        agent.status() == AgentStatus::Closed
+    });
+    assert!(all_equal(&task.message, 2.0), "the held task is intact");
+}
+
+#[test]
+fn a_held_task_keeps_the_next_one_out_until_dropped_and_a_task_too_large_to_hold_is_copied() {
+    let (exchanger, agent) = in_place_pair("inplace-next", 1 << 20);
+    let first = big_task(&exchanger, "t1", 150 << 10, 1.0);
+    let pending = std::thread::spawn(move || first.execute(&watchdog()));
+    let task = get(&agent);
+    assert!(task.message.is_in_ring());
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+    // 600 KiB held: the next 600 KiB task does not fit until the first is dropped.
+    let exchanger2 = Arc::clone(&exchanger);
+    let pending = std::thread::spawn(move || {
+        big_task(&exchanger2, "t2", 150 << 10, 3.0).execute(&watchdog())
+    });
+    assert_no_task(&agent, 200);
+    drop(task);
+    let task = get(&agent);
+    assert_eq!(task.id, "t2");
+    assert!(task.message.is_in_ring() && all_equal(&task.message, 3.0));
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+    drop(task);
+    // 1,000 KiB would leave less than IN_PLACE_KEEP_FREE of the ring: copied out.
+    let pending = std::thread::spawn({
+        let exchanger = Arc::clone(&exchanger);
+        move || big_task(&exchanger, "t3", 250 << 10, 5.0).execute(&watchdog())
+    });
+    let task = get(&agent);
+    assert!(!task.message.is_in_ring() && all_equal(&task.message, 5.0));
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+}

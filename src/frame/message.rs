@@ -156,7 +156,7 @@ impl<'c> Message<'c> {
         let mut buf = AlignedBuf::zeroed(body.len())?;
         buf.as_mut_slice().copy_from_slice(body);
         Ok(OwnedMessage {
-            body: buf,
+            body: OwnedBody::Buf(buf),
             kind: self.kind,
             sequence: self.sequence,
             parsed: self.parsed.clone(),
@@ -172,12 +172,41 @@ impl<'c> Message<'c> {
             return self.to_owned_message();
         };
         Ok(OwnedMessage {
-            body: std::mem::take(*buf),
+            body: OwnedBody::Buf(std::mem::take(*buf)),
             kind: self.kind,
             sequence: self.sequence,
             parsed: std::mem::replace(&mut self.parsed, ParsedBody::empty()),
             give_back: Some(Arc::downgrade(returned)),
         })
+    }
+
+    /// Turns the message into an owned value without copying it when it can: a message that
+    /// arrived whole stays in the ring, held ([`crate::ring::ReadGrant::hold`]) until the owned
+    /// message and every clone of it are dropped, if at least `keep_free` bytes of the ring
+    /// stay free for the records behind it; otherwise as [`Message::into_owned`].
+    ///
+    /// A held message keeps the sender from reusing its ring space: the sender's next message
+    /// waits for room once the ring is full of held messages.
+    pub fn into_owned_in_place(mut self, keep_free: u64) -> std::io::Result<OwnedMessage> {
+        let Storage::Ring(grant) = &mut self.storage else {
+            return self.into_owned();
+        };
+        let Some(taken) = grant.take() else {
+            return self.into_owned();
+        };
+        match taken.hold(keep_free) {
+            Ok(hold) => Ok(OwnedMessage {
+                body: OwnedBody::Held(Arc::new(hold)),
+                kind: self.kind,
+                sequence: self.sequence,
+                parsed: std::mem::replace(&mut self.parsed, ParsedBody::empty()),
+                give_back: None,
+            }),
+            Err(refused) => {
+                *grant = Some(refused);
+                self.into_owned()
+            }
+        }
     }
 
     /// Frees the message's ring space now (dropping it does the same).
@@ -203,10 +232,20 @@ impl Drop for Message<'_> {
     }
 }
 
-/// A message copied out of the ring: the same accessors as [`Message`], owning its bytes.
+/// Where an [`OwnedMessage`]'s bytes are.
+#[derive(Clone, Debug)]
+pub(super) enum OwnedBody {
+    /// A buffer of its own (copied out, or the reassembly buffer it was built in).
+    Buf(AlignedBuf),
+    /// Still in the ring, held until the last clone is dropped.
+    Held(Arc<RingHold>),
+}
+
+/// A message that owns its bytes, or holds them in the ring: the same accessors as
+/// [`Message`], valid for as long as it lives.
 #[derive(Clone, Debug)]
 pub struct OwnedMessage {
-    pub(super) body: AlignedBuf,
+    pub(super) body: OwnedBody,
     pub(super) kind: MessageKind,
     pub(super) sequence: u64,
     pub(super) parsed: ParsedBody,
@@ -219,16 +258,28 @@ impl Drop for OwnedMessage {
         let Some(slot) = self.give_back.as_ref().and_then(Weak::upgrade) else {
             return;
         };
+        let OwnedBody::Buf(body) = &mut self.body else {
+            return;
+        };
         let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if self.body.capacity() > slot.capacity() {
-            *slot = std::mem::take(&mut self.body);
+        if body.capacity() > slot.capacity() {
+            *slot = std::mem::take(body);
         }
     }
 }
 
 impl OwnedMessage {
     pub(super) fn body(&self) -> &[u8] {
-        self.body.as_slice()
+        match &self.body {
+            OwnedBody::Buf(buf) => buf.as_slice(),
+            OwnedBody::Held(hold) => &hold.as_slice()[FRAGMENT_HEADER_LEN..],
+        }
+    }
+
+    /// Whether the message is read in place in the ring ([`Message::into_owned_in_place`])
+    /// rather than from a buffer of its own.
+    pub fn is_in_ring(&self) -> bool {
+        matches!(self.body, OwnedBody::Held(_))
     }
 
     received_accessors!();

@@ -33,7 +33,8 @@ use serde_json::{Map, Value};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::ring::{
-    Consumer, Producer, ReadGrant, RecvError, Reservation, ReserveError, RingCorruption, WriteGrant,
+    Consumer, Producer, ReadGrant, RecvError, Reservation, ReserveError, RingCorruption, RingHold,
+    WriteGrant,
 };
 use crate::signal::PeerLost;
 

@@ -1091,7 +1091,7 @@ fn on_task(inner: &Inner, epoch: u64, generation: u64, message: Message<'_>) {
                     .as_ref()
                     .is_some_and(|c| c.id == id && !c.aborted));
         if !duplicate {
-            match message.into_owned() {
+            match super::config::own_message(message, inner.config.receive_in_place) {
                 Ok(owned) => {
                     let slot = Slot {
                         id: id.clone(),

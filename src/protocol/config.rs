@@ -73,6 +73,14 @@ pub struct ExchangerConfig {
     /// result would use anyway from its first arrival on. `None` (default): the buffer is
     /// mapped and faulted in (in one batch) when the first large result arrives.
     pub expected_message_len: Option<u64>,
+    /// Read a result that arrived whole (it fit in the result ring) in place in the ring
+    /// instead of copying it out (default `false`): zero copies on this side. The result's ring
+    /// space stays taken until the reply's message (and every clone) is dropped, so the agent
+    /// cannot send a second such result before then; with a result ring at least as large as
+    /// the largest result plus [`IN_PLACE_KEEP_FREE`], a result built by loan is never copied
+    /// on either side. A result too large to hold with that much of the ring left free is
+    /// copied out as when this is off.
+    pub receive_in_place: bool,
 }
 
 /// Setters, one per field (the struct is `#[non_exhaustive]`: build it from `default()`).
@@ -175,6 +183,13 @@ impl ExchangerConfig {
         self
     }
 
+    /// Sets [`ExchangerConfig::receive_in_place`].
+    #[must_use]
+    pub fn receive_in_place(mut self, receive_in_place: bool) -> Self {
+        self.receive_in_place = receive_in_place;
+        self
+    }
+
     /// The bytes of memory [`ExchangerConfig::expected_message_len`] reserves (and keeps resident) for
     /// the receive buffer: the expected length plus room for headers and the tensor table.
     /// `None` when it is not set.
@@ -201,6 +216,7 @@ impl Default for ExchangerConfig {
             limits: Limits::default(),
             reclaim_stale: true,
             expected_message_len: None,
+            receive_in_place: false,
         }
     }
 }
@@ -242,6 +258,15 @@ pub struct AgentConfig {
     /// task would use anyway from its first arrival on. `None` (default): the buffer is
     /// mapped and faulted in (in one batch) when the first large task arrives.
     pub expected_message_len: Option<u64>,
+    /// Read a task that arrived whole (it fit in the task ring) in place in the ring instead
+    /// of copying it out (default `false`): zero copies on this side. The task's ring space
+    /// stays taken until the fetched task's message (and every clone) is dropped, so the
+    /// exchanger cannot send a second such task before then: drop a task before waiting for
+    /// the next one. With a task ring at least as large as the largest task plus
+    /// [`IN_PLACE_KEEP_FREE`], a task built by loan is never copied on either side; aborts and
+    /// byes still arrive while a task is held. A task too large to hold with that much of the
+    /// ring left free is copied out as when this is off.
+    pub receive_in_place: bool,
 }
 
 /// Setters, one per field (the struct is `#[non_exhaustive]`: build it from `default()`).
@@ -315,6 +340,13 @@ impl AgentConfig {
         self
     }
 
+    /// Sets [`AgentConfig::receive_in_place`].
+    #[must_use]
+    pub fn receive_in_place(mut self, receive_in_place: bool) -> Self {
+        self.receive_in_place = receive_in_place;
+        self
+    }
+
     /// The bytes of memory [`AgentConfig::expected_message_len`] reserves (and keeps resident) for
     /// the receive buffer: the expected length plus room for headers and the tensor table.
     /// `None` when it is not set.
@@ -336,7 +368,26 @@ impl Default for AgentConfig {
             wait: WaitStrategy::default(),
             limits: Limits::default(),
             expected_message_len: None,
+            receive_in_place: false,
         }
+    }
+}
+
+/// Bytes of a ring that [`ExchangerConfig::receive_in_place`] and
+/// [`AgentConfig::receive_in_place`] keep free for the messages behind a held one (acks,
+/// aborts, byes are a few hundred bytes each).
+pub const IN_PLACE_KEEP_FREE: u64 = 64 << 10;
+
+/// Turns a received message into an owned one: held in the ring when `in_place` allows it
+/// (see [`IN_PLACE_KEEP_FREE`]), else copied out or its reassembly buffer kept.
+pub(super) fn own_message(
+    message: crate::frame::Message<'_>,
+    in_place: bool,
+) -> std::io::Result<crate::frame::OwnedMessage> {
+    if in_place {
+        message.into_owned_in_place(IN_PLACE_KEEP_FREE)
+    } else {
+        message.into_owned()
     }
 }
 

@@ -1392,7 +1392,10 @@ impl PumpCore {
                     _ if rc != ReturnCode::Ok && rc != ReturnCode::EarlyTermination => {
                         (Reply::bare(rc), ReturnCode::Ok)
                     }
-                    Some(kind) if has_data && has_meta => match message.into_owned() {
+                    Some(kind) if has_data && has_meta => match super::config::own_message(
+                        message,
+                        self.inner.config.receive_in_place,
+                    ) {
                         Ok(owned) => (
                             Reply {
                                 rc,

@@ -103,7 +103,7 @@ mod exchanger;
 pub use agent::{
     Agent, AgentAttachError, AgentStatus, GetTaskError, ResultLoan, SubmitError, Task,
 };
-pub use config::{AgentConfig, ExchangerConfig, RestartPolicy};
+pub use config::{AgentConfig, ExchangerConfig, RestartPolicy, IN_PLACE_KEEP_FREE};
 pub use exchanger::{
     CloseError, Exchanger, ExchangerCreateError, ExchangerStatus, Reply, TaskLoan, TaskLoanError,
 };
