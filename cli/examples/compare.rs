@@ -68,6 +68,7 @@ use shmex::frame::{
 use shmex::link::{CreateOptions, Link};
 use shmex::protocol::{
     AbortSignal, Agent, AgentConfig, Exchanger, ExchangerConfig, GetTaskError, Headers,
+    IN_PLACE_KEEP_FREE,
 };
 use shmex::ring::RecvError;
 use shmex::segment::SegmentName;
@@ -569,6 +570,15 @@ fn print_report(config: &Config, report: &Report) {
             report.get("memcpy-x2", &largest, "time_ms")
         )
     );
+    // How many times faster the zero-copy model exchange is than two memcpys of the model.
+    let _ = writeln!(
+        out,
+        "RATIO memcpy-x2/protocol-model-zero-copy {largest} {}",
+        ratio(
+            report.get("memcpy-x2", &largest, "time_ms"),
+            report.get("protocol-model-zero-copy", &largest, "round_trip_ms")
+        )
+    );
     // The protocol's small-task round trip over the raw 4 KiB task frame echo (same run):
     // spinning, and on the futex path (against the frame echo and against two raw futex
     // ping-pongs, the floor of a round trip that needs two wake-ups each way).
@@ -676,15 +686,26 @@ fn model_digest<'a>(
     round: Option<i64>,
     tensors: impl Iterator<Item = (&'a str, &'a [u64], &'a [u8])>,
 ) -> u64 {
+    digest_of_checksums(
+        round,
+        tensors.map(|(name, shape, bytes)| (name, shape, pattern::checksum(bytes))),
+    )
+}
+
+/// [`model_digest`] from each tensor's name, shape and the checksum of its bytes.
+fn digest_of_checksums<'a>(
+    round: Option<i64>,
+    tensors: impl Iterator<Item = (&'a str, &'a [u64], u64)>,
+) -> u64 {
     let mut summary = Vec::with_capacity(4096);
     summary.extend_from_slice(&round.unwrap_or(i64::MIN).to_le_bytes());
-    for (name, shape, bytes) in tensors {
+    for (name, shape, checksum) in tensors {
         summary.extend_from_slice(&pattern::checksum(name.as_bytes()).to_le_bytes());
         summary.extend_from_slice(&(shape.len() as u64).to_le_bytes());
         for &dim in shape {
             summary.extend_from_slice(&dim.to_le_bytes());
         }
-        summary.extend_from_slice(&pattern::checksum(bytes).to_le_bytes());
+        summary.extend_from_slice(&checksum.to_le_bytes());
     }
     pattern::checksum(&summary)
 }
@@ -1639,6 +1660,7 @@ fn child_main(args: &[String]) -> Res<()> {
         "loan-echo" => child_loan_echo(arg(0)?),
         "task-echo" => child_task_echo(arg(0)?, Duration::from_nanos(arg(1)?.parse()?)),
         "protocol-agent" => child_protocol_agent(arg(0)?, Duration::from_nanos(arg(1)?.parse()?)),
+        "zero-copy-agent" => child_zero_copy_agent(arg(0)?),
         "demo-exchanger" => child_demo_exchanger(arg(0)?.parse()?, arg(1)?.parse()?, arg(2)?),
         other => Err(format!("unknown child mode {other:?}").into()),
     }
@@ -1892,6 +1914,7 @@ fn unique_name(tag: &str) -> Res<SegmentName> {
 fn bench_protocol(config: &Config, report: &mut Report) -> Res<()> {
     bench_protocol_tasks(config, report)?;
     bench_protocol_model(config, report)?;
+    bench_protocol_zero_copy(config, report)?;
     report.notes.push(format!(
         "protocol: protocol-task-* = Exchanger::execute of a 4 KiB f32 task answered by an Agent \
          child with a 4 KiB result (ring waits spin {ACTIVE_SPIN:?} or 0; each side hands off \
@@ -2121,6 +2144,161 @@ fn bench_protocol_model(config: &Config, report: &mut Report) -> Res<()> {
     );
     exchanger.close()?;
     peer.finish()
+}
+
+/// Rounds of the zero-copy model exchange (each is a hand-off, not a copy: cheap).
+fn zero_copy_rounds(config: &Config) -> usize {
+    if config.quick {
+        10
+    } else {
+        30
+    }
+}
+
+/// `protocol-model-zero-copy`: the model of the largest size sent as a task loan and read in
+/// place by the agent (`receive_in_place`), answered by a result loan of the same layout read
+/// in place by the exchanger; rings just large enough for one model each. Two untimed rounds
+/// verify the data both ways (the agent copies the task into its result; both halves of the
+/// ring's positions are used); the timed rounds fill nothing (the task is filled before the
+/// clock starts in real use, and the agent's work is its own): the time from
+/// `TaskLoan::execute` to the reply is the hand-off of the loan to a view, both ways.
+fn bench_protocol_zero_copy(config: &Config, report: &mut Report) -> Res<()> {
+    const TRANSPORT: &str = "protocol-model-zero-copy";
+    let total = *config.sizes.iter().max().ok_or("no sizes")?;
+    let label = size_label(total);
+    let layout = model_layout(total, config.model_tensors)?;
+    let spec = layout
+        .iter()
+        .fold(LoanSpec::new(DataKind::Weights), |spec, t| {
+            spec.tensor(t.name.as_str(), shmex::frame::DType::F32, &t.shape)
+        });
+    // The record (tensor bytes, plus room for headers, table and alignment) and the room kept
+    // free behind it.
+    let ring = (total + total / 128 + MIB + IN_PLACE_KEEP_FREE as usize).next_multiple_of(PAGE) as u64;
+    eprintln!(
+        "zero-copy model ({label}, rings of {} MiB, loan -> in-place view both ways):",
+        ring >> 20
+    );
+    let name = unique_name(TRANSPORT)?;
+    let exchanger_config = ExchangerConfig::default()
+        .task_ring_capacity(ring)
+        .result_ring_capacity(ring)
+        .receive_in_place(true);
+    let exchanger = Exchanger::create(&name, exchanger_config)?;
+    let mut peer = Peer::spawn(
+        &config.launcher,
+        "zero-copy-agent",
+        &[name.as_str().to_string()],
+    )?;
+    peer.expect("ready")?;
+    let round = |task_name: &str, id: String, seed: Option<u64>| -> Res<(Duration, u64)> {
+        let mut loan = exchanger.loan_task(task_name, &spec, &Headers::new(id), None)?;
+        let mut sent = 0;
+        if let Some(seed) = seed {
+            for index in 0..loan.tensor_count() {
+                pattern::fill(loan.tensor_bytes_mut(index)?, seed + index as u64);
+            }
+            sent = loan_digest(&mut loan, &layout)?;
+        }
+        let start = Instant::now();
+        let reply = loan.execute(None);
+        let elapsed = start.elapsed();
+        let result = reply
+            .result
+            .ok_or_else(|| format!("{TRANSPORT}: reply {}", reply.rc))?;
+        if !result.is_in_ring() {
+            return Err(format!("{TRANSPORT}: the result was copied out of the ring").into());
+        }
+        if seed.is_some() {
+            let got = model_digest(
+                None,
+                result.tensors().map(|t| (t.name(), t.shape(), t.bytes())),
+            );
+            if got != sent {
+                return Err(format!("{TRANSPORT}: the result differs from the task").into());
+            }
+        }
+        Ok((elapsed, sent))
+    };
+    for verify in 0..2 {
+        round(MODEL_VERIFY, format!("verify-{verify}"), Some(0x2e40 + verify))?;
+    }
+    let mut times = Vec::new();
+    for i in 0..zero_copy_rounds(config) {
+        times.push(round(MODEL_TIMED, format!("round-{i}"), None)?.0);
+    }
+    times.sort_unstable();
+    report.add(
+        TRANSPORT,
+        &label,
+        "round_trip_ms",
+        percentile(&times, 50.0).as_secs_f64() * 1e3,
+        "ms",
+    );
+    report.notes.push(format!(
+        "zero-copy: {TRANSPORT} = a {label} task built by Exchanger::loan_task, read in place by \
+         the agent (receive_in_place), answered by an Agent::loan_result of the same layout read \
+         in place by the exchanger; task and result rings of {} MiB each; median of {} rounds \
+         from TaskLoan::execute to the reply (fills outside the clock), after 2 rounds that \
+         verify the data both ways",
+        ring >> 20,
+        zero_copy_rounds(config)
+    ));
+    exchanger.close()?;
+    peer.finish()
+}
+
+/// The digest [`model_digest`] gives for a task loan of `layout`, filled.
+fn loan_digest(loan: &mut shmex::protocol::TaskLoan, layout: &[ModelTensor]) -> Res<u64> {
+    let mut checksums = Vec::with_capacity(layout.len());
+    for index in 0..layout.len() {
+        checksums.push(pattern::checksum(loan.tensor_bytes_mut(index)?));
+    }
+    Ok(digest_of_checksums(
+        None,
+        layout
+            .iter()
+            .zip(checksums)
+            .map(|(t, checksum)| (t.name.as_str(), t.shape.as_slice(), checksum)),
+    ))
+}
+
+/// An `Agent` that reads each task in place (`receive_in_place`) and answers it with a result
+/// loan of the task's layout: a copy of the task for `MODEL_VERIFY` tasks, unfilled otherwise.
+fn child_zero_copy_agent(name: &str) -> Res<()> {
+    let config = AgentConfig::default()
+        .attach_timeout(PEER_TIMEOUT)
+        .receive_in_place(true);
+    let agent = Agent::attach(&SegmentName::new(name)?, config)?;
+    println!("ready");
+    loop {
+        let task = match agent.get_task(Some(PEER_TIMEOUT)) {
+            Ok(Some(task)) => task,
+            Ok(None) => return Err("zero-copy-agent: no task".into()),
+            Err(GetTaskError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if !task.message.is_in_ring() {
+            return Err("zero-copy-agent: the task was copied out of the ring".into());
+        }
+        let spec = task
+            .message
+            .tensors()
+            .fold(LoanSpec::new(DataKind::WeightDiff), |spec, t| {
+                spec.tensor(t.name(), t.dtype(), t.shape())
+            });
+        let mut loan = agent.loan_result(&spec)?;
+        if task.name == MODEL_VERIFY {
+            for (index, tensor) in task.message.tensors().enumerate() {
+                loan.tensor_bytes_mut(index)?.copy_from_slice(tensor.bytes());
+            }
+        }
+        // Released before the answer, so that the next task finds the ring free.
+        drop(task);
+        if !loan.commit(shmex::frame::ReturnCode::Ok)? {
+            return Err("zero-copy-agent: result refused".into());
+        }
+    }
 }
 
 /// An `Agent` answering every task with a WEIGHT_DIFF result of the task's own tensors (sent
