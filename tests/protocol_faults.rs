@@ -120,6 +120,53 @@ fn killed_agent_is_detected_and_task_redelivered() {
     assert!(!shm_exists(exchanger.name()));
 }
 
+/// An agent killed while it holds its task in the task ring (receive_in_place): the ring
+/// space it held is not lost, and the task is redelivered to the next agent, in place again.
+#[test]
+fn agent_killed_holding_a_task_in_place_loses_no_ring_space() {
+    let config = config().task_ring_capacity(1 << 20);
+    let exchanger = Arc::new(Exchanger::create(&unique("killinplace"), config).unwrap());
+    let name = exchanger.name().as_str().to_string();
+    let mut holder = Peer::spawn(&["agent-hold-task-in-place", &name]);
+    holder.expect_line("READY");
+    // 600 KiB: the next such task only fits if the dead agent's hold is given back.
+    let weights: &'static [f32] = Box::leak(vec![0.5f32; 150 << 10].into_boxed_slice());
+    let model = Dxo::new(DataKind::Weights)
+        .with_tensor("w", &[weights.len() as u64], weights)
+        .unwrap();
+    let send = |id: &'static str| {
+        let exchanger = Arc::clone(&exchanger);
+        let model = model.clone();
+        std::thread::spawn(move || {
+            exchanger.execute("train", &model, &Headers::new(id), &watchdog())
+        })
+    };
+    let pending = send("t1");
+    assert_eq!(holder.expect_line("TASK"), "TASK t1 in_ring=true");
+    holder.kill();
+    let agent = Agent::attach(
+        exchanger.name(),
+        AgentConfig::default()
+            .attach_timeout(Duration::from_secs(60))
+            .receive_in_place(true),
+    )
+    .unwrap();
+    let mut pending = Some(pending);
+    for id in ["t1", "t2", "t3"] {
+        let pending = pending.take().unwrap_or_else(|| send(id));
+        let task = agent.get_task(Some(WATCHDOG)).unwrap();
+        let task = task.unwrap_or_else(|| panic!("{id} never arrived"));
+        assert_eq!(task.id, id);
+        assert!(task.message.is_in_ring(), "{id} read in place");
+        let w = task.message.tensor_by_name("w").unwrap();
+        assert!(w.as_slice::<f32>().unwrap() == weights);
+        drop(task);
+        assert!(agent.submit_result(&model, ReturnCode::Ok).unwrap());
+        assert_eq!(pending.join().unwrap().rc, ReturnCode::Ok);
+    }
+    exchanger.close().unwrap();
+}
+
 fn bytes_of(weights: &[f32]) -> &[u8] {
     zerocopy::IntoBytes::as_bytes(weights)
 }

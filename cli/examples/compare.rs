@@ -2174,7 +2174,8 @@ fn bench_protocol_zero_copy(config: &Config, report: &mut Report) -> Res<()> {
         });
     // The record (tensor bytes, plus room for headers, table and alignment) and the room kept
     // free behind it.
-    let ring = (total + total / 128 + MIB + IN_PLACE_KEEP_FREE as usize).next_multiple_of(PAGE) as u64;
+    let ring =
+        (total + total / 128 + MIB + IN_PLACE_KEEP_FREE as usize).next_multiple_of(PAGE) as u64;
     eprintln!(
         "zero-copy model ({label}, rings of {} MiB, loan -> in-place view both ways):",
         ring >> 20
@@ -2221,7 +2222,11 @@ fn bench_protocol_zero_copy(config: &Config, report: &mut Report) -> Res<()> {
         Ok((elapsed, sent))
     };
     for verify in 0..2 {
-        round(MODEL_VERIFY, format!("verify-{verify}"), Some(0x2e40 + verify))?;
+        round(
+            MODEL_VERIFY,
+            format!("verify-{verify}"),
+            Some(0x2e40 + verify),
+        )?;
     }
     let mut times = Vec::new();
     for i in 0..zero_copy_rounds(config) {
@@ -2290,7 +2295,8 @@ fn child_zero_copy_agent(name: &str) -> Res<()> {
         let mut loan = agent.loan_result(&spec)?;
         if task.name == MODEL_VERIFY {
             for (index, tensor) in task.message.tensors().enumerate() {
-                loan.tensor_bytes_mut(index)?.copy_from_slice(tensor.bytes());
+                loan.tensor_bytes_mut(index)?
+                    .copy_from_slice(tensor.bytes());
             }
         }
         // Released before the answer, so that the next task finds the ring free.

@@ -195,6 +195,7 @@ mod peer {
         pub const MODES: &[&str] = &[
             "agent-serve",
             "agent-hold-task",
+            "agent-hold-task-in-place",
             "agent-loan-half-then-hang",
             "raw-agent-stall",
             "raw-result-then-hang",
@@ -209,7 +210,11 @@ mod peer {
         }
 
         fn agent(name: &SegmentName) -> Result<Agent> {
-            let config = AgentConfig::default()
+            agent_with(name, AgentConfig::default())
+        }
+
+        fn agent_with(name: &SegmentName, config: AgentConfig) -> Result<Agent> {
+            let config = config
                 .attach_timeout(Duration::from_secs(60))
                 .heartbeat_interval(Duration::from_millis(20))
                 .wait(wait());
@@ -277,6 +282,14 @@ mod peer {
                     println!("READY");
                     let task = agent.get_task(None)?.ok_or("no task")?;
                     println!("TASK {}", task.id);
+                    wait_for_stdin_close();
+                }
+                "agent-hold-task-in-place" => {
+                    // Holds its task in the task ring (receive_in_place) until killed.
+                    let agent = agent_with(name, AgentConfig::default().receive_in_place(true))?;
+                    println!("READY");
+                    let task = agent.get_task(None)?.ok_or("no task")?;
+                    println!("TASK {} in_ring={}", task.id, task.message.is_in_ring());
                     wait_for_stdin_close();
                 }
                 "agent-loan-half-then-hang" => {
