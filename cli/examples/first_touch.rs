@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example first_touch            # 1 GiB
 //! cargo run --release --example first_touch -- 256MiB
+//! cargo run --release --example first_touch -- 1GiB populate-write   # one variant only
 //! ```
 //!
 //! Each variant maps a fresh private anonymous region of the size and times how its pages get
@@ -98,6 +99,12 @@ fn minor_faults() -> i64 {
 
 /// Times `f`, prints and returns the figure.
 fn timed(label: &str, variant: &str, f: impl FnOnce() -> Res<()>) -> Res<()> {
+    if std::env::args()
+        .nth(2)
+        .is_some_and(|only| only != variant)
+    {
+        return Ok(());
+    }
     let faults = minor_faults();
     let start = Instant::now();
     f()?;

@@ -82,7 +82,8 @@ impl AlignedBuf {
         }
         if len > self.prefaulted {
             if let Some(map) = self.map.as_mut() {
-                crate::sys::populate_write(&mut map[..len])?;
+                // Only what is not in yet (the bytes before were populated earlier).
+                crate::sys::populate_write(&mut map[self.prefaulted..len])?;
             }
             self.prefaulted = len;
         }
