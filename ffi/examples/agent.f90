@@ -72,20 +72,20 @@ program agent_f
     call check(shmex_agent_loan_result(agent, spec, loan), 'loan_result')
     do t = 1, count
       call shmex_tensor_f32(views(t), w)    ! in place; C order, so 1-D is the same order
-      if (.not. associated(w)) stop 'agent.f90: a tensor is not f32'
+      if (.not. associated(w)) error stop 'agent.f90: a tensor is not f32'
       call check(shmex_result_loan_tensor(loan, t - 1, out), 'loan tensor')
       call shmex_loan_tensor_f32(out, updated) ! shared memory, until commit
       do i = 1, size(w, kind=c_size_t)
         ! exact: every value of the contract is a float without rounding
         if (abs(w(i) - (real(mod(i - 1, 1000_c_size_t), c_float) * 0.5 + real(round, c_float))) &
             > 0.0_c_float) then
-          stop 'agent.f90: a tensor is not the model'
+          error stop 'agent.f90: a tensor is not the model'
         end if
       end do
       updated = w + 1.0_c_float             ! the "training", written in place
     end do
     call check(shmex_result_loan_commit(loan, SHMEX_RC_OK, accepted), 'commit') ! ends the loan
-    if (.not. accepted) stop 'agent.f90: result not accepted'
+    if (.not. accepted) error stop 'agent.f90: result not accepted'
     call check(shmex_task_free(task), 'task_free') ! frees its ring space for the next task
     deallocate(views, layout)
     tasks = tasks + 1
