@@ -1,6 +1,8 @@
 // The trainer of agent.c in C++17 with shmex.hpp: checks each task's model, adds one to
 // every weight and answers by loan (written in place in shared memory); a result too large
 // for one ring record (SHMEX_TOO_LARGE) is submitted by copy. Until the exchanger says bye.
+// Tasks are read in place in the task ring when they arrived whole (receive_in_place), so
+// each task is destroyed before the next is fetched.
 //
 //   c++ -std=c++17 agent.cpp -o agent $(pkg-config --cflags --libs shmex)
 //   ./agent SITE AGENT_ID
@@ -60,8 +62,10 @@ int main(int argc, char **argv) {
         return 2;
     }
     try {
-        shmex::agent agent(argv[1], argv[2]);
-        int tasks = 0;
+        shmex_agent_options options = shmex::default_agent_options();
+        options.receive_in_place = 1;  // no copy of a task that fits in the ring
+        shmex::agent agent(argv[1], argv[2], &options);
+        int tasks = 0, in_place = 0;
         for (;;) {
             std::optional<shmex::task> task;
             try {
@@ -71,6 +75,7 @@ int main(int argc, char **argv) {
                 throw;
             }
             if (!task) throw std::runtime_error("no task for 120 s");
+            if (task->in_place()) in_place++;  // its ring space is held until *task dies
             const float round = static_cast<float>(round_of(task->meta_json()));
             const char *meta = R"({"NUM_STEPS_CURRENT_ROUND": 1})";
             for (std::size_t t = 0; t < task->tensor_count(); t++) {
@@ -85,7 +90,8 @@ int main(int argc, char **argv) {
             if (!*accepted) throw std::runtime_error("result not accepted");
             tasks++;
         }
-        std::printf("C++ agent: %d tasks checked and answered\n", tasks);
+        std::printf("C++ agent: %d tasks checked and answered, %d read in place\n", tasks,
+                    in_place);
         return 0;
     } catch (const std::exception &e) {
         std::fprintf(stderr, "agent.cpp: %s\n", e.what());

@@ -1,15 +1,21 @@
 ! The trainer of agent.c in Fortran 2008: checks each task's model (viewed in place as a
 ! Fortran array pointer), writes every weight plus one straight into a loan of shared memory
-! (another array pointer) and commits it, until bye.
+! (another array pointer) and commits it, until bye. With receive_in_place on, a task that
+! arrived whole is read where it lies in the task ring (no copy on either side when the
+! exchanger sent it by loan): its ring space is taken until shmex_task_free, which comes
+! before the next shmex_agent_get_task.
 !
 !   gfortran -std=f2008 shmex.f90 agent.f90 -o agent $(pkg-config --libs shmex)
-!   ./agent SITE AGENT_ID
+!   ./agent SITE AGENT_ID [in-place]
+! With "in-place", every task must have been read in place (tests/run.sh: models that fit in
+! the ring with SHMEX_IN_PLACE_KEEP_FREE to spare).
 program agent_f
   use, intrinsic :: iso_c_binding
   use shmex
   implicit none
 
-  character(len=256) :: site, agent_id
+  character(len=256) :: site, agent_id, mode
+  type(shmex_agent_options), target :: options
   character(kind=c_char), target :: meta_out(32)
   character(len=*), parameter :: meta_text = '{"NUM_STEPS_CURRENT_ROUND": 1}'
   type(c_ptr) :: agent, task, meta_ptr
@@ -22,19 +28,23 @@ program agent_f
   character(len=:), allocatable :: meta
   integer(c_int32_t) :: st
   integer(c_size_t) :: count, t, i
-  integer :: tasks, round, at
-  logical(c_bool) :: accepted
+  integer :: tasks, in_place_tasks, round, at
+  logical(c_bool) :: accepted, in_place
 
   call get_command_argument(1, site)
   call get_command_argument(2, agent_id)
+  call get_command_argument(3, mode)
   do i = 1, len(meta_text)
     meta_out(i) = meta_text(i:i)
   end do
   meta_out(len(meta_text) + 1) = c_null_char
 
-  st = shmex_agent_attach(shmex_c_string(site), shmex_c_string(agent_id), c_null_ptr, agent)
+  call check(shmex_agent_options_default(options), 'options_default')
+  options%receive_in_place = 1              ! no copy of a task that fits in the ring
+  st = shmex_agent_attach(shmex_c_string(site), shmex_c_string(agent_id), c_loc(options), agent)
   call check(st, 'attach')
   tasks = 0
+  in_place_tasks = 0
   do
     st = shmex_agent_get_task(agent, 120000_c_int64_t, task)
     if (st == SHMEX_CLOSED) exit            ! the exchanger said bye
@@ -43,6 +53,12 @@ program agent_f
     meta = shmex_f_string(meta_ptr)
     at = index(meta, '"current_round":') + len('"current_round":')
     read (meta(at:), *) round               ! list-directed: stops at ',' or '}'
+    call check(shmex_task_is_in_place(task, in_place), 'is_in_place')
+    if (in_place) then
+      in_place_tasks = in_place_tasks + 1
+    else if (mode == 'in-place') then
+      error stop 'agent.f90: a task was not read in place'
+    end if
     call check(shmex_task_tensor_count(task, count), 'tensor_count')
     allocate(views(count), layout(count))
     do t = 1, count                         ! the result has the task's names and shapes
@@ -56,26 +72,27 @@ program agent_f
     call check(shmex_agent_loan_result(agent, spec, loan), 'loan_result')
     do t = 1, count
       call shmex_tensor_f32(views(t), w)    ! in place; C order, so 1-D is the same order
-      if (.not. associated(w)) stop 'agent.f90: a tensor is not f32'
+      if (.not. associated(w)) error stop 'agent.f90: a tensor is not f32'
       call check(shmex_result_loan_tensor(loan, t - 1, out), 'loan tensor')
       call shmex_loan_tensor_f32(out, updated) ! shared memory, until commit
       do i = 1, size(w, kind=c_size_t)
         ! exact: every value of the contract is a float without rounding
         if (abs(w(i) - (real(mod(i - 1, 1000_c_size_t), c_float) * 0.5 + real(round, c_float))) &
             > 0.0_c_float) then
-          stop 'agent.f90: a tensor is not the model'
+          error stop 'agent.f90: a tensor is not the model'
         end if
       end do
       updated = w + 1.0_c_float             ! the "training", written in place
     end do
     call check(shmex_result_loan_commit(loan, SHMEX_RC_OK, accepted), 'commit') ! ends the loan
-    if (.not. accepted) stop 'agent.f90: result not accepted'
-    call check(shmex_task_free(task), 'task_free')
+    if (.not. accepted) error stop 'agent.f90: result not accepted'
+    call check(shmex_task_free(task), 'task_free') ! frees its ring space for the next task
     deallocate(views, layout)
     tasks = tasks + 1
   end do
   call check(shmex_agent_free(agent), 'agent_free')
-  print '(a, i0, a)', 'Fortran agent: ', tasks, ' tasks checked and answered'
+  print '(a, i0, a, i0, a)', 'Fortran agent: ', tasks, ' tasks checked and answered, ', &
+    in_place_tasks, ' read in place'
 
 contains
 

@@ -12,6 +12,15 @@
 ! a tensor of C shape [n0, n1] is, seen from Fortran, column-major of shape (n1, n0); use
 ! shmex_tensor_fortran_shape for the reversed extents, or reshape the rank-1 pointer.
 !
+! Options: fill a type(shmex_agent_options) declared with the target attribute from
+! shmex_agent_options_default, change fields, and pass c_loc(options) to shmex_agent_attach
+! (c_null_ptr: the defaults); the same for shmex_exchanger_options and shmex_exchanger_create.
+! The types mirror shmex.h's structs field by field (bind(C): the same layout); shmex.h
+! documents each field. receive_in_place (non-zero: on) reads a task (agent) or result
+! (exchanger) that arrived whole in place in the ring, its ring space taken until the task or
+! reply is freed: free each before fetching the next (shmex_task_is_in_place and
+! shmex_reply_is_in_place tell whether it was read in place).
+!
 ! Loans: shmex_agent_loan_result (and shmex_exchanger_loan_task) reserve the tensors of a
 ! shmex_loan_spec in shared memory; shmex_loan_tensor_f32 / _f64 map a loaned tensor to a
 ! rank-1 Fortran array pointer to write in place. The pointer is valid until the loan is
@@ -47,6 +56,8 @@ module shmex
     SHMEX_RC_BAD_TASK_DATA = 3, SHMEX_RC_TIMEOUT = 5, SHMEX_RC_ERROR = 6, &
     SHMEX_RC_EXECUTION_EXCEPTION = 7, SHMEX_RC_TASK_ABORTED = 12, &
     SHMEX_RC_EARLY_TERMINATION = 22
+  ! Ring bytes receive_in_place keeps free behind a held message (shmex.h)
+  integer(c_int64_t), parameter :: SHMEX_IN_PLACE_KEEP_FREE = 65536
 
   type, bind(C) :: shmex_tensor
     type(c_ptr) :: name = c_null_ptr
@@ -89,6 +100,35 @@ module shmex
     integer(c_size_t) :: len = 0
   end type shmex_tensor_mut
 
+  ! shmex.h's shmex_exchanger_options (durations in seconds; c_int64_t for uint64_t)
+  type, bind(C) :: shmex_exchanger_options
+    real(c_double) :: send_task_timeout
+    real(c_double) :: resend_task_interval
+    real(c_double) :: agent_connection_timeout
+    real(c_double) :: agent_heartbeat_timeout
+    real(c_double) :: agent_heartbeat_interval
+    real(c_double) :: agent_ack_timeout
+    real(c_double) :: result_timeout
+    integer(c_int32_t) :: on_agent_restart
+    integer(c_int64_t) :: task_ring_capacity
+    integer(c_int64_t) :: result_ring_capacity
+    integer(c_int) :: reclaim_stale
+    integer(c_int) :: receive_in_place
+    integer(c_int64_t) :: expected_message_len
+  end type shmex_exchanger_options
+
+  ! shmex.h's shmex_agent_options (durations in seconds; c_int64_t for uint64_t)
+  type, bind(C) :: shmex_agent_options
+    real(c_double) :: submit_result_timeout
+    real(c_double) :: flare_site_connection_timeout
+    real(c_double) :: flare_site_heartbeat_timeout
+    real(c_double) :: resend_result_interval
+    real(c_double) :: attach_timeout
+    real(c_double) :: heartbeat_interval
+    integer(c_int) :: receive_in_place
+    integer(c_int64_t) :: expected_message_len
+  end type shmex_agent_options
+
   type, bind(C) :: shmex_headers
     type(c_ptr) :: task_id = c_null_ptr
     integer(c_int64_t) :: current_round = -1
@@ -114,7 +154,14 @@ module shmex
       type(c_ptr) :: shmex_status_name
     end function shmex_status_name
 
-    ! options: c_null_ptr for the defaults
+    function shmex_agent_options_default(out_options) &
+        bind(C, name="shmex_agent_options_default")
+      import :: c_int32_t, shmex_agent_options
+      type(shmex_agent_options), intent(out) :: out_options
+      integer(c_int32_t) :: shmex_agent_options_default
+    end function shmex_agent_options_default
+
+    ! options: c_null_ptr for the defaults, or c_loc of a type(shmex_agent_options), target
     function shmex_agent_attach(site, agent_id, options, out_agent) &
         bind(C, name="shmex_agent_attach")
       import :: c_ptr, c_char, c_int32_t
@@ -192,12 +239,27 @@ module shmex
       integer(c_int32_t) :: shmex_task_tensor
     end function shmex_task_tensor
 
+    function shmex_task_is_in_place(task, out_in_place) bind(C, name="shmex_task_is_in_place")
+      import :: c_ptr, c_int32_t, c_bool
+      type(c_ptr), value :: task
+      logical(c_bool), intent(out) :: out_in_place
+      integer(c_int32_t) :: shmex_task_is_in_place
+    end function shmex_task_is_in_place
+
     function shmex_task_free(task) bind(C, name="shmex_task_free")
       import :: c_ptr, c_int32_t
       type(c_ptr), value :: task
       integer(c_int32_t) :: shmex_task_free
     end function shmex_task_free
 
+    function shmex_exchanger_options_default(out_options) &
+        bind(C, name="shmex_exchanger_options_default")
+      import :: c_int32_t, shmex_exchanger_options
+      type(shmex_exchanger_options), intent(out) :: out_options
+      integer(c_int32_t) :: shmex_exchanger_options_default
+    end function shmex_exchanger_options_default
+
+    ! options: c_null_ptr for the defaults, or c_loc of a type(shmex_exchanger_options), target
     function shmex_exchanger_create(site, agent_id, options, out_exchanger) &
         bind(C, name="shmex_exchanger_create")
       import :: c_ptr, c_char, c_int32_t
@@ -278,6 +340,14 @@ module shmex
       type(shmex_tensor), intent(out) :: out_tensor
       integer(c_int32_t) :: shmex_reply_tensor
     end function shmex_reply_tensor
+
+    function shmex_reply_is_in_place(reply, out_in_place) &
+        bind(C, name="shmex_reply_is_in_place")
+      import :: c_ptr, c_int32_t, c_bool
+      type(c_ptr), value :: reply
+      logical(c_bool), intent(out) :: out_in_place
+      integer(c_int32_t) :: shmex_reply_is_in_place
+    end function shmex_reply_is_in_place
 
     function shmex_agent_loan_result(agent, spec, out_loan) &
         bind(C, name="shmex_agent_loan_result")

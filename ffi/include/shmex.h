@@ -36,6 +36,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// Bytes of a ring that `receive_in_place` keeps free behind a message it holds, for the
+// messages that must still get through (acks, abort, bye): a message is read in place only
+// if it leaves this much of its ring free (`shmex::protocol::IN_PLACE_KEEP_FREE`, 64 KiB).
+// Size a ring for in-place reading as the largest message plus this.
+#define SHMEX_IN_PLACE_KEEP_FREE 65536
+
 // The agent's view of the exchanger (`shmex_agent_status`).
 enum shmex_agent_state
 #ifdef __cplusplus
@@ -346,6 +352,25 @@ typedef struct {
     double attach_timeout;
     // Period of our heartbeat (5 s).
     double heartbeat_interval;
+    // Non-zero: a task that arrived whole (it fit in the task ring) is read in place in the
+    // ring instead of being copied out: zero copies on this side (default 0, off). Its ring
+    // space stays taken until the task is freed (`shmex_task_free`), so the exchanger cannot
+    // send another task that needs that space before then: free each task before waiting
+    // for the next (`shmex_agent_get_task`), or give the ring room for two. Aborts and bye
+    // still arrive while a task is held. With a task ring at least as large as the largest
+    // task plus `SHMEX_IN_PLACE_KEEP_FREE`, a task built by loan
+    // (`shmex_exchanger_loan_task`) and answered by loan (`shmex_agent_loan_result`) is
+    // copied on neither side; a task too large to hold with that much of the ring left free
+    // is copied out as when this is off. `shmex_task_is_in_place` tells which happened.
+    int receive_in_place;
+    // The length in bytes of the largest task expected (a model's tensor bytes will do; room
+    // for headers and the tensor table is added: 1/128 of it plus 1 MiB), or 0: unknown
+    // (default). When set, `shmex_agent_attach` maps and faults in a receive buffer of that
+    // size before returning (about as long as writing that much memory once), so that not
+    // even the first task larger than the ring takes a page fault; the buffer stays resident
+    // for the life of the agent. 0: it is mapped when the first task larger than the ring
+    // arrives.
+    uint64_t expected_message_len;
 } shmex_agent_options;
 
 // One tensor: given by the caller to send (execute, submit), or filled by shmex to describe
@@ -415,6 +440,23 @@ typedef struct {
     uint64_t result_ring_capacity;
     // Non-zero: replace a segment of the same name whose owner died (default 1).
     int reclaim_stale;
+    // Non-zero: a result that arrived whole (it fit in the result ring) is read in place in
+    // the ring instead of being copied out: zero copies on this side (default 0, off). Its
+    // ring space stays taken until its reply is freed (`shmex_reply_free`), so the agent
+    // cannot send another result that needs that space before then: free each reply before
+    // the next execute, or give the ring room for two. With a result ring at least as large
+    // as the largest result plus `SHMEX_IN_PLACE_KEEP_FREE`, a result built by loan is copied
+    // on neither side; a result too large to hold with that much of the ring left free is
+    // copied out as when this is off. `shmex_reply_is_in_place` tells which happened.
+    int receive_in_place;
+    // The length in bytes of the largest result expected (a model's tensor bytes will do;
+    // room for headers and the tensor table is added: 1/128 of it plus 1 MiB), or 0: unknown
+    // (default). When set, `shmex_exchanger_create` maps and faults in a receive buffer of
+    // that size before returning (about as long as writing that much memory once), so that
+    // not even the first result larger than the ring takes a page fault; the buffer stays
+    // resident for the life of the exchanger. 0: it is mapped when the first result larger
+    // than the ring arrives.
+    uint64_t expected_message_len;
 } shmex_exchanger_options;
 
 // FLARE's task headers for `shmex_exchanger_execute`.
@@ -852,6 +894,16 @@ shmex_status shmex_task_tensor_by_name(const shmex_task *task,
                                        const char *name,
                                        shmex_tensor *out_tensor);
 
+// Whether the task is read in place in the task ring (`receive_in_place` was on and the
+// task arrived whole with room to spare, see `shmex_agent_options.receive_in_place`) rather
+// than from memory of its own. While it is, its ring space stays taken until
+// `shmex_task_free(task)`: the exchanger cannot send another task that needs that space
+// before then. Thread-safe.
+//
+// # Safety
+// `out_in_place` is NULL or valid for writing a `bool`.
+shmex_status shmex_task_is_in_place(const shmex_task *task, bool *out_in_place);
+
 // Frees a task: every pointer read from it becomes invalid. NULL does nothing (`SHMEX_OK`);
 // a handle freed already is `SHMEX_INVALID_HANDLE`. Freeing a task does not answer it
 // (`shmex_agent_submit_result` does). Not to be called while another thread still reads
@@ -901,6 +953,16 @@ shmex_status shmex_reply_tensor(const shmex_reply *reply, size_t index, shmex_te
 shmex_status shmex_reply_tensor_by_name(const shmex_reply *reply,
                                         const char *name,
                                         shmex_tensor *out_tensor);
+
+// Whether the result is read in place in the result ring (`receive_in_place` was on and the
+// result arrived whole with room to spare, see `shmex_exchanger_options.receive_in_place`)
+// rather than from memory of its own; false for a bare reply. While it is, its ring space
+// stays taken until `shmex_reply_free(reply)`: the agent cannot send another result that
+// needs that space before then. Thread-safe.
+//
+// # Safety
+// `out_in_place` is NULL or valid for writing a `bool`.
+shmex_status shmex_reply_is_in_place(const shmex_reply *reply, bool *out_in_place);
 
 // Frees a reply: every pointer read from it becomes invalid. NULL does nothing
 // (`SHMEX_OK`); a handle freed already is `SHMEX_INVALID_HANDLE`.

@@ -8,6 +8,9 @@
 // valid until the loan is committed/executed or destroyed; a loan destroyed without
 // commit()/execute() is abandoned (nothing is sent).
 // Thread-safety: as the C functions (handles may be shared; a task/reply is read-only).
+// Options are the C structs (shmex_agent_options, shmex_exchanger_options): take the
+// defaults from shmex::default_agent_options() / default_exchanger_options(), change fields,
+// and pass their address to the constructor.
 #ifndef SHMEX_HPP
 #define SHMEX_HPP
 
@@ -42,6 +45,21 @@ inline void check(shmex_status status, const char *call) {
     if (status != SHMEX_OK) throw error(status, call);
 }
 }  // namespace detail
+
+// The default agent options (shmex_agent_options_default), to change and pass to agent.
+inline shmex_agent_options default_agent_options() {
+    shmex_agent_options options{};
+    detail::check(shmex_agent_options_default(&options), "shmex_agent_options_default");
+    return options;
+}
+
+// The default exchanger options (shmex_exchanger_options_default), to change and pass to
+// exchanger.
+inline shmex_exchanger_options default_exchanger_options() {
+    shmex_exchanger_options options{};
+    detail::check(shmex_exchanger_options_default(&options), "shmex_exchanger_options_default");
+    return options;
+}
 
 // A contiguous read-only or mutable range: a pointer and a count.
 template <class T>
@@ -239,6 +257,13 @@ public:
                       "shmex_task_tensor_by_name");
         return t;
     }
+    // Whether the task is read in place in the task ring (shmex_task_is_in_place): its ring
+    // space is then taken until this object is destroyed.
+    bool in_place() const {
+        bool in_place = false;
+        detail::check(shmex_task_is_in_place(h_.get(), &in_place), "shmex_task_is_in_place");
+        return in_place;
+    }
     shmex_task *native() const noexcept { return h_.get(); }
 
 private:
@@ -280,6 +305,13 @@ public:
         detail::check(shmex_reply_tensor_by_name(h_.get(), name.c_str(), &t.raw),
                       "shmex_reply_tensor_by_name");
         return t;
+    }
+    // Whether the result is read in place in the result ring (shmex_reply_is_in_place): its
+    // ring space is then taken until this object is destroyed.
+    bool in_place() const {
+        bool in_place = false;
+        detail::check(shmex_reply_is_in_place(h_.get(), &in_place), "shmex_reply_is_in_place");
+        return in_place;
     }
 
 private:

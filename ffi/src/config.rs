@@ -37,6 +37,15 @@ fn optional_to_c(d: Option<Duration>) -> f64 {
     d.map_or(-1.0, |d| d.as_secs_f64())
 }
 
+/// An optional length from C: 0 means "unknown".
+fn optional_len(len: u64) -> Option<u64> {
+    (len != 0).then_some(len)
+}
+
+fn optional_len_to_c(len: Option<u64>) -> u64 {
+    len.unwrap_or(0)
+}
+
 /// The exchanger configuration of the C options.
 pub(crate) fn exchanger_config(o: &shmex_exchanger_options) -> Result<ExchangerConfig, Failure> {
     let on_agent_restart = match o.on_agent_restart {
@@ -65,7 +74,9 @@ pub(crate) fn exchanger_config(o: &shmex_exchanger_options) -> Result<ExchangerC
         .on_agent_restart(on_agent_restart)
         .task_ring_capacity(o.task_ring_capacity)
         .result_ring_capacity(o.result_ring_capacity)
-        .reclaim_stale(o.reclaim_stale != 0))
+        .reclaim_stale(o.reclaim_stale != 0)
+        .receive_in_place(o.receive_in_place != 0)
+        .expected_message_len(optional_len(o.expected_message_len)))
 }
 
 /// The agent configuration of the C options.
@@ -82,7 +93,9 @@ pub(crate) fn agent_config(o: &shmex_agent_options) -> Result<AgentConfig, Failu
         )?)
         .resend_result_interval(seconds("resend_result_interval", o.resend_result_interval)?)
         .attach_timeout(seconds("attach_timeout", o.attach_timeout)?)
-        .heartbeat_interval(seconds("heartbeat_interval", o.heartbeat_interval)?))
+        .heartbeat_interval(seconds("heartbeat_interval", o.heartbeat_interval)?)
+        .receive_in_place(o.receive_in_place != 0)
+        .expected_message_len(optional_len(o.expected_message_len)))
 }
 
 /// The C options of the default exchanger configuration.
@@ -103,6 +116,8 @@ pub(crate) fn default_exchanger_options() -> shmex_exchanger_options {
         task_ring_capacity: c.task_ring_capacity,
         result_ring_capacity: c.result_ring_capacity,
         reclaim_stale: c.reclaim_stale.into(),
+        receive_in_place: c.receive_in_place.into(),
+        expected_message_len: optional_len_to_c(c.expected_message_len),
     }
 }
 
@@ -116,6 +131,8 @@ pub(crate) fn default_agent_options() -> shmex_agent_options {
         resend_result_interval: c.resend_result_interval.as_secs_f64(),
         attach_timeout: c.attach_timeout.as_secs_f64(),
         heartbeat_interval: c.heartbeat_interval.as_secs_f64(),
+        receive_in_place: c.receive_in_place.into(),
+        expected_message_len: optional_len_to_c(c.expected_message_len),
     }
 }
 
@@ -133,6 +150,55 @@ mod tests {
             agent_config(&default_agent_options()).unwrap(),
             AgentConfig::default()
         );
+    }
+
+    #[test]
+    fn receive_in_place_and_expected_message_len_reach_the_configs() {
+        let mut o = default_exchanger_options();
+        o.receive_in_place = 7; // any non-zero int is on, as reclaim_stale
+        o.expected_message_len = 5 << 20;
+        let c = exchanger_config(&o).unwrap();
+        assert!(c.receive_in_place);
+        assert_eq!(c.expected_message_len, Some(5 << 20));
+        o.receive_in_place = 0;
+        o.expected_message_len = 0; // unknown
+        let c = exchanger_config(&o).unwrap();
+        assert!(!c.receive_in_place);
+        assert_eq!(c.expected_message_len, None);
+
+        let mut a = default_agent_options();
+        a.receive_in_place = 1;
+        a.expected_message_len = 3 << 20;
+        let c = agent_config(&a).unwrap();
+        assert!(c.receive_in_place);
+        assert_eq!(c.expected_message_len, Some(3 << 20));
+        a.receive_in_place = 0;
+        a.expected_message_len = 0;
+        let c = agent_config(&a).unwrap();
+        assert!(!c.receive_in_place);
+        assert_eq!(c.expected_message_len, None);
+    }
+
+    /// `include/shmex.f90` mirrors the option structs field by field (bind(C) types); this
+    /// pins their C layout (on the 64-bit targets shmex runs on), so that a change here is
+    /// seen to need one there too.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn option_layouts_are_pinned_for_the_fortran_module() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(offset_of!(shmex_exchanger_options, on_agent_restart), 56);
+        assert_eq!(offset_of!(shmex_exchanger_options, task_ring_capacity), 64);
+        assert_eq!(offset_of!(shmex_exchanger_options, reclaim_stale), 80);
+        assert_eq!(offset_of!(shmex_exchanger_options, receive_in_place), 84);
+        assert_eq!(
+            offset_of!(shmex_exchanger_options, expected_message_len),
+            88
+        );
+        assert_eq!(size_of::<shmex_exchanger_options>(), 96);
+        assert_eq!(offset_of!(shmex_agent_options, heartbeat_interval), 40);
+        assert_eq!(offset_of!(shmex_agent_options, receive_in_place), 48);
+        assert_eq!(offset_of!(shmex_agent_options, expected_message_len), 56);
+        assert_eq!(size_of::<shmex_agent_options>(), 64);
     }
 
     #[test]

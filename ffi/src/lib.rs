@@ -31,10 +31,10 @@ pub use agent::*;
 pub use exchanger::*;
 pub use loans::*;
 pub use received::{
-    shmex_reply_data_kind, shmex_reply_free, shmex_reply_meta, shmex_reply_rc, shmex_reply_tensor,
-    shmex_reply_tensor_by_name, shmex_reply_tensor_count, shmex_task_data_kind, shmex_task_free,
-    shmex_task_id, shmex_task_meta, shmex_task_name, shmex_task_tensor, shmex_task_tensor_by_name,
-    shmex_task_tensor_count,
+    shmex_reply_data_kind, shmex_reply_free, shmex_reply_is_in_place, shmex_reply_meta,
+    shmex_reply_rc, shmex_reply_tensor, shmex_reply_tensor_by_name, shmex_reply_tensor_count,
+    shmex_task_data_kind, shmex_task_free, shmex_task_id, shmex_task_is_in_place, shmex_task_meta,
+    shmex_task_name, shmex_task_tensor, shmex_task_tensor_by_name, shmex_task_tensor_count,
 };
 pub use status::{shmex_last_error_message, shmex_status, shmex_status_name};
 pub use types::*;

@@ -118,6 +118,10 @@ trait Holder {
         self.received().map_or(0, |r| r.message.tensor_count())
     }
 
+    fn is_in_place(&self) -> bool {
+        self.received().is_some_and(|r| r.message.is_in_ring())
+    }
+
     fn tensor(&self, index: usize) -> Result<shmex_tensor, Failure> {
         match self.received() {
             Some(r) => r.tensor(index),
@@ -293,6 +297,27 @@ pub unsafe extern "C" fn shmex_task_tensor_by_name(
     }
 }
 
+/// Whether the task is read in place in the task ring (`receive_in_place` was on and the
+/// task arrived whole with room to spare, see `shmex_agent_options.receive_in_place`) rather
+/// than from memory of its own. While it is, its ring space stays taken until
+/// `shmex_task_free(task)`: the exchanger cannot send another task that needs that space
+/// before then. Thread-safe.
+///
+/// # Safety
+/// `out_in_place` is NULL or valid for writing a `bool`.
+#[no_mangle]
+pub unsafe extern "C" fn shmex_task_is_in_place(
+    task: *const shmex_task,
+    out_in_place: *mut bool,
+) -> shmex_status {
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&TASKS, task.addr(), out_in_place, "out_in_place", |o| {
+            Ok(o.is_in_place())
+        })
+    }
+}
+
 /// Frees a task: every pointer read from it becomes invalid. NULL does nothing (`SHMEX_OK`);
 /// a handle freed already is `SHMEX_INVALID_HANDLE`. Freeing a task does not answer it
 /// (`shmex_agent_submit_result` does). Not to be called while another thread still reads
@@ -422,6 +447,27 @@ pub unsafe extern "C" fn shmex_reply_tensor_by_name(
             "out_tensor",
             |o, name| o.tensor_by_name(name),
         )
+    }
+}
+
+/// Whether the result is read in place in the result ring (`receive_in_place` was on and the
+/// result arrived whole with room to spare, see `shmex_exchanger_options.receive_in_place`)
+/// rather than from memory of its own; false for a bare reply. While it is, its ring space
+/// stays taken until `shmex_reply_free(reply)`: the agent cannot send another result that
+/// needs that space before then. Thread-safe.
+///
+/// # Safety
+/// `out_in_place` is NULL or valid for writing a `bool`.
+#[no_mangle]
+pub unsafe extern "C" fn shmex_reply_is_in_place(
+    reply: *const shmex_reply,
+    out_in_place: *mut bool,
+) -> shmex_status {
+    // SAFETY: the caller's contract.
+    unsafe {
+        read_handle(&REPLIES, reply.addr(), out_in_place, "out_in_place", |o| {
+            Ok(o.is_in_place())
+        })
     }
 }
 

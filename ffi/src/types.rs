@@ -351,6 +351,23 @@ pub struct shmex_exchanger_options {
     pub result_ring_capacity: u64,
     /// Non-zero: replace a segment of the same name whose owner died (default 1).
     pub reclaim_stale: c_int,
+    /// Non-zero: a result that arrived whole (it fit in the result ring) is read in place in
+    /// the ring instead of being copied out: zero copies on this side (default 0, off). Its
+    /// ring space stays taken until its reply is freed (`shmex_reply_free`), so the agent
+    /// cannot send another result that needs that space before then: free each reply before
+    /// the next execute, or give the ring room for two. With a result ring at least as large
+    /// as the largest result plus `SHMEX_IN_PLACE_KEEP_FREE`, a result built by loan is copied
+    /// on neither side; a result too large to hold with that much of the ring left free is
+    /// copied out as when this is off. `shmex_reply_is_in_place` tells which happened.
+    pub receive_in_place: c_int,
+    /// The length in bytes of the largest result expected (a model's tensor bytes will do;
+    /// room for headers and the tensor table is added: 1/128 of it plus 1 MiB), or 0: unknown
+    /// (default). When set, `shmex_exchanger_create` maps and faults in a receive buffer of
+    /// that size before returning (about as long as writing that much memory once), so that
+    /// not even the first result larger than the ring takes a page fault; the buffer stays
+    /// resident for the life of the exchanger. 0: it is mapped when the first result larger
+    /// than the ring arrives.
+    pub expected_message_len: u64,
 }
 
 /// Options of `shmex_agent_attach`, named and defaulted as FLARE's `IPCAgent`
@@ -370,7 +387,36 @@ pub struct shmex_agent_options {
     pub attach_timeout: f64,
     /// Period of our heartbeat (5 s).
     pub heartbeat_interval: f64,
+    /// Non-zero: a task that arrived whole (it fit in the task ring) is read in place in the
+    /// ring instead of being copied out: zero copies on this side (default 0, off). Its ring
+    /// space stays taken until the task is freed (`shmex_task_free`), so the exchanger cannot
+    /// send another task that needs that space before then: free each task before waiting
+    /// for the next (`shmex_agent_get_task`), or give the ring room for two. Aborts and bye
+    /// still arrive while a task is held. With a task ring at least as large as the largest
+    /// task plus `SHMEX_IN_PLACE_KEEP_FREE`, a task built by loan
+    /// (`shmex_exchanger_loan_task`) and answered by loan (`shmex_agent_loan_result`) is
+    /// copied on neither side; a task too large to hold with that much of the ring left free
+    /// is copied out as when this is off. `shmex_task_is_in_place` tells which happened.
+    pub receive_in_place: c_int,
+    /// The length in bytes of the largest task expected (a model's tensor bytes will do; room
+    /// for headers and the tensor table is added: 1/128 of it plus 1 MiB), or 0: unknown
+    /// (default). When set, `shmex_agent_attach` maps and faults in a receive buffer of that
+    /// size before returning (about as long as writing that much memory once), so that not
+    /// even the first task larger than the ring takes a page fault; the buffer stays resident
+    /// for the life of the agent. 0: it is mapped when the first task larger than the ring
+    /// arrives.
+    pub expected_message_len: u64,
 }
+
+/// Bytes of a ring that `receive_in_place` keeps free behind a message it holds, for the
+/// messages that must still get through (acks, abort, bye): a message is read in place only
+/// if it leaves this much of its ring free (`shmex::protocol::IN_PLACE_KEEP_FREE`, 64 KiB).
+/// Size a ring for in-place reading as the largest message plus this.
+// A literal, not the Rust constant: cbindgen writes only literals into the header (the
+// assertion below keeps the two equal).
+pub const SHMEX_IN_PLACE_KEEP_FREE: u64 = 65536;
+
+const _: () = assert!(SHMEX_IN_PLACE_KEEP_FREE == shmex::protocol::IN_PLACE_KEEP_FREE);
 
 /// The C number of a dtype (exhaustive: a new dtype does not compile until it is here).
 pub(crate) fn dtype_to_c(dtype: DType) -> shmex_dtype {

@@ -61,12 +61,14 @@ static void null_handles(void) {
     EXPECT(shmex_task_tensor_count(NULL, &n), SHMEX_NULL_POINTER);
     EXPECT(shmex_task_tensor(NULL, 0, &t), SHMEX_NULL_POINTER);
     EXPECT(shmex_task_tensor_by_name(NULL, "w", &t), SHMEX_NULL_POINTER);
+    EXPECT(shmex_task_is_in_place(NULL, &b), SHMEX_NULL_POINTER);
     EXPECT(shmex_reply_rc(NULL, &u), SHMEX_NULL_POINTER);
     EXPECT(shmex_reply_data_kind(NULL, &u), SHMEX_NULL_POINTER);
     EXPECT(shmex_reply_meta(NULL, &s), SHMEX_NULL_POINTER);
     EXPECT(shmex_reply_tensor_count(NULL, &n), SHMEX_NULL_POINTER);
     EXPECT(shmex_reply_tensor(NULL, 0, &t), SHMEX_NULL_POINTER);
     EXPECT(shmex_reply_tensor_by_name(NULL, "w", &t), SHMEX_NULL_POINTER);
+    EXPECT(shmex_reply_is_in_place(NULL, &b), SHMEX_NULL_POINTER);
     /* free(NULL) is a no-op, as free(3) */
     EXPECT(shmex_agent_free(NULL), SHMEX_OK);
     EXPECT(shmex_exchanger_free(NULL), SHMEX_OK);
@@ -76,6 +78,7 @@ static void null_handles(void) {
     /* handles shmex never made */
     EXPECT(shmex_agent_close((shmex_agent *)(uintptr_t)0x1234), SHMEX_INVALID_HANDLE);
     EXPECT(shmex_task_free((shmex_task *)(uintptr_t)0x1234), SHMEX_INVALID_HANDLE);
+    EXPECT(shmex_task_is_in_place((shmex_task *)(uintptr_t)0x1234, &b), SHMEX_INVALID_HANDLE);
 }
 
 static void names(void) {
@@ -103,6 +106,9 @@ static void options(const char *site) {
     shmex_exchanger *ex = NULL;
     shmex_exchanger_options o;
     EXPECT(shmex_exchanger_options_default(&o), SHMEX_OK);
+    /* the Rust defaults: receive_in_place off, expected_message_len unknown */
+    if (o.receive_in_place != 0 || o.expected_message_len != 0 || o.reclaim_stale != 1)
+        failures++;
     o.task_ring_capacity = 0;
     EXPECT(shmex_exchanger_create(site, "opt", &o, &ex), SHMEX_INVALID_CONFIG);
     shmex_exchanger_options_default(&o);
@@ -116,6 +122,7 @@ static void options(const char *site) {
     EXPECT(shmex_exchanger_create(site, "opt", &o, &ex), SHMEX_INVALID_CONFIG);
     shmex_agent_options a;
     EXPECT(shmex_agent_options_default(&a), SHMEX_OK);
+    if (a.receive_in_place != 0 || a.expected_message_len != 0) failures++;
     a.attach_timeout = 0.2;
     shmex_agent *agent = NULL;
     /* no exchanger on this name: not found or timed out, within attach_timeout */
@@ -253,9 +260,14 @@ static void protocol(const char *site) {
     EXPECT(shmex_reply_tensor_by_name(reply, "w", &t), SHMEX_NO_SUCH_TENSOR);
     EXPECT(shmex_reply_tensor_by_name(reply, NULL, &t), SHMEX_NULL_POINTER);
     EXPECT(shmex_reply_rc(reply, NULL), SHMEX_NULL_POINTER);
+    b = true;
+    EXPECT(shmex_reply_is_in_place(reply, &b), SHMEX_OK);
+    if (b) failures++; /* a bare reply holds no ring space */
+    EXPECT(shmex_reply_is_in_place(reply, NULL), SHMEX_NULL_POINTER);
     EXPECT(shmex_reply_free(reply), SHMEX_OK);
     EXPECT(shmex_reply_free(reply), SHMEX_INVALID_HANDLE); /* double free */
     EXPECT(shmex_reply_rc(reply, &rc), SHMEX_INVALID_HANDLE); /* use after free */
+    EXPECT(shmex_reply_is_in_place(reply, &b), SHMEX_INVALID_HANDLE);
     shmex_headers empty_id = {"", 0, 1};
     EXPECT(shmex_exchanger_execute(ex, "train", &empty_id, &data, NULL, &reply), SHMEX_OK);
     shmex_reply_rc(reply, &rc);
