@@ -99,10 +99,7 @@ fn minor_faults() -> i64 {
 
 /// Times `f`, prints and returns the figure.
 fn timed(label: &str, variant: &str, f: impl FnOnce() -> Res<()>) -> Res<()> {
-    if std::env::args()
-        .nth(2)
-        .is_some_and(|only| only != variant)
-    {
+    if std::env::args().nth(2).is_some_and(|only| only != variant) {
         return Ok(());
     }
     let faults = minor_faults();

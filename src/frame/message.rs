@@ -103,12 +103,41 @@ macro_rules! received_accessors {
     };
 }
 
+/// The receiver's reusable buffer and the slot an [`OwnedMessage`] gives its buffer back to.
+pub(super) struct Buffers<'c> {
+    pub(super) assembly: &'c mut AlignedBuf,
+    pub(super) returned: &'c Arc<Mutex<AlignedBuf>>,
+}
+
+impl Buffers<'_> {
+    /// Makes the reusable buffer hold `len` bytes: the receiver's own, or the one an owned
+    /// message gave back if that is larger, or a new map if neither is large enough. Returns
+    /// whether the buffer is new (its pages not yet faulted in).
+    pub(super) fn ready(&mut self, len: usize) -> std::io::Result<bool> {
+        if self.assembly.capacity() < len {
+            let mut given_back = self.returned.lock().unwrap_or_else(|e| e.into_inner());
+            if given_back.capacity() > self.assembly.capacity() {
+                std::mem::swap(self.assembly, &mut *given_back);
+            }
+        }
+        let fresh = self.assembly.capacity() < len;
+        self.assembly.reset(len)?;
+        Ok(fresh)
+    }
+
+    /// The reusable buffer as an owned message's, to come back through `returned`.
+    fn take(&mut self) -> (AlignedBuf, Weak<Mutex<AlignedBuf>>) {
+        (std::mem::take(self.assembly), Arc::downgrade(self.returned))
+    }
+}
+
 /// Where a received message's bytes are.
 pub(super) enum Storage<'c> {
-    /// In the ring, viewed in place until the message is dropped or released.
-    Ring(Option<ReadGrant<'c>>),
+    /// In the ring, viewed in place until the message is dropped or released; the buffers
+    /// are where [`Message::into_owned`] copies it.
+    Ring(Option<ReadGrant<'c>>, Buffers<'c>),
     /// In the receiver's reassembly buffer.
-    Assembled(&'c mut AlignedBuf, &'c Arc<Mutex<AlignedBuf>>),
+    Assembled(Buffers<'c>),
     /// In the caller's buffer ([`FrameReceiver::recv_into`]).
     Caller(&'c [u8]),
 }
@@ -127,7 +156,7 @@ impl fmt::Debug for Message<'_> {
         f.debug_struct("Message")
             .field("kind", &self.kind)
             .field("sequence", &self.sequence)
-            .field("in_ring", &matches!(self.storage, Storage::Ring(_)))
+            .field("in_ring", &matches!(self.storage, Storage::Ring(..)))
             .finish()
     }
 }
@@ -135,9 +164,9 @@ impl fmt::Debug for Message<'_> {
 impl<'c> Message<'c> {
     pub(super) fn body(&self) -> &[u8] {
         match &self.storage {
-            Storage::Ring(Some(grant)) => &grant.as_slice()[FRAGMENT_HEADER_LEN..],
-            Storage::Ring(None) => &[],
-            Storage::Assembled(buf, _) => buf.as_slice(),
+            Storage::Ring(Some(grant), _) => &grant.as_slice()[FRAGMENT_HEADER_LEN..],
+            Storage::Ring(None, _) => &[],
+            Storage::Assembled(buffers) => buffers.assembly.as_slice(),
             Storage::Caller(body) => body,
         }
     }
@@ -147,7 +176,7 @@ impl<'c> Message<'c> {
     /// Whether the message is viewed in place in the ring (it arrived whole) rather than
     /// reassembled from fragments.
     pub fn is_in_ring(&self) -> bool {
-        matches!(self.storage, Storage::Ring(_))
+        matches!(self.storage, Storage::Ring(..))
     }
 
     /// Copies the whole message out into an owned value (for keeping it past the ring).
@@ -165,18 +194,42 @@ impl<'c> Message<'c> {
     }
 
     /// Turns the message into an owned value. A reassembled message keeps its buffer (no
-    /// copy): the receiver's next large message gets a new one, or this one back once the
-    /// owned message is dropped. A message in the ring is copied out and its space freed.
+    /// copy); a message in the ring is copied out into the receiver's reusable buffer and its
+    /// ring space freed. Either way the receiver's next message that needs a buffer gets a new
+    /// one, or this one back once the owned message is dropped (so a receiver whose owned
+    /// messages are dropped in turn faults in no new pages).
     pub fn into_owned(mut self) -> std::io::Result<OwnedMessage> {
-        let Storage::Assembled(buf, returned) = &mut self.storage else {
-            return self.to_owned_message();
+        let parsed = std::mem::replace(&mut self.parsed, ParsedBody::empty());
+        let (body, give_back) = match &mut self.storage {
+            Storage::Assembled(buffers) => buffers.take(),
+            Storage::Ring(grant, buffers) => {
+                let bytes = grant
+                    .as_ref()
+                    .map_or(&[][..], |g| &g.as_slice()[FRAGMENT_HEADER_LEN..]);
+                let fresh = buffers.ready(bytes.len())?;
+                let out = buffers.assembly.as_mut_slice();
+                if fresh {
+                    // One batch instead of a fault per page inside the copy.
+                    crate::sys::populate_write(out)?;
+                }
+                let streaming = out.len() as u64 >= crate::stream::NON_TEMPORAL_MIN;
+                crate::stream::copy_out(out, bytes, streaming);
+                if let Some(grant) = grant.take() {
+                    grant.release();
+                }
+                buffers.take()
+            }
+            Storage::Caller(_) => {
+                self.parsed = parsed;
+                return self.to_owned_message();
+            }
         };
         Ok(OwnedMessage {
-            body: OwnedBody::Buf(std::mem::take(*buf)),
+            body: OwnedBody::Buf(body),
             kind: self.kind,
             sequence: self.sequence,
-            parsed: std::mem::replace(&mut self.parsed, ParsedBody::empty()),
-            give_back: Some(Arc::downgrade(returned)),
+            parsed,
+            give_back: Some(give_back),
         })
     }
 
@@ -188,7 +241,7 @@ impl<'c> Message<'c> {
     /// A held message keeps the sender from reusing its ring space: the sender's next message
     /// waits for room once the ring is full of held messages.
     pub fn into_owned_in_place(mut self, keep_free: u64) -> std::io::Result<OwnedMessage> {
-        let Storage::Ring(grant) = &mut self.storage else {
+        let Storage::Ring(grant, _) = &mut self.storage else {
             return self.into_owned();
         };
         let Some(taken) = grant.take() else {
@@ -215,7 +268,7 @@ impl<'c> Message<'c> {
     }
 
     pub(super) fn release_grant(&mut self) {
-        if let Storage::Ring(grant) = &mut self.storage {
+        if let Storage::Ring(grant, _) = &mut self.storage {
             if let Some(grant) = grant.take() {
                 grant.release();
             }

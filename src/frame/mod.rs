@@ -144,6 +144,73 @@ mod tests {
         });
     }
 
+    /// Messages that arrive whole and are kept (`into_owned`) are copied into one buffer the
+    /// receiver reuses once the owned message is dropped (no new map per message), apart from
+    /// the reassembly buffer: a small message kept does not take the large buffer.
+    #[test]
+    fn owned_copies_reuse_one_buffer_apart_from_the_reassembly_buffer() {
+        let (mut tx, mut rx) = crate::ring::in_process(64 * 1024, Signals::in_process()).unwrap();
+        let small: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        let large: Vec<f32> = (0..100_000).map(|i| i as f32).collect();
+        let dxo = |data: &'static [f32]| {
+            Dxo::new(DataKind::Weights)
+                .with_tensor("w", &[data.len() as u64], data)
+                .unwrap()
+        };
+        let small: &'static [f32] = Box::leak(small.into_boxed_slice());
+        let large: &'static [f32] = Box::leak(large.into_boxed_slice());
+        let soon = || Some(Instant::now() + Duration::from_secs(30));
+        let mut receiver = FrameReceiver::default();
+        receiver.reserve(1 << 20).unwrap();
+        let reserved = receiver.assembly.map.as_ref().unwrap().as_ptr();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut sender = FrameSender::new();
+                for data in [small, small, large, small] {
+                    let task = Envelope::new(MessageKind::Task);
+                    sender
+                        .send(&mut tx, &task, Some(&dxo(data)), soon())
+                        .unwrap();
+                }
+            });
+            let first = receiver.recv(&mut rx, soon()).unwrap();
+            assert!(first.is_in_ring());
+            let first = first.into_owned().unwrap();
+            let w = |m: &OwnedMessage| m.tensor_by_name("w").unwrap().to_vec::<f32>().unwrap();
+            assert_eq!(w(&first), small);
+            let first_at = first.body().as_ptr();
+            drop(first);
+            let second = receiver
+                .recv(&mut rx, soon())
+                .unwrap()
+                .into_owned()
+                .unwrap();
+            assert_eq!(second.body().as_ptr(), first_at, "the same buffer again");
+            assert_eq!(w(&second), small);
+            // Kept while a large message arrives: the reserved buffer is still there for it.
+            let third = receiver
+                .recv(&mut rx, soon())
+                .unwrap()
+                .into_owned()
+                .unwrap();
+            assert_eq!(
+                third.body().as_ptr(),
+                reserved,
+                "reassembled in the reserved buffer"
+            );
+            assert_eq!(w(&third), large);
+            assert_eq!(w(&second), small);
+            drop((second, third));
+            let fourth = receiver
+                .recv(&mut rx, soon())
+                .unwrap()
+                .into_owned()
+                .unwrap();
+            assert_eq!(fourth.body().as_ptr(), first_at);
+            assert_eq!(w(&fourth), small);
+        });
+    }
+
     /// A receiver that reserved its buffer up front reassembles a larger-than-ring message
     /// into that buffer (no new map), and keeps it across a restart for a new link.
     #[test]

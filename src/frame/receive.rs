@@ -128,6 +128,11 @@ pub struct FrameReceiver {
     /// Where an [`OwnedMessage`] taken from the reassembly buffer returns that buffer when
     /// dropped, so the next large message reuses its pages instead of faulting in new ones.
     pub(super) returned: Arc<Mutex<AlignedBuf>>,
+    /// The buffer [`Message::into_owned`] copies a message that arrived whole into (apart
+    /// from the reassembly buffer, so that a small message kept by the caller never takes the
+    /// large buffer away from the next large message), and where it comes back.
+    pub(super) copies: AlignedBuf,
+    pub(super) copies_returned: Arc<Mutex<AlignedBuf>>,
     /// The message the last receive began and did not deliver.
     pub(super) dropped: Option<DroppedMessage>,
 }
@@ -282,6 +287,8 @@ impl FrameReceiver {
             min_epoch,
             stale_dropped,
             returned,
+            copies,
+            copies_returned,
             dropped,
         } = self;
         let limits = *limits;
@@ -344,7 +351,13 @@ impl FrameReceiver {
                     parsed.epoch = first.epoch;
                     *dropped = None;
                     Ok(Message {
-                        storage: Storage::Ring(Some(grant)),
+                        storage: Storage::Ring(
+                            Some(grant),
+                            Buffers {
+                                assembly: copies,
+                                returned: copies_returned,
+                            },
+                        ),
                         kind,
                         sequence: first.sequence,
                         parsed,
@@ -382,22 +395,21 @@ impl FrameReceiver {
             // Checked against the buffer's length above.
             Some(buffer) => &mut buffer[..total],
             None => {
-                if assembly.capacity() < total {
-                    // A buffer an owned message gave back, if it is larger.
-                    let mut given_back = returned.lock().unwrap_or_else(|e| e.into_inner());
-                    if given_back.capacity() > assembly.capacity() {
-                        std::mem::swap(assembly, &mut *given_back);
-                    }
-                }
                 // Lazily zeroed pages: room is reserved now, memory used only as fragments
                 // arrive (a new map's pages are faulted in a fragment at a time, below).
-                populate = assembly.capacity() < total;
-                if assembly.reset(total).is_err() {
-                    grant.release();
-                    return Err(FrameError::OutOfMemory {
-                        len: first.message_len,
-                    });
-                }
+                let mut buffers = Buffers {
+                    assembly: &mut *assembly,
+                    returned,
+                };
+                populate = match buffers.ready(total) {
+                    Ok(fresh) => fresh,
+                    Err(_) => {
+                        grant.release();
+                        return Err(FrameError::OutOfMemory {
+                            len: first.message_len,
+                        });
+                    }
+                };
                 assembly.as_mut_slice()
             }
         };
@@ -475,7 +487,7 @@ impl FrameReceiver {
                 let buffer: &'c [u8] = buffer;
                 Storage::Caller(&buffer[..total])
             }
-            None => Storage::Assembled(assembly, returned),
+            None => Storage::Assembled(Buffers { assembly, returned }),
         };
         *dropped = None;
         Ok(Message {
