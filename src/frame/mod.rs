@@ -183,4 +183,26 @@ mod tests {
             }
         });
     }
+
+    /// Small buffers come from the allocator, larger ones are maps; both are 64-byte aligned
+    /// and zeroed, and growing from one to the other keeps working.
+    #[test]
+    fn aligned_buf_is_heap_backed_up_to_heap_max() {
+        let mut buf = AlignedBuf::zeroed(4096 + 100).unwrap();
+        assert!(buf.map.is_none());
+        assert_eq!(buf.capacity(), 4096 + 128);
+        assert_eq!(buf.as_slice().as_ptr() as usize % TENSOR_ALIGN, 0);
+        assert!(buf.as_slice().iter().all(|&b| b == 0));
+        buf.as_mut_slice()[4195] = 7;
+        buf.reset(AlignedBuf::HEAP_MAX).unwrap();
+        assert!(buf.map.is_none());
+        assert!(buf.as_slice().iter().all(|&b| b == 0));
+        buf.reset(AlignedBuf::HEAP_MAX + 1).unwrap();
+        assert!(buf.map.is_some());
+        assert_eq!(buf.as_slice().as_ptr() as usize % TENSOR_ALIGN, 0);
+        assert!(buf.as_slice().iter().all(|&b| b == 0));
+        buf.reset(10).unwrap();
+        assert!(buf.map.is_some(), "shrinking keeps the memory");
+        assert_eq!(buf.len(), 10);
+    }
 }
