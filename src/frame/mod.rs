@@ -184,6 +184,41 @@ mod tests {
         });
     }
 
+    /// Meta entries set on top of a DXO's own encode to the bytes of the merged map: added
+    /// before, between and after the DXO's keys, replacing one, or alone.
+    #[test]
+    fn extra_meta_encodes_as_the_merged_map() {
+        let own: Map<String, Value> = serde_json::from_str(
+            r#"{"b": 1, "data_kind": "OLD", "m": [1, 2], "z": {"q": "\"x\""}}"#,
+        )
+        .unwrap();
+        let extras: [&[(&str, Value)]; 4] = [
+            &[],
+            &[("a", Value::from(0)), ("data_kind", Value::from("WEIGHTS"))],
+            &[("c", Value::from(3.5)), ("zz", Value::Null)],
+            &[("data_kind", Value::from("WEIGHTS"))],
+        ];
+        for base in [None, Some(Map::new()), Some(own)] {
+            for extra in extras {
+                let mut merged = base.clone().unwrap_or_default();
+                for (key, value) in extra {
+                    merged.insert(key.to_string(), value.clone());
+                }
+                let expected = if merged.is_empty() {
+                    Vec::new()
+                } else {
+                    serde_json::to_vec(&merged).unwrap()
+                };
+                let got = encode_meta(base.as_ref(), extra);
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    String::from_utf8(expected).unwrap(),
+                    "base {base:?}, extra {extra:?}"
+                );
+            }
+        }
+    }
+
     /// Small buffers come from the allocator, larger ones are maps; both are 64-byte aligned
     /// and zeroed, and growing from one to the other keeps working.
     #[test]

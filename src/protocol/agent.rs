@@ -635,7 +635,7 @@ impl Agent {
             Err(()) => return Ok(false),
         };
         let slice = pump_slice(&self.inner.config.wait);
-        let result = kind_meta(dxo);
+        let meta = [kind_meta(dxo)];
         let inner = &*self.inner;
         let cancelled = || self.inner.claim_cancelled(&claim);
         let sent = {
@@ -660,10 +660,11 @@ impl Agent {
                         .with_task(&claim.id, &claim.name)
                         .with_rc(rc)
                         .with_epoch(*epoch);
-                    sender.send_cancellable(
+                    sender.send_with_meta(
                         producer,
                         &envelope,
-                        Some(&result),
+                        Some(dxo),
+                        &meta,
                         None,
                         Some((&cancelled, slice)),
                     )

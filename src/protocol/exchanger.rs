@@ -12,13 +12,14 @@ use super::{
 };
 use crate::control::Liveness;
 use crate::frame::{
-    CommittedLoan, DataKind, DetachedLoan, DroppedMessage, Dxo, Element, Envelope, FrameError,
-    FrameReceiver, FrameSender, LoanError, LoanSpec, Message, MessageKind, OwnedMessage,
-    RecordCopy, ReturnCode, SendError, ViewError,
+    CommittedLoan, DataKind, DetachedLoan, DroppedMessage, Dxo, Element, Envelope, ExtraMeta,
+    FrameError, FrameReceiver, FrameSender, LoanError, LoanSpec, Message, MessageKind,
+    OwnedMessage, RecordCopy, ReturnCode, SendError, ViewError,
 };
 use crate::link::{CreateOptions, Link, LinkControl, LinkCreateError, LinkParts};
 use crate::ring::{Consumer, Producer};
 use crate::segment::SegmentName;
+use serde_json::Value;
 use zerocopy::{FromBytes, KnownLayout};
 
 /// What [`Exchanger::execute`] returns: FLARE's return code and, for a successful result,
@@ -333,12 +334,14 @@ impl Exchanger {
         if !dxo_has_data(dxo) {
             return Reply::bare(ReturnCode::BadRequestData);
         }
-        let mut task = kind_meta(dxo);
+        // In key order (the sender's rule): current_round, data_kind, total_round.
+        let mut meta = Vec::with_capacity(3);
         if let Some(round) = headers.current_round {
-            task = task.with_meta(META_CURRENT_ROUND, round);
+            meta.push((META_CURRENT_ROUND, Value::from(round)));
         }
+        meta.push(kind_meta(dxo));
         if let Some(rounds) = headers.num_rounds {
-            task = task.with_meta(META_TOTAL_ROUND, rounds);
+            meta.push((META_TOTAL_ROUND, Value::from(rounds)));
         }
         let id = headers.task_id.as_str();
         let app_defined = dxo.data_kind() == DataKind::AppDefined;
@@ -346,7 +349,7 @@ impl Exchanger {
             return Reply::bare(rc);
         }
         self.inner
-            .run_task(task_name, id, TaskSource::Copy(&task), abort, None)
+            .run_task(task_name, id, TaskSource::Copy(dxo, &meta), abort, None)
     }
 
     /// Lends ring space for a task laid out by `spec` (data kind, meta, and the name, dtype
@@ -590,8 +593,9 @@ impl Drop for TaskLoan {
 
 /// What a task's bytes come from, for its first push and its redeliveries.
 enum TaskSource<'a> {
-    /// The caller's DXO (`execute`): copied into the ring at each push.
-    Copy(&'a Dxo<'a>),
+    /// The caller's DXO (`execute`) and the meta entries set on top of its own: copied into
+    /// the ring at each push.
+    Copy(&'a Dxo<'a>, ExtraMeta<'a>),
     /// A committed [`TaskLoan`]: redelivered from its record, copied out of the ring (or from
     /// the copy made for an earlier redelivery).
     Loaned {
@@ -792,15 +796,16 @@ impl Inner {
             t.sequence = Some(sequence);
         }
         match source {
-            TaskSource::Copy(task) => {
+            TaskSource::Copy(task, meta) => {
                 let envelope = Envelope::new(MessageKind::Task)
                     .with_task(id, task_name)
                     .with_epoch(epoch);
                 sender
-                    .send_cancellable(
+                    .send_with_meta(
                         producer,
                         &envelope,
                         Some(task),
+                        meta,
                         None,
                         Some((&cancelled, slice)),
                     )

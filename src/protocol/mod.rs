@@ -188,10 +188,10 @@ fn data_and_meta(message: &Message<'_>) -> (bool, bool) {
     (data, !message.meta().is_empty())
 }
 
-/// The DXO's kind name as FLARE writes it into meta `data_kind`.
-fn kind_meta<'a>(dxo: &Dxo<'a>) -> Dxo<'a> {
-    dxo.clone()
-        .with_meta(META_DATA_KIND, dxo.data_kind().as_str())
+/// The meta entry `data_kind` FLARE writes for the DXO (its kind's name): set on top of the
+/// DXO's own meta when it is sent (no copy of the DXO).
+fn kind_meta(dxo: &Dxo<'_>) -> (&'static str, Value) {
+    (META_DATA_KIND, Value::from(dxo.data_kind().as_str()))
 }
 
 /// A message without a DXO (an ack, `abort`, `bye`) that waits in a side's ordered outgoing
