@@ -119,11 +119,10 @@ struct InFlight {
     id: String,
     app_defined: bool,
     phase: Phase,
-    outcome: Option<Reply>,
-    /// The result is decided (an abort can no longer win) but its `result_ack` is not yet
-    /// pushed: `execute` waits, so that the next task follows the ack in the ring (the agent
+    /// Set by the pump together with queueing the `result_ack` it owes (under the same lock):
+    /// a next task is pushed after the queue, so it follows the ack in the ring (the agent
     /// would otherwise see the next task first and take its own task as superseded).
-    acking: bool,
+    outcome: Option<Reply>,
     /// The sequence number of the task message last pushed: an agent that could not read the
     /// task answers it by this number alone.
     sequence: Option<u64>,
@@ -624,7 +623,6 @@ impl Inner {
             app_defined,
             phase,
             outcome: None,
-            acking: false,
             sequence: None,
         });
         Ok(())
@@ -671,12 +669,8 @@ impl Inner {
                 return Reply::bare(ReturnCode::Error);
             };
             if t.outcome.is_some() {
-                if !t.acking {
-                    let reply = st.task.take().and_then(|t| t.outcome);
-                    return reply.unwrap_or_else(|| Reply::bare(ReturnCode::Error));
-                }
-                drop(self.shared.wait(st, slice, None));
-                continue;
+                let reply = st.task.take().and_then(|t| t.outcome);
+                return reply.unwrap_or_else(|| Reply::bare(ReturnCode::Error));
             }
             let halted = matches!(status, ExchangerStatus::Stopped | ExchangerStatus::Closed);
             if abort.is_aborted() || halted {
@@ -901,8 +895,19 @@ impl Inner {
 
     /// Queues a message without DXO and pushes the queue if the outbox is free.
     fn queue(&self, control: Control) {
-        self.shared.lock().outgoing.push(control);
+        self.queue_with(self.shared.lock(), control);
+    }
+
+    /// [`Inner::queue`] for a message owed for a change just made under `st`: it joins the
+    /// queue under the same lock, so whoever sees the change finds it queued (and a next task
+    /// is pushed after it). The waiting calls are told after the push: a caller woken on this
+    /// CPU would run first and leave the peer waiting for the message (an agent then handles
+    /// its `result_ack` only when the next task comes, in that task's round trip).
+    fn queue_with(&self, mut st: std::sync::MutexGuard<'_, State>, control: Control) {
+        st.outgoing.push(control);
+        drop(st);
         self.flush_outgoing_if_idle(pump_slice(&self.config.wait));
+        self.shared.notify();
     }
 
     /// [`Inner::flush_outgoing`], unless nothing is queued or another thread holds the outbox
@@ -1311,22 +1316,18 @@ impl PumpCore {
                     .filter(|t| t.outcome.is_none() && t.phase.epoch() == Some(d.epoch))
                 {
                     t.outcome = Some(Reply::bare(ReturnCode::ExecutionException));
-                    // As for any result: the next task must follow this ack in the ring.
-                    t.acking = true;
                 }
-                drop(st);
-                self.inner.shared.notify();
-                self.inner.queue(Control {
-                    kind: MessageKind::ResultAck,
-                    id: String::new(),
-                    rc: ReturnCode::ExecutionResultError,
-                    epoch: d.epoch,
-                    reply_to: d.sequence,
-                });
-                if let Some(t) = self.inner.shared.lock().task.as_mut() {
-                    t.acking = false;
-                }
-                self.inner.shared.notify();
+                // As for any result: queued with the outcome.
+                self.inner.queue_with(
+                    st,
+                    Control {
+                        kind: MessageKind::ResultAck,
+                        id: String::new(),
+                        rc: ReturnCode::ExecutionResultError,
+                        epoch: d.epoch,
+                        reply_to: d.sequence,
+                    },
+                );
             }
             Some(d) => log::warn!(
                 "shmex exchanger {}: message {} dropped ({e})",
@@ -1353,16 +1354,17 @@ impl PumpCore {
             return;
         }
         if message.rc() == ReturnCode::Ok {
+            // Nothing a waiting `execute` acts on: it is not woken.
             t.phase = Phase::Running { epoch };
-        } else {
-            log::warn!(
-                "shmex exchanger {}: agent refused task {:?} ({}): BAD_REQUEST_DATA",
-                self.inner.name,
-                t.id,
-                message.rc()
-            );
-            t.outcome = Some(Reply::bare(ReturnCode::BadRequestData));
+            return;
         }
+        log::warn!(
+            "shmex exchanger {}: agent refused task {:?} ({}): BAD_REQUEST_DATA",
+            self.inner.name,
+            t.id,
+            message.rc()
+        );
+        t.outcome = Some(Reply::bare(ReturnCode::BadRequestData));
         drop(st);
         self.inner.shared.notify();
     }
@@ -1418,7 +1420,6 @@ impl PumpCore {
                 };
                 if let Some(t) = st.task.as_mut() {
                     t.outcome = Some(outcome);
-                    t.acking = true;
                 }
                 // Only an accepted result makes a resubmission a harmless duplicate; after an
                 // invalid one, a corrected resubmission must not be acked as accepted.
@@ -1433,21 +1434,18 @@ impl PumpCore {
             None if id.is_empty() && st.task.is_none() => (id, ReturnCode::Ok),
             None => (id, ReturnCode::TaskUnknown),
         };
-        drop(st);
-        self.inner.shared.notify();
-        // Queued if the outbox is busy (a push, a loan): any later task is pushed after the
-        // queue, so it still follows this ack in the ring. Best effort: an agent that died
-        // meanwhile needs no ack.
-        self.inner.queue(Control {
-            kind: MessageKind::ResultAck,
-            id: attributed,
-            rc: ack_rc,
-            epoch,
-            reply_to: sequence,
-        });
-        if let Some(t) = self.inner.shared.lock().task.as_mut() {
-            t.acking = false;
-        }
-        self.inner.shared.notify();
+        // Queued with the outcome, and pushed now unless the outbox is busy (a push, a loan):
+        // any later task is pushed after the queue, so it still follows this ack in the ring.
+        // Best effort: an agent that died meanwhile needs no ack.
+        self.inner.queue_with(
+            st,
+            Control {
+                kind: MessageKind::ResultAck,
+                id: attributed,
+                rc: ack_rc,
+                epoch,
+                reply_to: sequence,
+            },
+        );
     }
 }
