@@ -248,13 +248,16 @@ impl Exchanger {
             control,
         } = Link::create(name, &options)?.into_parts();
         let inner = Arc::new(Inner {
-            shared: Shared::new(State {
-                status: ExchangerStatus::NoAgent,
-                task: None,
-                last_completed: None,
-                redeliveries: 0,
-                outgoing: Vec::new(),
-            }),
+            shared: Shared::new(
+                State {
+                    status: ExchangerStatus::NoAgent,
+                    task: None,
+                    last_completed: None,
+                    redeliveries: 0,
+                    outgoing: Vec::new(),
+                },
+                &config.wait,
+            ),
             outbox: Mutex::new(Some(Outbox {
                 producer: Some(producer),
                 sender: FrameSender::new(),
@@ -548,7 +551,8 @@ impl TaskLoan {
                 t.phase = Phase::Sending { epoch };
                 break Some(epoch);
             }
-            drop(inner.shared.wait(st, slice, None));
+            // Waiting for an agent to attach: asleep at once.
+            drop(inner.shared.wait(st, slice, None, None));
         };
         let Some(epoch) = epoch else {
             // Not sent: the outcome (a result that came first), the abort or the close
@@ -661,6 +665,7 @@ impl Inner {
         // `result_timeout` counts from the first push, so a task whose ack never comes (a
         // stalled agent, a lost ack) ends too.
         let mut warned_late_ack = false;
+        let spin_until = self.shared.spin_until();
         loop {
             let mut st = self.shared.lock();
             let status = st.status;
@@ -732,7 +737,7 @@ impl Inner {
                 // A loaned task is in the caller's hands.
                 Phase::Running { .. } | Phase::Loaned => {}
             }
-            drop(self.shared.wait(st, slice, None));
+            drop(self.shared.wait(st, slice, None, spin_until));
         }
     }
 
@@ -977,6 +982,7 @@ impl Pump {
         let slice = pump_slice(&self.core.inner.config.wait);
         let stall = Some(self.core.inner.config.agent_connection_timeout);
         let mut next_check = Instant::now();
+        self.core.inner.shared.note_pump_cpu();
         // A corrupt result ring cannot be read again; a Stopped exchanger still reads (and
         // answers) results, so that no agent waits for an ack.
         let mut corrupt = false;
@@ -1032,6 +1038,8 @@ impl Pump {
             self.receiver.set_min_epoch(self.core.min_epoch);
             self.core.inner.flush_outgoing_if_idle(slice);
             if Instant::now() >= next_check {
+                // Checked as often: where this thread is pinned (the calls' waits use it).
+                self.core.inner.shared.note_pump_cpu();
                 self.check_liveness();
                 next_check = Instant::now() + slice;
             }
