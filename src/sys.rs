@@ -392,6 +392,20 @@ pub fn futex_wake(word: &AtomicU32) {
     let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
 }
 
+/// The CPU the calling thread runs on when its affinity allows that one only (a thread, or a
+/// process, pinned to a core); `None` when it may run on several or the affinity is unknown.
+#[cfg(target_os = "linux")]
+pub fn pinned_cpu() -> Option<usize> {
+    let allowed = rustix::thread::sched_getaffinity(None).ok()?;
+    (allowed.count() == 1).then(rustix::thread::sched_getcpu)
+}
+
+/// Elsewhere the affinity is not read: never known to be pinned.
+#[cfg(not(target_os = "linux"))]
+pub fn pinned_cpu() -> Option<usize> {
+    None
+}
+
 /// Milliseconds since the Unix epoch (informational timestamps in the control block).
 pub fn unix_millis() -> u64 {
     std::time::SystemTime::now()

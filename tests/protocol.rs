@@ -337,6 +337,43 @@ fn execute_waits_for_agent_then_delivers() {
     assert_eq!(reply.data_kind, Some(DataKind::WeightDiff));
 }
 
+/// The task's meta is the DXO's own with `data_kind` and the round headers set on top (a
+/// stale `data_kind` of the DXO's is replaced); the result's likewise gets its `data_kind`.
+#[test]
+fn execute_sets_data_kind_and_rounds_on_top_of_the_dxo_meta() {
+    let exchanger = Arc::new(create("e2-meta"));
+    let agent = attach(&exchanger);
+    let pending = {
+        let exchanger = Arc::clone(&exchanger);
+        std::thread::spawn(move || {
+            let dxo = model()
+                .with_meta("data_kind", "METRICS")
+                .with_meta("lr", 0.5)
+                .with_meta("zeta", "kept");
+            let headers = Headers::new("t1").with_rounds(3, 7);
+            exchanger.execute("train", &dxo, &headers, &watchdog())
+        })
+    };
+    let task = get(&agent);
+    let meta = task.message.meta();
+    assert_eq!(meta["data_kind"], "WEIGHTS");
+    assert_eq!(meta["current_round"], 3);
+    assert_eq!(meta["total_round"], 7);
+    assert_eq!(meta["lr"], 0.5);
+    assert_eq!(meta["zeta"], "kept");
+    assert_eq!(meta.len(), 5);
+    let result = diff()
+        .with_meta("data_kind", "WEIGHTS")
+        .with_meta("loss", 1.5);
+    assert!(agent.submit_result(&result, ReturnCode::Ok).unwrap());
+    let reply = join(pending);
+    assert_eq!(reply.rc, ReturnCode::Ok);
+    assert_eq!(reply.data_kind, Some(DataKind::WeightDiff));
+    let meta = reply.result.unwrap().meta().clone();
+    assert_eq!(meta["data_kind"], "WEIGHT_DIFF");
+    assert_eq!(meta["loss"], 1.5);
+}
+
 #[test]
 fn abort_while_waiting_for_agent_is_task_aborted() {
     let exchanger = Arc::new(create("e2-abort"));

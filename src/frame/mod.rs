@@ -251,4 +251,61 @@ mod tests {
             }
         });
     }
+
+    /// Meta entries set on top of a DXO's own encode to the bytes of the merged map: added
+    /// before, between and after the DXO's keys, replacing one, or alone.
+    #[test]
+    fn extra_meta_encodes_as_the_merged_map() {
+        let own: Map<String, Value> = serde_json::from_str(
+            r#"{"b": 1, "data_kind": "OLD", "m": [1, 2], "z": {"q": "\"x\""}}"#,
+        )
+        .unwrap();
+        let extras: [&[(&str, Value)]; 4] = [
+            &[],
+            &[("a", Value::from(0)), ("data_kind", Value::from("WEIGHTS"))],
+            &[("c", Value::from(3.5)), ("zz", Value::Null)],
+            &[("data_kind", Value::from("WEIGHTS"))],
+        ];
+        for base in [None, Some(Map::new()), Some(own)] {
+            for extra in extras {
+                let mut merged = base.clone().unwrap_or_default();
+                for (key, value) in extra {
+                    merged.insert(key.to_string(), value.clone());
+                }
+                let expected = if merged.is_empty() {
+                    Vec::new()
+                } else {
+                    serde_json::to_vec(&merged).unwrap()
+                };
+                let got = encode_meta(base.as_ref(), extra);
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    String::from_utf8(expected).unwrap(),
+                    "base {base:?}, extra {extra:?}"
+                );
+            }
+        }
+    }
+
+    /// Small buffers come from the allocator, larger ones are maps; both are 64-byte aligned
+    /// and zeroed, and growing from one to the other keeps working.
+    #[test]
+    fn aligned_buf_is_heap_backed_up_to_heap_max() {
+        let mut buf = AlignedBuf::zeroed(4096 + 100).unwrap();
+        assert!(buf.map.is_none());
+        assert_eq!(buf.capacity(), 4096 + 128);
+        assert_eq!(buf.as_slice().as_ptr() as usize % TENSOR_ALIGN, 0);
+        assert!(buf.as_slice().iter().all(|&b| b == 0));
+        buf.as_mut_slice()[4195] = 7;
+        buf.reset(AlignedBuf::HEAP_MAX).unwrap();
+        assert!(buf.map.is_none());
+        assert!(buf.as_slice().iter().all(|&b| b == 0));
+        buf.reset(AlignedBuf::HEAP_MAX + 1).unwrap();
+        assert!(buf.map.is_some());
+        assert_eq!(buf.as_slice().as_ptr() as usize % TENSOR_ALIGN, 0);
+        assert!(buf.as_slice().iter().all(|&b| b == 0));
+        buf.reset(10).unwrap();
+        assert!(buf.map.is_some(), "shrinking keeps the memory");
+        assert_eq!(buf.len(), 10);
+    }
 }

@@ -42,18 +42,74 @@ pub(super) fn tensor_starts<'t>(
     })
 }
 
+/// Meta entries a sender sets on top of a DXO's own meta when it encodes it (the protocol's
+/// `data_kind` and round headers), so that they need no copy of the DXO. Sorted by key, keys
+/// distinct; an entry replaces the DXO's entry of the same key.
+pub(crate) type ExtraMeta<'m> = &'m [(&'m str, Value)];
+
+/// Encodes `meta` with `extra` set on top as one JSON object: the bytes
+/// `serde_json::to_vec` gives for the merged map (keys in order, compact), empty when both
+/// are empty.
+pub(super) fn encode_meta(meta: Option<&Map<String, Value>>, extra: ExtraMeta<'_>) -> Vec<u8> {
+    debug_assert!(
+        extra.windows(2).all(|w| w[0].0 < w[1].0),
+        "extra meta sorted"
+    );
+    let empty = Map::new();
+    let meta = meta.unwrap_or(&empty);
+    // A map of JSON values always serialises (its keys are strings, its numbers finite).
+    if extra.is_empty() && meta.is_empty() {
+        return Vec::new();
+    }
+    if extra.is_empty() {
+        return serde_json::to_vec(meta).unwrap_or_default();
+    }
+    let mut out = Vec::with_capacity(64);
+    out.push(b'{');
+    let mut own = meta.iter().peekable();
+    let mut added = extra.iter().peekable();
+    let put = |out: &mut Vec<u8>, key: &str, value: &Value| {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        // Writing into a Vec cannot fail, and a string key and a JSON value always serialise.
+        let _ = serde_json::to_writer(&mut *out, key);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut *out, value);
+    };
+    loop {
+        match (own.peek(), added.peek()) {
+            (Some((k, _)), Some((a, _))) if k.as_str() == *a => {
+                own.next();
+            }
+            (Some((k, v)), Some((a, _))) if k.as_str() < *a => {
+                put(&mut out, k, v);
+                own.next();
+            }
+            (_, Some((a, v))) => {
+                put(&mut out, a, v);
+                added.next();
+            }
+            (Some((k, v)), None) => {
+                put(&mut out, k, v);
+                own.next();
+            }
+            (None, None) => break,
+        }
+    }
+    out.push(b'}');
+    out
+}
+
 pub(super) fn layout_body(
     envelope: &Envelope<'_>,
     meta: Option<&Map<String, Value>>,
+    extra_meta: ExtraMeta<'_>,
     tensors: &[TensorDesc<'_>],
     opaque_len: u64,
 ) -> Result<BodyLayout, SendError> {
     let too_big = |part| SendError::TooLargeForFormat { part };
-    let meta = match meta {
-        // A map of JSON values always serialises (its keys are strings, its numbers finite).
-        Some(meta) if !meta.is_empty() => serde_json::to_vec(meta).unwrap_or_default(),
-        _ => Vec::new(),
-    };
+    let meta = encode_meta(meta, extra_meta);
     u32::try_from(envelope.task_id.len()).map_err(|_| too_big(BodyPart::TaskId))?;
     u32::try_from(envelope.task_name.len()).map_err(|_| too_big(BodyPart::TaskName))?;
     u32::try_from(meta.len()).map_err(|_| too_big(BodyPart::Meta))?;
@@ -261,11 +317,31 @@ impl FrameSender {
         deadline: Option<Instant>,
         cancel: Option<(&dyn Fn() -> bool, Duration)>,
     ) -> Result<u64, SendError> {
+        self.send_with_meta(producer, envelope, dxo, &[], deadline, cancel)
+    }
+
+    /// [`FrameSender::send_cancellable`] of `dxo` with the meta entries `extra_meta` set on
+    /// top of its own (as if added to a copy of it).
+    pub(crate) fn send_with_meta(
+        &mut self,
+        producer: &mut Producer,
+        envelope: &Envelope<'_>,
+        dxo: Option<&Dxo<'_>>,
+        extra_meta: ExtraMeta<'_>,
+        deadline: Option<Instant>,
+        cancel: Option<(&dyn Fn() -> bool, Duration)>,
+    ) -> Result<u64, SendError> {
         let descs: Vec<TensorDesc<'_>> = dxo
             .map(|d| d.tensors.iter().map(TensorRef::desc).collect())
             .unwrap_or_default();
         let opaque = dxo.and_then(|d| d.opaque).unwrap_or(&[]);
-        let layout = layout_body(envelope, dxo.map(|d| &d.meta), &descs, opaque.len() as u64)?;
+        let layout = layout_body(
+            envelope,
+            dxo.map(|d| &d.meta),
+            extra_meta,
+            &descs,
+            opaque.len() as u64,
+        )?;
         let mut prefix = vec![0u8; layout.data_offset as usize];
         write_prefix(
             &layout,
@@ -393,7 +469,13 @@ impl FrameSender {
         if spec.opaque_len > 0 && spec.data_kind != DataKind::AppDefined {
             return Err(DxoError::OpaqueNotAppDefined(spec.data_kind).into());
         }
-        let layout = layout_body(envelope, Some(&spec.meta), &descs, spec.opaque_len as u64)?;
+        let layout = layout_body(
+            envelope,
+            Some(&spec.meta),
+            &[],
+            &descs,
+            spec.opaque_len as u64,
+        )?;
         let mut prefix = vec![0u8; layout.data_offset as usize];
         write_prefix(&layout, envelope, Some(spec.data_kind), &descs, &mut prefix);
         Ok(PreparedLoan {

@@ -345,6 +345,7 @@ impl Inner {
         let (id, generation) = (&claim.id, claim.generation);
         let sent_at = Instant::now();
         let mut warned_late = false;
+        let spin_until = inner.shared.spin_until();
         let mut st = inner.shared.lock();
         loop {
             // The ack first: an exchanger that answered and then said `bye` accepted it.
@@ -380,7 +381,7 @@ impl Inner {
                     inner.config.submit_result_timeout
                 );
             }
-            st = inner.shared.wait(st, slice, None);
+            st = inner.shared.wait(st, slice, None, spin_until);
         }
     }
 
@@ -529,16 +530,19 @@ impl Agent {
         let epoch = outbox.epoch;
         log::info!("shmex agent {name}: attached as incarnation {epoch}");
         let inner = Arc::new(Inner {
-            shared: Shared::new(State {
-                status: AgentStatus::Connected,
-                generation: 0,
-                current: None,
-                pending: None,
-                submitted_any: false,
-                fetched_any: false,
-                last_ack: None,
-                acks: Vec::new(),
-            }),
+            shared: Shared::new(
+                State {
+                    status: AgentStatus::Connected,
+                    generation: 0,
+                    current: None,
+                    pending: None,
+                    submitted_any: false,
+                    fetched_any: false,
+                    last_ack: None,
+                    acks: Vec::new(),
+                },
+                &config.wait,
+            ),
             outbox: Mutex::new(Some(outbox)),
             config,
             name: name.clone(),
@@ -589,6 +593,7 @@ impl Agent {
     pub fn get_task(&self, timeout: Option<Duration>) -> Result<Option<Task>, GetTaskError> {
         let deadline = timeout.and_then(deadline_after);
         let slice = pump_slice(&self.inner.config.wait);
+        let spin_until = self.inner.shared.spin_until();
         let mut st = self.inner.shared.lock();
         loop {
             if st.is_closed() {
@@ -615,7 +620,7 @@ impl Agent {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Ok(None);
                     }
-                    st = self.inner.shared.wait(st, slice, deadline);
+                    st = self.inner.shared.wait(st, slice, deadline, spin_until);
                 }
             }
         }
@@ -635,7 +640,7 @@ impl Agent {
             Err(()) => return Ok(false),
         };
         let slice = pump_slice(&self.inner.config.wait);
-        let result = kind_meta(dxo);
+        let meta = [kind_meta(dxo)];
         let inner = &*self.inner;
         let cancelled = || self.inner.claim_cancelled(&claim);
         let sent = {
@@ -660,10 +665,11 @@ impl Agent {
                         .with_task(&claim.id, &claim.name)
                         .with_rc(rc)
                         .with_epoch(*epoch);
-                    sender.send_cancellable(
+                    sender.send_with_meta(
                         producer,
                         &envelope,
-                        Some(&result),
+                        Some(dxo),
+                        &meta,
                         None,
                         Some((&cancelled, slice)),
                     )
@@ -856,6 +862,7 @@ impl Pump {
         // mid-message is disconnected anyway); liveness checks wait until it is complete.
         let stall = Some(self.inner.config.flare_site_connection_timeout);
         let mut next_check = Instant::now();
+        self.inner.shared.note_pump_cpu();
         while !self.inner.stop.load(Ordering::Acquire) {
             let status = self.inner.shared.lock().status;
             match status {
@@ -893,6 +900,8 @@ impl Pump {
             }
             self.inner.flush_acks_if_free();
             if Instant::now() >= next_check {
+                // Checked as often: where this thread is pinned (the calls' waits use it).
+                self.inner.shared.note_pump_cpu();
                 self.check_liveness();
                 next_check = Instant::now() + slice;
             }

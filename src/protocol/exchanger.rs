@@ -12,13 +12,14 @@ use super::{
 };
 use crate::control::Liveness;
 use crate::frame::{
-    CommittedLoan, DataKind, DetachedLoan, DroppedMessage, Dxo, Element, Envelope, FrameError,
-    FrameReceiver, FrameSender, LoanError, LoanSpec, Message, MessageKind, OwnedMessage,
-    RecordCopy, ReturnCode, SendError, ViewError,
+    CommittedLoan, DataKind, DetachedLoan, DroppedMessage, Dxo, Element, Envelope, ExtraMeta,
+    FrameError, FrameReceiver, FrameSender, LoanError, LoanSpec, Message, MessageKind,
+    OwnedMessage, RecordCopy, ReturnCode, SendError, ViewError,
 };
 use crate::link::{CreateOptions, Link, LinkControl, LinkCreateError, LinkParts};
 use crate::ring::{Consumer, Producer};
 use crate::segment::SegmentName;
+use serde_json::Value;
 use zerocopy::{FromBytes, KnownLayout};
 
 /// What [`Exchanger::execute`] returns: FLARE's return code and, for a successful result,
@@ -118,11 +119,10 @@ struct InFlight {
     id: String,
     app_defined: bool,
     phase: Phase,
-    outcome: Option<Reply>,
-    /// The result is decided (an abort can no longer win) but its `result_ack` is not yet
-    /// pushed: `execute` waits, so that the next task follows the ack in the ring (the agent
+    /// Set by the pump together with queueing the `result_ack` it owes (under the same lock):
+    /// a next task is pushed after the queue, so it follows the ack in the ring (the agent
     /// would otherwise see the next task first and take its own task as superseded).
-    acking: bool,
+    outcome: Option<Reply>,
     /// The sequence number of the task message last pushed: an agent that could not read the
     /// task answers it by this number alone.
     sequence: Option<u64>,
@@ -248,13 +248,16 @@ impl Exchanger {
             control,
         } = Link::create(name, &options)?.into_parts();
         let inner = Arc::new(Inner {
-            shared: Shared::new(State {
-                status: ExchangerStatus::NoAgent,
-                task: None,
-                last_completed: None,
-                redeliveries: 0,
-                outgoing: Vec::new(),
-            }),
+            shared: Shared::new(
+                State {
+                    status: ExchangerStatus::NoAgent,
+                    task: None,
+                    last_completed: None,
+                    redeliveries: 0,
+                    outgoing: Vec::new(),
+                },
+                &config.wait,
+            ),
             outbox: Mutex::new(Some(Outbox {
                 producer: Some(producer),
                 sender: FrameSender::new(),
@@ -333,12 +336,14 @@ impl Exchanger {
         if !dxo_has_data(dxo) {
             return Reply::bare(ReturnCode::BadRequestData);
         }
-        let mut task = kind_meta(dxo);
+        // In key order (the sender's rule): current_round, data_kind, total_round.
+        let mut meta = Vec::with_capacity(3);
         if let Some(round) = headers.current_round {
-            task = task.with_meta(META_CURRENT_ROUND, round);
+            meta.push((META_CURRENT_ROUND, Value::from(round)));
         }
+        meta.push(kind_meta(dxo));
         if let Some(rounds) = headers.num_rounds {
-            task = task.with_meta(META_TOTAL_ROUND, rounds);
+            meta.push((META_TOTAL_ROUND, Value::from(rounds)));
         }
         let id = headers.task_id.as_str();
         let app_defined = dxo.data_kind() == DataKind::AppDefined;
@@ -346,7 +351,7 @@ impl Exchanger {
             return Reply::bare(rc);
         }
         self.inner
-            .run_task(task_name, id, TaskSource::Copy(&task), abort, None)
+            .run_task(task_name, id, TaskSource::Copy(dxo, &meta), abort, None)
     }
 
     /// Lends ring space for a task laid out by `spec` (data kind, meta, and the name, dtype
@@ -546,7 +551,8 @@ impl TaskLoan {
                 t.phase = Phase::Sending { epoch };
                 break Some(epoch);
             }
-            drop(inner.shared.wait(st, slice, None));
+            // Waiting for an agent to attach: asleep at once.
+            drop(inner.shared.wait(st, slice, None, None));
         };
         let Some(epoch) = epoch else {
             // Not sent: the outcome (a result that came first), the abort or the close
@@ -590,8 +596,9 @@ impl Drop for TaskLoan {
 
 /// What a task's bytes come from, for its first push and its redeliveries.
 enum TaskSource<'a> {
-    /// The caller's DXO (`execute`): copied into the ring at each push.
-    Copy(&'a Dxo<'a>),
+    /// The caller's DXO (`execute`) and the meta entries set on top of its own: copied into
+    /// the ring at each push.
+    Copy(&'a Dxo<'a>, ExtraMeta<'a>),
     /// A committed [`TaskLoan`]: redelivered from its record, copied out of the ring (or from
     /// the copy made for an earlier redelivery).
     Loaned {
@@ -620,7 +627,6 @@ impl Inner {
             app_defined,
             phase,
             outcome: None,
-            acking: false,
             sequence: None,
         });
         Ok(())
@@ -659,6 +665,7 @@ impl Inner {
         // `result_timeout` counts from the first push, so a task whose ack never comes (a
         // stalled agent, a lost ack) ends too.
         let mut warned_late_ack = false;
+        let spin_until = self.shared.spin_until();
         loop {
             let mut st = self.shared.lock();
             let status = st.status;
@@ -667,12 +674,8 @@ impl Inner {
                 return Reply::bare(ReturnCode::Error);
             };
             if t.outcome.is_some() {
-                if !t.acking {
-                    let reply = st.task.take().and_then(|t| t.outcome);
-                    return reply.unwrap_or_else(|| Reply::bare(ReturnCode::Error));
-                }
-                drop(self.shared.wait(st, slice, None));
-                continue;
+                let reply = st.task.take().and_then(|t| t.outcome);
+                return reply.unwrap_or_else(|| Reply::bare(ReturnCode::Error));
             }
             let halted = matches!(status, ExchangerStatus::Stopped | ExchangerStatus::Closed);
             if abort.is_aborted() || halted {
@@ -734,7 +737,7 @@ impl Inner {
                 // A loaned task is in the caller's hands.
                 Phase::Running { .. } | Phase::Loaned => {}
             }
-            drop(self.shared.wait(st, slice, None));
+            drop(self.shared.wait(st, slice, None, spin_until));
         }
     }
 
@@ -792,15 +795,16 @@ impl Inner {
             t.sequence = Some(sequence);
         }
         match source {
-            TaskSource::Copy(task) => {
+            TaskSource::Copy(task, meta) => {
                 let envelope = Envelope::new(MessageKind::Task)
                     .with_task(id, task_name)
                     .with_epoch(epoch);
                 sender
-                    .send_cancellable(
+                    .send_with_meta(
                         producer,
                         &envelope,
                         Some(task),
+                        meta,
                         None,
                         Some((&cancelled, slice)),
                     )
@@ -896,8 +900,19 @@ impl Inner {
 
     /// Queues a message without DXO and pushes the queue if the outbox is free.
     fn queue(&self, control: Control) {
-        self.shared.lock().outgoing.push(control);
+        self.queue_with(self.shared.lock(), control);
+    }
+
+    /// [`Inner::queue`] for a message owed for a change just made under `st`: it joins the
+    /// queue under the same lock, so whoever sees the change finds it queued (and a next task
+    /// is pushed after it). The waiting calls are told after the push: a caller woken on this
+    /// CPU would run first and leave the peer waiting for the message (an agent then handles
+    /// its `result_ack` only when the next task comes, in that task's round trip).
+    fn queue_with(&self, mut st: std::sync::MutexGuard<'_, State>, control: Control) {
+        st.outgoing.push(control);
+        drop(st);
         self.flush_outgoing_if_idle(pump_slice(&self.config.wait));
+        self.shared.notify();
     }
 
     /// [`Inner::flush_outgoing`], unless nothing is queued or another thread holds the outbox
@@ -967,6 +982,7 @@ impl Pump {
         let slice = pump_slice(&self.core.inner.config.wait);
         let stall = Some(self.core.inner.config.agent_connection_timeout);
         let mut next_check = Instant::now();
+        self.core.inner.shared.note_pump_cpu();
         // A corrupt result ring cannot be read again; a Stopped exchanger still reads (and
         // answers) results, so that no agent waits for an ack.
         let mut corrupt = false;
@@ -1022,6 +1038,8 @@ impl Pump {
             self.receiver.set_min_epoch(self.core.min_epoch);
             self.core.inner.flush_outgoing_if_idle(slice);
             if Instant::now() >= next_check {
+                // Checked as often: where this thread is pinned (the calls' waits use it).
+                self.core.inner.shared.note_pump_cpu();
                 self.check_liveness();
                 next_check = Instant::now() + slice;
             }
@@ -1306,22 +1324,18 @@ impl PumpCore {
                     .filter(|t| t.outcome.is_none() && t.phase.epoch() == Some(d.epoch))
                 {
                     t.outcome = Some(Reply::bare(ReturnCode::ExecutionException));
-                    // As for any result: the next task must follow this ack in the ring.
-                    t.acking = true;
                 }
-                drop(st);
-                self.inner.shared.notify();
-                self.inner.queue(Control {
-                    kind: MessageKind::ResultAck,
-                    id: String::new(),
-                    rc: ReturnCode::ExecutionResultError,
-                    epoch: d.epoch,
-                    reply_to: d.sequence,
-                });
-                if let Some(t) = self.inner.shared.lock().task.as_mut() {
-                    t.acking = false;
-                }
-                self.inner.shared.notify();
+                // As for any result: queued with the outcome.
+                self.inner.queue_with(
+                    st,
+                    Control {
+                        kind: MessageKind::ResultAck,
+                        id: String::new(),
+                        rc: ReturnCode::ExecutionResultError,
+                        epoch: d.epoch,
+                        reply_to: d.sequence,
+                    },
+                );
             }
             Some(d) => log::warn!(
                 "shmex exchanger {}: message {} dropped ({e})",
@@ -1348,16 +1362,17 @@ impl PumpCore {
             return;
         }
         if message.rc() == ReturnCode::Ok {
+            // Nothing a waiting `execute` acts on: it is not woken.
             t.phase = Phase::Running { epoch };
-        } else {
-            log::warn!(
-                "shmex exchanger {}: agent refused task {:?} ({}): BAD_REQUEST_DATA",
-                self.inner.name,
-                t.id,
-                message.rc()
-            );
-            t.outcome = Some(Reply::bare(ReturnCode::BadRequestData));
+            return;
         }
+        log::warn!(
+            "shmex exchanger {}: agent refused task {:?} ({}): BAD_REQUEST_DATA",
+            self.inner.name,
+            t.id,
+            message.rc()
+        );
+        t.outcome = Some(Reply::bare(ReturnCode::BadRequestData));
         drop(st);
         self.inner.shared.notify();
     }
@@ -1416,7 +1431,6 @@ impl PumpCore {
                 };
                 if let Some(t) = st.task.as_mut() {
                     t.outcome = Some(outcome);
-                    t.acking = true;
                 }
                 // Only an accepted result makes a resubmission a harmless duplicate; after an
                 // invalid one, a corrected resubmission must not be acked as accepted.
@@ -1431,21 +1445,18 @@ impl PumpCore {
             None if id.is_empty() && st.task.is_none() => (id, ReturnCode::Ok),
             None => (id, ReturnCode::TaskUnknown),
         };
-        drop(st);
-        self.inner.shared.notify();
-        // Queued if the outbox is busy (a push, a loan): any later task is pushed after the
-        // queue, so it still follows this ack in the ring. Best effort: an agent that died
-        // meanwhile needs no ack.
-        self.inner.queue(Control {
-            kind: MessageKind::ResultAck,
-            id: attributed,
-            rc: ack_rc,
-            epoch,
-            reply_to: sequence,
-        });
-        if let Some(t) = self.inner.shared.lock().task.as_mut() {
-            t.acking = false;
-        }
-        self.inner.shared.notify();
+        // Queued with the outcome, and pushed now unless the outbox is busy (a push, a loan):
+        // any later task is pushed after the queue, so it still follows this ack in the ring.
+        // Best effort: an agent that died meanwhile needs no ack.
+        self.inner.queue_with(
+            st,
+            Control {
+                kind: MessageKind::ResultAck,
+                id: attributed,
+                rc: ack_rc,
+                epoch,
+                reply_to: sequence,
+            },
+        );
     }
 }

@@ -108,7 +108,7 @@ pub use exchanger::{
     CloseError, Exchanger, ExchangerCreateError, ExchangerStatus, Reply, TaskLoan, TaskLoanError,
 };
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -188,10 +188,10 @@ fn data_and_meta(message: &Message<'_>) -> (bool, bool) {
     (data, !message.meta().is_empty())
 }
 
-/// The DXO's kind name as FLARE writes it into meta `data_kind`.
-fn kind_meta<'a>(dxo: &Dxo<'a>) -> Dxo<'a> {
-    dxo.clone()
-        .with_meta(META_DATA_KIND, dxo.data_kind().as_str())
+/// The meta entry `data_kind` FLARE writes for the DXO (its kind's name): set on top of the
+/// DXO's own meta when it is sent (no copy of the DXO).
+fn kind_meta(dxo: &Dxo<'_>) -> (&'static str, Value) {
+    (META_DATA_KIND, Value::from(dxo.data_kind().as_str()))
 }
 
 /// A message without a DXO (an ack, `abort`, `bye`) that waits in a side's ordered outgoing
@@ -247,19 +247,47 @@ fn try_lock<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
     }
 }
 
-/// The state both sides share between user calls and the pump: a mutex-guarded value and a
-/// condition variable signalled on every change.
+/// The state both sides share between user calls and the pump: a mutex-guarded value, a
+/// condition variable signalled on every change, and a change counter.
+///
+/// A waiting call sleeps on the condition variable, except where its side's
+/// [`WaitStrategy::spin`] is not zero and it is pinned to the very CPU its pump is pinned to
+/// (a process pinned to a core): there it first spins for `spin` (from the start of its
+/// wait), watching the change counter and yielding the CPU between looks, and a notifier that
+/// sees a spinning waiter yields to it at once. On one CPU that hand-off costs about half of a
+/// futex wake-up's (0.5 against 0.9 µs measured), twice per task round trip. Never a
+/// busy-poll: it would keep the pump off the CPU (measured: 8.5 ms instead of 7 µs per 4 KiB
+/// round trip with both processes pinned); and never a yielding spin where the waiter may
+/// share a CPU with another process's spinning thread, which a yield does not displace
+/// (measured unpinned on 2 CPUs: round trips of milliseconds from the 90th percentile on).
 #[derive(Debug)]
 struct Shared<S> {
     state: Mutex<S>,
     changed: Condvar,
+    /// Bumped by every [`Shared::notify`]: what a spinning waiter watches.
+    changes: AtomicU64,
+    /// Threads spinning in [`Shared::wait`]: [`Shared::notify`] yields to them.
+    spinners: AtomicUsize,
+    /// Threads asleep in [`Shared::wait`]: [`Shared::notify`] makes no system call (the
+    /// condition variable's `notify_all` always makes one) when there are none.
+    sleepers: AtomicUsize,
+    /// How long a wait spins before it sleeps ([`WaitStrategy::spin`]).
+    spin: Duration,
+    /// The CPU the pump thread is pinned to, plus one (0: not pinned), as the pump last saw
+    /// it ([`Shared::note_pump_cpu`]).
+    pump_cpu: AtomicUsize,
 }
 
 impl<S> Shared<S> {
-    fn new(state: S) -> Shared<S> {
+    fn new(state: S, wait: &WaitStrategy) -> Shared<S> {
         Shared {
             state: Mutex::new(state),
             changed: Condvar::new(),
+            changes: AtomicU64::new(0),
+            spinners: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
+            spin: wait.spin,
+            pump_cpu: AtomicUsize::new(0),
         }
     }
 
@@ -267,23 +295,76 @@ impl<S> Shared<S> {
         lock(&self.state)
     }
 
-    /// Waits for a change, at most `slice` and not past `deadline`.
+    /// Called by the pump thread (when it starts and at each liveness check): records the
+    /// CPU it is pinned to, if any.
+    fn note_pump_cpu(&self) {
+        let cpu = crate::sys::pinned_cpu().map_or(0, |cpu| cpu + 1);
+        self.pump_cpu.store(cpu, Ordering::Relaxed);
+    }
+
+    /// Until when a wait that starts now on this thread may spin: `None` (it sleeps at once)
+    /// unless the strategy spins and this thread is pinned to the pump's CPU.
+    fn spin_until(&self) -> Option<Instant> {
+        if self.spin.is_zero() {
+            return None;
+        }
+        let pump = self.pump_cpu.load(Ordering::Relaxed);
+        if pump == 0 || crate::sys::pinned_cpu().map(|cpu| cpu + 1) != Some(pump) {
+            return None;
+        }
+        Instant::now().checked_add(self.spin)
+    }
+
+    /// Waits for a change, at most `slice` and not past `deadline`: spinning until
+    /// `spin_until` (see [`Shared::spin_until`]), then asleep. Returns the state locked again;
+    /// the caller re-checks it (the change may not be the one it waits for, or none came).
     fn wait<'g>(
-        &self,
+        &'g self,
         guard: MutexGuard<'g, S>,
         slice: Duration,
         deadline: Option<Instant>,
+        spin_until: Option<Instant>,
     ) -> MutexGuard<'g, S> {
         let now = Instant::now();
         let timeout = deadline.map_or(slice, |d| d.saturating_duration_since(now).min(slice));
-        self.changed
+        // SYNC (`changes` and both counters): read and counted under the lock, before the
+        // wait lets go of it. A notifier changes the state under the lock, then bumps
+        // `changes` and reads the counters: if it locked after us, the mutex orders our read
+        // and counts before its bump and loads, so it sees us and we see its bump; if it
+        // locked before us, our caller saw its change. Relaxed suffices for that.
+        if let Some(until) = spin_until.filter(|&until| until > now) {
+            let until = until.min(now + timeout);
+            let seen = self.changes.load(Ordering::Relaxed);
+            self.spinners.fetch_add(1, Ordering::Relaxed);
+            drop(guard);
+            while self.changes.load(Ordering::Relaxed) == seen && Instant::now() < until {
+                std::thread::yield_now();
+            }
+            self.spinners.fetch_sub(1, Ordering::Relaxed);
+            return self.lock();
+        }
+        self.sleepers.fetch_add(1, Ordering::Relaxed);
+        let guard = self
+            .changed
             .wait_timeout(guard, timeout)
             .unwrap_or_else(|e| e.into_inner())
-            .0
+            .0;
+        self.sleepers.fetch_sub(1, Ordering::Relaxed);
+        guard
     }
 
+    /// Tells the threads in [`Shared::wait`]. Call it after changing the state under the lock
+    /// and letting go of it: a waiter either saw the change or was counted before it.
     fn notify(&self) {
-        self.changed.notify_all();
+        // SYNC: pairs with the reads and counts in `wait` through the state mutex (see there).
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        if self.sleepers.load(Ordering::Relaxed) > 0 {
+            self.changed.notify_all();
+        }
+        if self.spinners.load(Ordering::Relaxed) > 0 {
+            // The spinner shares the pump's CPU: let it run now, not when our slice ends.
+            std::thread::yield_now();
+        }
     }
 }
 
@@ -307,5 +388,81 @@ fn result_data_kind(task_app_defined: bool, meta: &Map<String, Value>) -> Option
     match meta.get(META_DATA_KIND) {
         None => Some(DataKind::Weights),
         Some(v) => v.as_str().and_then(|s| s.parse().ok()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the calling thread to `cpu`.
+    fn pin(cpu: usize) {
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(cpu);
+        rustix::thread::sched_setaffinity(None, &set).unwrap();
+    }
+
+    /// Waits (on `shared`, spinning as its strategy and pinning allow) until the value is
+    /// `want`, with a watchdog against a lost wake-up.
+    fn wait_for(shared: &Shared<u32>, want: u32) {
+        let watchdog = Instant::now() + Duration::from_secs(60);
+        let spin_until = shared.spin_until();
+        let mut value = shared.lock();
+        while *value != want {
+            assert!(Instant::now() < watchdog, "lost wake-up");
+            // A slice far longer than the test: only a notify ends the wait early.
+            value = shared.wait(value, Duration::from_secs(30), None, spin_until);
+        }
+    }
+
+    /// A waiter pinned to its pump's CPU spins (yielding); elsewhere it sleeps. Either way it
+    /// sees every change: a ping-pong of changes between a "pump" and a "caller" thread.
+    #[test]
+    fn waits_spin_only_pinned_with_the_pump_and_lose_no_change() {
+        let spinning = WaitStrategy::default().spin(Duration::from_secs(5));
+        for (strategy, pinned) in [
+            (spinning, true),
+            (spinning, false),
+            (WaitStrategy::default().spin(Duration::ZERO), true),
+        ] {
+            let shared = Shared::new(0u32, &strategy);
+            let cpu = crate::sys::pinned_cpu().unwrap_or_else(rustix::thread::sched_getcpu);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    if pinned {
+                        pin(cpu);
+                    }
+                    shared.note_pump_cpu();
+                    for round in 0..200 {
+                        wait_for(&shared, 2 * round + 1);
+                        *shared.lock() += 1;
+                        shared.notify();
+                    }
+                });
+                s.spawn(|| {
+                    if pinned {
+                        pin(cpu);
+                        // The "pump" notes its CPU first.
+                        while shared.pump_cpu.load(Ordering::Relaxed) == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                    let spins = shared.spin_until().is_some();
+                    if strategy.spin.is_zero() {
+                        assert!(!spins, "no spin configured");
+                    } else if pinned {
+                        assert_eq!(spins, cfg!(target_os = "linux"), "pinned with the pump");
+                    } else if crate::sys::pinned_cpu().is_none() {
+                        assert!(!spins, "free to run elsewhere");
+                    }
+                    for round in 0..200 {
+                        *shared.lock() += 1;
+                        shared.notify();
+                        wait_for(&shared, 2 * round + 2);
+                    }
+                });
+            });
+            assert_eq!(*shared.lock(), 400);
+        }
     }
 }
