@@ -67,8 +67,7 @@ use shmex::frame::{
 };
 use shmex::link::{CreateOptions, Link};
 use shmex::protocol::{
-    AbortSignal, Agent, AgentConfig, Exchanger, ExchangerConfig, GetTaskError, Headers,
-    IN_PLACE_KEEP_FREE,
+    AbortSignal, Agent, AgentConfig, Exchanger, ExchangerConfig, Headers, IN_PLACE_KEEP_FREE,
 };
 use shmex::ring::RecvError;
 use shmex::segment::SegmentName;
@@ -79,10 +78,10 @@ use shmex_test_support::pattern;
 use zerocopy::{FromBytes, IntoBytes};
 
 use shmex_cli::harness::{
-    check_checksum, child_attach, deadline, median_gbps, percentile, pick_cpus, pin_to_cpu,
-    say_bye, size_label, socket_buffers, uds_child_connect, uds_connect, Launcher, MemcpyTransfer,
-    Peer, PeerWait, Res, Sampling, ShmexTransfer, Transfer, ACK, PEER_TIMEOUT, SOCKET_BUFFER,
-    SOCKET_IO_CHUNK,
+    check_checksum, child_attach, deadline, median_gbps, next_task, percentile, pick_cpus,
+    pin_to_cpu, say_bye, size_label, socket_buffers, uds_child_connect, uds_connect, Launcher,
+    MemcpyTransfer, Peer, PeerWait, Res, Sampling, ShmexTransfer, Transfer, ACK, PEER_TIMEOUT,
+    SOCKET_BUFFER, SOCKET_IO_CHUNK,
 };
 
 const KIB: usize = 1 << 10;
@@ -2277,11 +2276,8 @@ fn child_zero_copy_agent(name: &str) -> Res<()> {
     let agent = Agent::attach(&SegmentName::new(name)?, config)?;
     println!("ready");
     loop {
-        let task = match agent.get_task(Some(PEER_TIMEOUT)) {
-            Ok(Some(task)) => task,
-            Ok(None) => return Err("zero-copy-agent: no task".into()),
-            Err(GetTaskError::Closed) => return Ok(()),
-            Err(e) => return Err(e.into()),
+        let Some(task) = next_task(&agent, "zero-copy-agent")? else {
+            return Ok(());
         };
         if !task.message.is_in_ring() {
             return Err("zero-copy-agent: the task was copied out of the ring".into());
@@ -2316,11 +2312,8 @@ fn child_protocol_agent(name: &str, spin: Duration) -> Res<()> {
     let agent = Agent::attach(&SegmentName::new(name)?, config)?;
     println!("ready");
     loop {
-        let task = match agent.get_task(Some(PEER_TIMEOUT)) {
-            Ok(Some(task)) => task,
-            Ok(None) => return Err("protocol-agent: no task".into()),
-            Err(GetTaskError::Closed) => return Ok(()),
-            Err(e) => return Err(e.into()),
+        let Some(task) = next_task(&agent, "protocol-agent")? else {
+            return Ok(());
         };
         let result = task.message.tensors_dxo(DataKind::WeightDiff)?;
         if !agent.submit_result(&result, shmex::frame::ReturnCode::Ok)? {

@@ -20,10 +20,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shmex::frame::{DType, DataKind, Dxo, ReturnCode};
-use shmex::protocol::{Agent, AgentConfig, Exchanger, ExchangerConfig, GetTaskError, Headers};
+use shmex::protocol::{Agent, AgentConfig, Exchanger, ExchangerConfig, Headers};
 use shmex::segment::SegmentName;
+use shmex_cli::harness::next_task;
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+use shmex_cli::harness::Res;
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -153,11 +154,8 @@ fn agent(site: &str, id: &str) -> Res<()> {
     let agent = Agent::attach(&SegmentName::for_agent(site, id)?, config)?;
     println!("ready");
     loop {
-        let task = match agent.get_task(Some(PEER_TIMEOUT)) {
-            Ok(Some(task)) => task,
-            Ok(None) => return Err("agent: no task".into()),
-            Err(GetTaskError::Closed) => return Ok(()),
-            Err(e) => return Err(e.into()),
+        let Some(task) = next_task(&agent, "agent")? else {
+            return Ok(());
         };
         let result = task.message.tensors_dxo(DataKind::Weights)?;
         if !agent.submit_result(&result, ReturnCode::Ok)? {

@@ -105,6 +105,17 @@ pub fn uds_connect(
     Ok((peer, socket, path))
 }
 
+/// An agent child's next task, waiting at most [`PEER_TIMEOUT`]: `None` once the exchanger
+/// said `bye` (the child's normal end); no task in time is an error naming `who`.
+pub fn next_task(agent: &shmex::protocol::Agent, who: &str) -> Res<Option<shmex::protocol::Task>> {
+    match agent.get_task(Some(PEER_TIMEOUT)) {
+        Ok(Some(task)) => Ok(Some(task)),
+        Ok(None) => Err(format!("{who}: no task").into()),
+        Err(shmex::protocol::GetTaskError::Closed) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Polls a non-blocking `accept` until a child connects or [`PEER_TIMEOUT`] passes.
 fn accept_within<S>(mode: &str, mut accept: impl FnMut() -> std::io::Result<S>) -> Res<S> {
     let give_up = deadline();

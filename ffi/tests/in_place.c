@@ -62,16 +62,20 @@ static int check_w(const char *who, const shmex_tensor *t, int64_t round, float 
     return 0;
 }
 
+/* Whether the new options' defaults are wrong (off, and no expected length); says so. */
+static int bad_defaults(const char *who, int receive_in_place, uint64_t expected_message_len) {
+    if (receive_in_place == 0 && expected_message_len == 0) return 0;
+    fprintf(stderr, "in_place.c %s: defaults receive_in_place %d, expected_message_len %llu\n",
+            who, receive_in_place, (unsigned long long)expected_message_len);
+    return 1;
+}
+
 static int exchanger(const char *site, const char *agent_id, int on) {
     shmex_exchanger_options options;
     shmex_status st = shmex_exchanger_options_default(&options);
     if (st != SHMEX_OK) return fail("exchanger", "options_default", st);
-    if (options.receive_in_place != 0 || options.expected_message_len != 0) {
-        fprintf(stderr, "in_place.c exchanger: defaults receive_in_place %d, "
-                        "expected_message_len %llu\n",
-                options.receive_in_place, (unsigned long long)options.expected_message_len);
+    if (bad_defaults("exchanger", options.receive_in_place, options.expected_message_len))
         return 1;
-    }
     options.task_ring_capacity = options.result_ring_capacity = RING;
     options.result_timeout = 120.0;
     if (on) {
@@ -170,12 +174,8 @@ static int agent(const char *site, const char *agent_id, int on) {
     shmex_agent_options options;
     shmex_status st = shmex_agent_options_default(&options);
     if (st != SHMEX_OK) return fail("agent", "options_default", st);
-    if (options.receive_in_place != 0 || options.expected_message_len != 0) {
-        fprintf(stderr, "in_place.c agent: defaults receive_in_place %d, "
-                        "expected_message_len %llu\n",
-                options.receive_in_place, (unsigned long long)options.expected_message_len);
+    if (bad_defaults("agent", options.receive_in_place, options.expected_message_len))
         return 1;
-    }
     options.attach_timeout = 60.0;
     if (on) {
         options.receive_in_place = 1;
