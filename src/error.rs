@@ -487,6 +487,7 @@ impl Coded for SubmitError {
             SubmitError::Send(e) => e.code(),
             SubmitError::Spec(e) => e.code(),
             SubmitError::NotAnswerable | SubmitError::LoanOutstanding => ErrorCode::CallState,
+            SubmitError::Aborted { .. } => ErrorCode::Cancelled,
         }
     }
 }

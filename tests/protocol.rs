@@ -4,11 +4,13 @@
 //! `tests/protocol_faults.rs`. Every blocking call has a deadline or a watchdog abort.
 #![cfg(not(loom))]
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use shmex::error::{Coded, ErrorCode};
 use shmex::frame::{
-    DType, DataKind, Dxo, Envelope, FrameReceiver, FrameSender, LoanSpec, MessageKind,
+    DType, DataKind, Dxo, Envelope, FrameError, FrameReceiver, FrameSender, LoanSpec, MessageKind,
     OwnedMessage, ReturnCode,
 };
 use shmex::link::{AttachOptions, CreateOptions, Link};
@@ -2083,4 +2085,247 @@ fn a_held_task_keeps_the_next_one_out_until_dropped_and_a_task_too_large_to_hold
     assert!(!task.message.is_in_ring() && all_equal(&task.message, 5.0));
     assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
     assert_eq!(join(pending).rc, ReturnCode::Ok);
+}
+
+// ---------------------------------------------------------------- abort checks (issue 10)
+
+/// A signal whose check says "abort" once `after` has passed since it was made, and whether
+/// the check ever ran on another thread than the one that made it.
+fn abort_check_after(after: Duration) -> (AbortSignal, Arc<AtomicBool>) {
+    let caller = std::thread::current().id();
+    let elsewhere = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&elsewhere);
+    let start = Instant::now();
+    let signal = AbortSignal::with_check(move || {
+        if std::thread::current().id() != caller {
+            seen.store(true, Ordering::Relaxed);
+        }
+        start.elapsed() >= after
+    });
+    (signal, elsewhere)
+}
+
+/// A signal whose check, at each poll, waits for another thread to read a side's status (as
+/// a check that takes Python's GIL waits for a thread holding it: polled under the side's
+/// state lock, it would hang), and says "abort" at the fifth poll.
+struct StatusProbe {
+    signal: AbortSignal,
+    reader: std::thread::JoinHandle<()>,
+    polls: Arc<AtomicUsize>,
+    stuck: Arc<AtomicBool>,
+    elsewhere: Arc<AtomicBool>,
+}
+
+impl StatusProbe {
+    fn new(read_status: impl Fn() + Send + 'static) -> StatusProbe {
+        let (ask, asked) = std::sync::mpsc::channel::<()>();
+        let (read, done) = std::sync::mpsc::channel::<()>();
+        let reader = std::thread::spawn(move || {
+            for () in asked {
+                read_status();
+                let _ = read.send(());
+            }
+        });
+        let caller = std::thread::current().id();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let stuck = Arc::new(AtomicBool::new(false));
+        let elsewhere = Arc::new(AtomicBool::new(false));
+        let signal = {
+            let (polls, stuck, elsewhere) = (
+                Arc::clone(&polls),
+                Arc::clone(&stuck),
+                Arc::clone(&elsewhere),
+            );
+            let (ask, done) = (Mutex::new(ask), Mutex::new(done));
+            AbortSignal::with_check(move || {
+                if std::thread::current().id() != caller {
+                    elsewhere.store(true, Ordering::Relaxed);
+                    return false;
+                }
+                let _ = ask.lock().unwrap().send(());
+                if done
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(10))
+                    .is_err()
+                {
+                    stuck.store(true, Ordering::Relaxed);
+                    return true;
+                }
+                polls.fetch_add(1, Ordering::Relaxed) + 1 >= 5
+            })
+        };
+        StatusProbe {
+            signal,
+            reader,
+            polls,
+            stuck,
+            elsewhere,
+        }
+    }
+
+    /// Ends the reader and checks that every poll was on this thread, outside the lock.
+    fn assert_polled_well(self) {
+        assert!(self.signal.is_aborted(), "a true check triggers the signal");
+        drop(self.signal);
+        self.reader.join().unwrap();
+        assert!(
+            !self.stuck.load(Ordering::Relaxed),
+            "the check was polled under the state lock"
+        );
+        assert!(
+            !self.elsewhere.load(Ordering::Relaxed),
+            "the check ran on another thread"
+        );
+        assert!(self.polls.load(Ordering::Relaxed) >= 5);
+    }
+}
+
+#[test]
+fn abort_check_is_polled_on_the_calling_thread_outside_the_state_lock() {
+    let exchanger = Arc::new(create("chk-lock"));
+    let agent = attach(&exchanger);
+    let probe = {
+        let exchanger = Arc::clone(&exchanger);
+        StatusProbe::new(move || {
+            let _ = exchanger.status();
+        })
+    };
+    // The agent never answers: execute waits for the result until the check aborts it.
+    let reply = exchanger.execute("train", &model(), &Headers::new("t1"), &probe.signal);
+    assert_eq!(reply.rc, ReturnCode::TaskAborted);
+    probe.assert_polled_well();
+    eventually("the agent learns of the abort", || agent.is_aborted());
+    // The agent's wait for a result_ack polls the same way.
+    let (mut raw, agent) = fetched("chk-lock-agent");
+    let agent = Arc::new(agent);
+    let probe = {
+        let agent = Arc::clone(&agent);
+        StatusProbe::new(move || {
+            let _ = agent.status();
+        })
+    };
+    assert!(matches!(
+        agent.submit_result_abortable(&diff(), ReturnCode::Ok, &probe.signal),
+        Err(SubmitError::Aborted { sent: true })
+    ));
+    probe.assert_polled_well();
+    assert_eq!(raw.recv().kind(), MessageKind::Result);
+}
+
+#[test]
+fn abort_check_ends_a_send_blocked_on_ring_space() {
+    let exchanger = Arc::new(create("chk-send"));
+    // An agent that attaches but never reads: a 64 MiB task through a 1 MiB ring stalls.
+    let _raw = RawAgent::attach(&exchanger);
+    let big = vec![0.5f32; 16 << 20];
+    let dxo = Dxo::new(DataKind::Weights)
+        .with_tensor("big", &[16 << 20], &big)
+        .unwrap();
+    let (signal, elsewhere) = abort_check_after(Duration::from_millis(100));
+    let reply = exchanger.execute("train", &dxo, &Headers::new("t1"), &signal);
+    assert_eq!(reply.rc, ReturnCode::TaskAborted);
+    assert!(
+        !elsewhere.load(Ordering::Relaxed),
+        "the check ran on another thread"
+    );
+}
+
+#[test]
+fn abort_check_ends_a_loaned_tasks_wait_for_an_agent() {
+    let exchanger = create("chk-loan");
+    let loan = exchanger
+        .loan_task("train", &task_spec(), &Headers::new("t1"), &watchdog())
+        .unwrap();
+    let (signal, _) = abort_check_after(Duration::from_millis(50));
+    assert_eq!(loan.execute(&signal).rc, ReturnCode::TaskAborted);
+    // Nothing was sent: a late agent finds no task, and the exchanger is free again.
+    let agent = attach(&exchanger);
+    assert_no_task(&agent, 100);
+    let loan = exchanger.loan_task("train", &task_spec(), &Headers::new("t2"), &watchdog());
+    assert!(loan.is_ok());
+}
+
+#[test]
+fn aborted_wait_for_the_result_ack_counts_the_result_as_sent() {
+    let (mut raw, agent) = fetched("chk-ack");
+    let (signal, elsewhere) = abort_check_after(Duration::from_millis(50));
+    // The raw exchanger never acks.
+    let submitted = agent.submit_result_abortable(&diff(), ReturnCode::Ok, &signal);
+    assert!(matches!(
+        submitted,
+        Err(SubmitError::Aborted { sent: true })
+    ));
+    assert_eq!(submitted.unwrap_err().code(), ErrorCode::Cancelled);
+    assert!(
+        !elsewhere.load(Ordering::Relaxed),
+        "the check ran on another thread"
+    );
+    assert_eq!(raw.recv().kind(), MessageKind::Result);
+    // The task counts as answered: the next one can be fetched.
+    raw.task("t2");
+    assert_eq!(get(&agent).id, "t2");
+    // The same for a loan's commit.
+    let loan = filled_loan(&agent, [1.0; 4]);
+    let (signal, _) = abort_check_after(Duration::from_millis(50));
+    assert!(matches!(
+        loan.commit_abortable(ReturnCode::Ok, &signal),
+        Err(SubmitError::Aborted { sent: true })
+    ));
+    assert_eq!(raw.recv().kind(), MessageKind::Result);
+    assert_eq!(
+        agent
+            .get_task(Some(Duration::from_millis(50)))
+            .unwrap()
+            .map(|t| t.id),
+        None
+    );
+}
+
+#[test]
+fn aborted_wait_for_ring_space_sends_nothing_and_the_task_stays_answerable() {
+    let (mut raw, agent) = fetched("chk-space");
+    // 4 MiB through the 1 MiB result ring of an exchanger that does not read: it stalls.
+    let big = vec![0.5f32; 1 << 20];
+    let large = Dxo::new(DataKind::WeightDiff)
+        .with_tensor("w", &[1 << 20], &big)
+        .unwrap();
+    let (signal, elsewhere) = abort_check_after(Duration::from_millis(100));
+    assert!(matches!(
+        agent.submit_result_abortable(&large, ReturnCode::Ok, &signal),
+        Err(SubmitError::Aborted { sent: false })
+    ));
+    assert!(
+        !elsewhere.load(Ordering::Relaxed),
+        "the check ran on another thread"
+    );
+    // The ring is still full of the unfinished result: a loan waits for space, and is aborted.
+    let (signal, _) = abort_check_after(Duration::from_millis(100));
+    let spec = LoanSpec::new(DataKind::WeightDiff).tensor("w", DType::F32, &[64 << 10]);
+    assert!(matches!(
+        agent.loan_result_abortable(&spec, &signal),
+        Err(SubmitError::Aborted { sent: false })
+    ));
+    // The task is still answerable; the exchanger drops the unfinished result, saying so.
+    let (verdict, result) = std::thread::scope(|s| {
+        let submit = s.spawn(|| agent.submit_result(&diff(), ReturnCode::Ok));
+        let result = loop {
+            match raw.receiver.recv(raw.link.receiver(), deadline()) {
+                Ok(message) => break message.into_owned().unwrap(),
+                Err(e) => assert!(matches!(e, FrameError::OutOfOrder(_)), "{e}"),
+            }
+        };
+        let ack = Envelope::new(MessageKind::ResultAck)
+            .with_task("t1", "")
+            .with_rc(ReturnCode::Ok)
+            .with_reply_to(result.sequence());
+        raw.send(ack, None);
+        (submit.join().unwrap().unwrap(), result)
+    });
+    assert!(verdict);
+    assert_eq!(result.task_id(), "t1");
+    assert_eq!(
+        result.tensor_by_name("w").unwrap().to_vec::<f32>().unwrap(),
+        WEIGHTS
+    );
 }

@@ -209,7 +209,7 @@ class Exchanger:
         ``bytes`` (data kind APP_DEFINED). ``meta``: a JSON-able dict; ``data_kind``,
         ``current_round`` and ``total_round`` are added to it as FLARE does. ``task_id``:
         a fresh UUID by default. ``abort``: an object with ``is_set()`` (``threading.Event``),
-        looked at every 50 ms; when set, the agent is told to abort and the reply is
+        looked at about every 20 ms; when set, the agent is told to abort and the reply is
         ``TASK_ABORTED``. ``timeout``: seconds until the task is aborted with ``TIMEOUT``.
 
         Bad arguments raise ``TypeError``/``ValueError`` before anything is sent; protocol
@@ -470,7 +470,9 @@ class Agent:
         ``data_kind``, else ``WEIGHTS`` (``APP_DEFINED`` for bytes). ``False`` when the task
         was aborted, never fetched, or already answered. Raises :class:`AgentClosed` when the
         agent is closed; bad arguments raise ``TypeError``/``ValueError`` before anything is
-        sent. Ctrl-C raises ``KeyboardInterrupt``; a submission already under way completes.
+        sent. Ctrl-C raises ``KeyboardInterrupt``: a result still waiting for ring space is not
+        sent (the task can be answered again); one already in the ring stays sent and answers
+        the task.
         """
         rc = _check_return_code(return_code)
         if data_kind is None and isinstance(meta, Mapping):

@@ -4,18 +4,21 @@
 //! and converts arguments (numpy arrays, meta dicts, FLARE's names) and calls the private
 //! classes here, which only
 //! - build a [`Dxo`] over the caller's array memory (no copy until the ring),
-//! - run each blocking protocol call with the GIL released, in slices of `SLICE` so that
-//!   Ctrl-C (Python's signal handlers) and the caller's abort event are answered,
+//! - run each blocking protocol call on the calling thread with the GIL released, taking it
+//!   back every `CHECK_INTERVAL` or so so that Ctrl-C (Python's signal handlers), the
+//!   caller's abort event and timeout abort the call,
 //! - hand received messages back as `Message` objects that own the [`OwnedMessage`]; the
 //!   Python side views its tensors as numpy arrays whose base keeps that object alive,
 //! - map every Rust error to a Python exception by an exhaustive `match`.
 //!
-//! No panic crosses into Python: every entry point runs under `guarded`, and every helper
+//! No panic crosses into Python: every entry point runs under `guarded`, and the attach
 //! thread under `catch_unwind`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use pyo3::create_exception;
@@ -53,10 +56,6 @@ create_exception!(
     "A call made in the wrong state: get_task while the fetched task's result is not yet \
      submitted (FLARE's CallStateError)."
 );
-
-/// The longest the GIL is released in one go by a blocking call: signal handlers (Ctrl-C)
-/// and the caller's abort event are looked at least this often.
-const SLICE: Duration = Duration::from_millis(50);
 
 /// Runs `f`, turning a panic into a `ShmexError` so that none reaches Python.
 fn guarded<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
@@ -154,31 +153,13 @@ fn parse_return_code(return_code: &str) -> PyResult<ReturnCode> {
 // ---------------------------------------------------------------------------------------
 // Outgoing data: a DXO over the memory of the caller's arrays.
 
-/// One tensor to send: its spec and where its bytes are.
-struct OutTensor {
-    name: String,
-    dtype: DType,
-    shape: Vec<u64>,
-    address: usize,
-    len: usize,
-}
-
-/// What is sent: the DXO's parts, with the Python objects whose memory the tensors (and the
-/// opaque bytes) are, so that this memory stays valid as long as the payload lives — also
-/// on a helper thread that outlives an interrupted call.
-struct Payload {
-    data_kind: DataKind,
-    meta: Map<String, Value>,
-    tensors: Vec<OutTensor>,
-    opaque: Option<(usize, usize)>,
-    /// Owned references to the arrays; dropped with the payload.
-    _keep_alive: Vec<Py<PyAny>>,
-}
+/// A tensor to send from Python: `(name, shmex dtype, shape, C-contiguous numpy array)`.
+type OutTensor<'py> = (String, String, Vec<u64>, Bound<'py, PyAny>);
 
 /// The address and byte length of a C-contiguous array, read from numpy's array interface
 /// (`__array_interface__`: `strides` is `None` for a C-contiguous array). Only a real
 /// `numpy.ndarray` is accepted: its interface describes memory it owns or keeps alive, which
-/// an arbitrary object's need not (the address would become a slice below).
+/// an arbitrary object's need not (the address becomes a slice in `array_bytes`).
 fn array_memory(array: &Bound<'_, PyAny>, what: &str) -> PyResult<(usize, usize)> {
     let ndarray = array.py().import("numpy")?.getattr("ndarray")?;
     if !array.is_instance(&ndarray)? {
@@ -201,198 +182,195 @@ fn array_memory(array: &Bound<'_, PyAny>, what: &str) -> PyResult<(usize, usize)
     Ok((address, len))
 }
 
-impl Payload {
-    /// `tensors`: `(name, dtype, shape, array)` with `array` C-contiguous; `opaque`: a
-    /// contiguous uint8 array.
-    fn new(
-        data_kind: &str,
-        meta_json: &str,
-        tensors: Vec<(String, String, Vec<u64>, Bound<'_, PyAny>)>,
-        opaque: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Payload> {
-        let mut keep_alive = Vec::with_capacity(tensors.len() + 1);
-        let mut out = Vec::with_capacity(tensors.len());
-        for (name, dtype, shape, array) in tensors {
-            let dtype = parse_dtype(&name, &dtype)?;
-            let (address, len) = array_memory(&array, &format!("tensor {name:?}"))?;
-            keep_alive.push(array.unbind());
-            out.push(OutTensor {
-                name,
-                dtype,
-                shape,
-                address,
-                len,
-            });
-        }
-        let opaque = match opaque {
-            Some(array) => {
-                let memory = array_memory(&array, "the opaque data")?;
-                keep_alive.push(array.unbind());
-                Some(memory)
-            }
-            None => None,
-        };
-        let payload = Payload {
-            data_kind: parse_kind(data_kind)?,
-            meta: parse_meta(meta_json)?,
-            tensors: out,
-            opaque,
-            _keep_alive: keep_alive,
-        };
-        // Checks names, shapes and lengths now, so that a bad input raises before anything
-        // is sent.
-        payload.dxo().map_err(dxo_error)?;
-        Ok(payload)
+/// The bytes of a C-contiguous `numpy.ndarray`, for as long as `array` is borrowed.
+fn array_bytes<'a>(array: &'a Bound<'_, PyAny>, what: &str) -> PyResult<&'a [u8]> {
+    let (address, len) = array_memory(array, what)?;
+    if len == 0 {
+        return Ok(&[]);
     }
+    // SAFETY: `address`/`len` are the data pointer and `nbytes` numpy reported for a
+    // C-contiguous `numpy.ndarray` (`array_memory` refuses any other object), and the
+    // borrowed `array` holds a reference to it for `'a`, so the allocation is live that long
+    // (numpy refuses to resize an array someone else references, and a u8 slice has no
+    // alignment requirement). The slice is only read (copied into the ring); the package
+    // documents that arrays must not be written by another thread while they are being sent,
+    // as for any numpy call that releases the GIL.
+    Ok(unsafe { std::slice::from_raw_parts(address as *const u8, len) })
+}
 
-    /// The DXO, borrowing the arrays' memory for as long as `self` is borrowed.
-    fn dxo(&self) -> Result<Dxo<'_>, DxoError> {
-        let mut dxo = Dxo::new(self.data_kind).with_meta_map(self.meta.clone());
-        for t in &self.tensors {
-            dxo = dxo.with_tensor_bytes(
-                t.name.clone(),
-                t.dtype,
-                &t.shape,
-                self.bytes(t.address, t.len),
-            )?;
-        }
-        if let Some((address, len)) = self.opaque {
-            dxo = dxo.with_opaque(self.bytes(address, len))?;
-        }
-        Ok(dxo)
+/// The DXO to send, over the memory of the caller's arrays (`tensors`, and `opaque`: a
+/// contiguous uint8 array). Checks names, shapes and lengths, so that a bad input raises
+/// before anything is sent.
+fn outgoing_dxo<'a>(
+    data_kind: &str,
+    meta_json: &str,
+    tensors: &'a [OutTensor<'_>],
+    opaque: Option<&'a Bound<'_, PyAny>>,
+) -> PyResult<Dxo<'a>> {
+    let mut dxo = Dxo::new(parse_kind(data_kind)?).with_meta_map(parse_meta(meta_json)?);
+    for (name, dtype, shape, array) in tensors {
+        let dtype = parse_dtype(name, dtype)?;
+        let bytes = array_bytes(array, &format!("tensor {name:?}"))?;
+        dxo = dxo
+            .with_tensor_bytes(name.clone(), dtype, shape, bytes)
+            .map_err(dxo_error)?;
     }
-
-    fn bytes(&self, address: usize, len: usize) -> &[u8] {
-        if len == 0 {
-            return &[];
-        }
-        // SAFETY: `address`/`len` are the data pointer and `nbytes` numpy reported for a
-        // C-contiguous `numpy.ndarray` (`array_memory` refuses any other object) that
-        // `_keep_alive` holds a reference to, so the allocation is
-        // live for as long as `self` (numpy refuses to resize an array someone else
-        // references, and a u8 slice has no alignment requirement). The slice is only read
-        // (copied into the ring); the package documents that arrays must not be written by
-        // another thread while they are being sent, as for any numpy call that releases the
-        // GIL.
-        unsafe { std::slice::from_raw_parts(address as *const u8, len) }
+    if let Some(array) = opaque {
+        dxo = dxo
+            .with_opaque(array_bytes(array, "the opaque data")?)
+            .map_err(dxo_error)?;
     }
+    Ok(dxo)
 }
 
 // ---------------------------------------------------------------------------------------
-// Blocking calls: on a pooled helper thread, waited for in slices with the GIL released.
+// Blocking calls: on the calling thread with the GIL released. The protocol polls the
+// call's `AbortSignal` at least every wait slice (`WaitStrategy::poll_interval`, 10 ms by
+// default); its check takes the GIL back at most every `CHECK_INTERVAL` to run Python's
+// signal handlers (Ctrl-C) and the caller's abort event. `get_task` waits in slices of
+// `CHECK_INTERVAL` instead, and `attach` on a thread of its own.
 
-/// What happens to the helper thread's call when the caller is interrupted
-/// (`KeyboardInterrupt`, or any exception raised between slices).
-enum OnInterrupt {
-    /// Trigger this signal (the call then returns promptly) and wait for it to finish.
-    Abort(AbortSignal),
-    /// Leave the call running to its own end; its outcome is dropped.
-    Abandon,
+/// How often a blocking call takes the GIL back to run Python's signal handlers and the
+/// caller's abort event: Ctrl-C is answered within about this plus one wait slice.
+const CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// What a blocking call's abort signal watches besides its own flag.
+struct Interrupts {
+    /// Only this thread takes the GIL in the check: another thread polling the signal (none
+    /// does today) could hold a lock that a Python thread holding the GIL waits for.
+    caller: ThreadId,
+    start: Instant,
+    /// Nanoseconds after `start` before which the GIL is not taken again.
+    next_check: AtomicU64,
+    /// The caller's abort object: anything with `is_set()`, such as `threading.Event`.
+    abort: Option<Py<PyAny>>,
+    deadline: Option<Instant>,
+    timed_out: AtomicBool,
+    /// What a signal handler or the abort object raised; raised when the call returns.
+    raised: Mutex<Option<PyErr>>,
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Helper threads kept for blocking calls: one is taken per call and given back when the
-/// call ends, so a call costs two thread hand-offs instead of a thread's creation and exit
-/// (the 8-byte round trip spent about a third of its time starting threads). Threads are
-/// never ended (an ending thread could lose a job sent to it as it ends); there are as many
-/// as calls ever ran at once. After `fork()` the child has none of the parent's threads, so
-/// the idle list is keyed by the process id.
-struct HelperPool {
-    /// `(process id, senders of idle helpers)`.
-    idle: std::sync::Mutex<(u32, Vec<mpsc::Sender<Job>>)>,
-}
-
-static HELPERS: HelperPool = HelperPool {
-    idle: std::sync::Mutex::new((0, Vec::new())),
-};
-
-impl HelperPool {
-    fn idle(&self) -> std::sync::MutexGuard<'_, (u32, Vec<mpsc::Sender<Job>>)> {
-        // Nothing panics while the lock is held; a poisoned lock still holds a valid list.
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let pid = std::process::id();
-        if idle.0 != pid {
-            // A forked child: the senders lead to threads that exist only in the parent.
-            idle.0 = pid;
-            idle.1.clear();
+impl Interrupts {
+    /// Whether the call is to be aborted now.
+    fn check(&self) -> bool {
+        let now = Instant::now();
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.timed_out.store(true, Ordering::Relaxed);
+            return true;
         }
-        idle
-    }
-
-    /// Runs `job` on an idle helper, or on a new one.
-    fn run(&'static self, job: Job) -> std::io::Result<()> {
-        let taken = self.idle().1.pop();
-        let job = match taken {
-            Some(helper) => match helper.send(job) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::SendError(job)) => job,
-            },
-            None => job,
-        };
-        let (tx, rx) = mpsc::channel::<Job>();
-        tx.send(job)
-            .map_err(|_| std::io::Error::other("helper channel closed"))?;
-        std::thread::Builder::new()
-            .name("shmex-python-call".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job();
-                    self.idle().1.push(tx.clone());
-                }
-            })?;
-        Ok(())
+        let elapsed = u64::try_from(now.duration_since(self.start).as_nanos()).unwrap_or(u64::MAX);
+        if elapsed < self.next_check.load(Ordering::Relaxed)
+            || std::thread::current().id() != self.caller
+        {
+            return false;
+        }
+        self.next_check.store(
+            elapsed.saturating_add(CHECK_INTERVAL.as_nanos() as u64),
+            Ordering::Relaxed,
+        );
+        // An interpreter that can no longer be attached to is finalizing: nothing waits for
+        // the outcome any more.
+        Python::try_attach(|py| {
+            py.check_signals()
+                .and_then(|()| abort_requested(&self.abort, py))
+                .unwrap_or_else(|e| {
+                    *self.raised.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    true
+                })
+        })
+        .unwrap_or(true)
     }
 }
 
-/// Runs `work` on a helper thread and waits for it with the GIL released, at most [`SLICE`]
-/// at a time; between slices runs Python's signal handlers and `between` (which may trigger
-/// an abort, or raise).
-fn run_blocking<T: Send + 'static>(
+/// Runs `call` on this thread with the GIL released, giving it an abort signal triggered by
+/// an exception from Python's signal handlers (`KeyboardInterrupt`), by `abort` (anything
+/// with `is_set()`), and at `deadline`. The exception, if any, supersedes the call's outcome
+/// (the call returns promptly once aborted); otherwise the outcome comes back with whether
+/// the deadline triggered the signal.
+fn run_abortable<T: Send>(
     py: Python<'_>,
-    work: impl FnOnce() -> T + Send + 'static,
-    mut between: impl FnMut(Python<'_>) -> PyResult<()>,
-    on_interrupt: OnInterrupt,
-) -> PyResult<T> {
-    let (tx, rx) = mpsc::sync_channel(1);
-    HELPERS
-        .run(Box::new(move || {
-            let outcome = catch_unwind(AssertUnwindSafe(work));
-            // The receiver is gone only when the caller abandoned the call.
+    abort: Option<Py<PyAny>>,
+    deadline: Option<Instant>,
+    call: impl FnOnce(&AbortSignal) -> T + Send,
+) -> PyResult<(T, bool)> {
+    let aborted = abort_requested(&abort, py)?;
+    let interrupts = Arc::new(Interrupts {
+        caller: std::thread::current().id(),
+        start: Instant::now(),
+        next_check: AtomicU64::new(CHECK_INTERVAL.as_nanos() as u64),
+        abort,
+        deadline,
+        timed_out: AtomicBool::new(false),
+        raised: Mutex::new(None),
+    });
+    let signal = AbortSignal::with_check({
+        let interrupts = Arc::clone(&interrupts);
+        move || interrupts.check()
+    });
+    if aborted {
+        signal.abort();
+    }
+    let outcome = py.detach(|| call(&signal));
+    let raised = interrupts
+        .raised
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    match raised {
+        Some(e) => Err(e),
+        None => Ok((outcome, interrupts.timed_out.load(Ordering::Relaxed))),
+    }
+}
+
+/// Attaches on a thread of its own, waited for with the GIL released, running Python's
+/// signal handlers every [`CHECK_INTERVAL`]. [`Agent::attach`] cannot be aborted (it maps
+/// the rings, populating them), so an interrupted attach finishes on its own (within
+/// `attach_timeout`) and the agent it made is dropped, which detaches.
+fn attach(py: Python<'_>, name: SegmentName, config: AgentConfig) -> PyResult<Agent> {
+    let (tx, mut rx) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("shmex-python-attach".into())
+        .spawn(move || {
+            let outcome = catch_unwind(AssertUnwindSafe(|| Agent::attach(&name, config)));
+            // The receiver is gone only when the caller was interrupted.
             let _ = tx.send(outcome);
-        }))
+        })
         .map_err(|e| {
             coded(
-                ShmexError::new_err(format!("cannot start a helper thread: {e}")),
+                ShmexError::new_err(format!("cannot start the attach thread: {e}")),
                 ErrorCode::Os,
             )
         })?;
-    let mut rx = rx;
     loop {
         // The receiver is not `Sync`: it travels into the GIL-free closure and back.
         let (back, received) = py.detach(move || {
-            let received = rx.recv_timeout(SLICE);
+            let received = rx.recv_timeout(CHECK_INTERVAL);
             (rx, received)
         });
         rx = back;
         match received {
-            Ok(outcome) => return outcome.map_err(|p| panic_error(&*p)),
+            Ok(outcome) => return outcome.map_err(|p| panic_error(&*p))?.map_err(attach_error),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(ShmexError::new_err(
-                    "internal error in shmex: the helper thread vanished",
+                    "internal error in shmex: the attach thread vanished",
                 ))
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        if let Err(e) = py.check_signals().and_then(|()| between(py)) {
-            if let OnInterrupt::Abort(signal) = &on_interrupt {
-                signal.abort();
-                // The call ends promptly once aborted; its outcome is superseded by `e`.
-                let _ = py.detach(move || rx.recv());
-            }
-            return Err(e);
+            Err(mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
         }
     }
+}
+
+/// [`run_abortable`] for a call that runs a task (`execute` of the exchanger or of a task
+/// loan): its reply as `(rc, data_kind, message)`, with `TIMEOUT` when `timeout` ended it.
+fn run_task(
+    py: Python<'_>,
+    abort: Option<Py<PyAny>>,
+    timeout: Option<Duration>,
+    task: impl FnOnce(&AbortSignal) -> Reply + Send,
+) -> PyResult<(&'static str, Option<&'static str>, Option<Message>)> {
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let (reply, timed_out) = run_abortable(py, abort, deadline, task)?;
+    Ok(reply_parts(reply, timed_out))
 }
 
 /// Whether the caller's abort object (anything with `is_set()`, such as
@@ -458,7 +436,7 @@ impl Message {
 /// The FL-client side (`shmex.Exchanger` wraps it).
 #[pyclass(name = "_Exchanger", module = "shmex._shmex", frozen)]
 struct PyExchanger {
-    exchanger: Arc<Exchanger>,
+    exchanger: Exchanger,
 }
 
 /// The Python exception for a core error: its class chosen by the error's code (an
@@ -573,9 +551,7 @@ impl PyExchanger {
             let exchanger = py
                 .detach(|| Exchanger::create(&name, config))
                 .map_err(create_error)?;
-            Ok(PyExchanger {
-                exchanger: Arc::new(exchanger),
-            })
+            Ok(PyExchanger { exchanger })
         })
     }
 
@@ -601,11 +577,11 @@ impl PyExchanger {
     fn execute(
         &self,
         py: Python<'_>,
-        task_name: String,
+        task_name: &str,
         task_id: String,
         data_kind: &str,
         meta_json: &str,
-        tensors: Vec<(String, String, Vec<u64>, Bound<'_, PyAny>)>,
+        tensors: Vec<OutTensor<'_>>,
         opaque: Option<Bound<'_, PyAny>>,
         current_round: Option<i64>,
         total_round: Option<i64>,
@@ -613,38 +589,17 @@ impl PyExchanger {
         timeout: Option<f64>,
     ) -> PyResult<(&'static str, Option<&'static str>, Option<Message>)> {
         guarded(|| {
-            let deadline =
-                optional_seconds("timeout", timeout)?.and_then(|t| Instant::now().checked_add(t));
-            let payload = Payload::new(data_kind, meta_json, tensors, opaque)?;
+            let timeout = optional_seconds("timeout", timeout)?;
+            let dxo = outgoing_dxo(data_kind, meta_json, &tensors, opaque.as_ref())?;
             let headers = Headers {
                 task_id,
                 current_round,
                 num_rounds: total_round,
             };
-            let signal = AbortSignal::new();
-            if abort_requested(&abort, py)? {
-                signal.abort();
-            }
-            let exchanger = Arc::clone(&self.exchanger);
-            let worker_signal = signal.clone();
-            let work = move || {
-                let dxo = payload.dxo();
-                dxo.map(|dxo| exchanger.execute(&task_name, &dxo, &headers, &worker_signal))
-            };
-            let mut timed_out = false;
-            let between = |py: Python<'_>| {
-                if abort_requested(&abort, py)? {
-                    signal.abort();
-                }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    timed_out = true;
-                    signal.abort();
-                }
-                Ok(())
-            };
-            let reply = run_blocking(py, work, between, OnInterrupt::Abort(signal.clone()))?
-                .map_err(dxo_error)?;
-            Ok(reply_parts(reply, timed_out))
+            let exchanger = &self.exchanger;
+            run_task(py, abort, timeout, |signal| {
+                exchanger.execute(task_name, &dxo, &headers, signal)
+            })
         })
     }
 
@@ -656,7 +611,7 @@ impl PyExchanger {
     fn task_loan(
         &self,
         py: Python<'_>,
-        task_name: String,
+        task_name: &str,
         task_id: String,
         data_kind: &str,
         meta_json: &str,
@@ -673,34 +628,20 @@ impl PyExchanger {
                 current_round,
                 num_rounds: total_round,
             };
-            let signal = AbortSignal::new();
-            if abort_requested(&abort, py)? {
-                signal.abort();
-            }
-            let exchanger = Arc::clone(&self.exchanger);
-            let worker_signal = signal.clone();
-            let worker_spec = spec.clone();
-            let work =
-                move || exchanger.loan_task(&task_name, &worker_spec, &headers, &worker_signal);
-            let between = |py: Python<'_>| {
-                if abort_requested(&abort, py)? {
-                    signal.abort();
+            let exchanger = &self.exchanger;
+            let (loaned, _) = run_abortable(py, abort, None, |signal| {
+                exchanger.loan_task(task_name, &spec, &headers, signal)
+            })?;
+            let mut loan = match loaned {
+                Ok(loan) => loan,
+                // A spec the core refuses is the caller's error, as in `execute`'s checks
+                // before sending; the other failures are return codes.
+                Err(TaskLoanError::Spec(LoanError::Dxo(e))) => return Err(dxo_error(e)),
+                Err(TaskLoanError::Spec(LoanError::Send(e))) if e.code() == ErrorCode::TooLarge => {
+                    return Err(coded_error("cannot lend a task", &e))
                 }
-                Ok(())
+                Err(e) => return Err(task_loan_error(e)),
             };
-            let mut loan =
-                match run_blocking(py, work, between, OnInterrupt::Abort(signal.clone()))? {
-                    Ok(loan) => loan,
-                    // A spec the core refuses is the caller's error, as in `execute`'s
-                    // checks before sending; the other failures are return codes.
-                    Err(TaskLoanError::Spec(LoanError::Dxo(e))) => return Err(dxo_error(e)),
-                    Err(TaskLoanError::Spec(LoanError::Send(e)))
-                        if e.code() == ErrorCode::TooLarge =>
-                    {
-                        return Err(coded_error("cannot lend a task", &e))
-                    }
-                    Err(e) => return Err(task_loan_error(e)),
-                };
             let memory = LoanMemory::of(&mut loan, &spec)?;
             Ok(PyTaskLoan {
                 cell: Arc::new(LoanCell::new(loan)),
@@ -725,7 +666,7 @@ impl PyExchanger {
 /// The trainer side (`shmex.Agent` wraps it).
 #[pyclass(name = "_Agent", module = "shmex._shmex", frozen)]
 struct PyAgent {
-    agent: Arc<Agent>,
+    agent: Agent,
 }
 
 fn attach_error(e: AgentAttachError) -> PyErr {
@@ -791,18 +732,8 @@ impl PyAgent {
                 .resend_result_interval(seconds("resend_result_interval", resend_result_interval)?)
                 .attach_timeout(seconds("attach_timeout", attach_timeout)?)
                 .heartbeat_interval(seconds("heartbeat_interval", heartbeat_interval)?);
-            // Interrupted: the attach finishes on its own (within attach_timeout) and the
-            // agent it made is dropped, which detaches.
-            let agent = run_blocking(
-                py,
-                move || Agent::attach(&name, config),
-                |_| Ok(()),
-                OnInterrupt::Abandon,
-            )?
-            .map_err(attach_error)?;
-            Ok(PyAgent {
-                agent: Arc::new(agent),
-            })
+            let agent = attach(py, name, config)?;
+            Ok(PyAgent { agent })
         })
     }
 
@@ -829,8 +760,9 @@ impl PyAgent {
             // In slices on this thread: get_task takes a timeout, and leaves nothing behind
             // when it returns without a task.
             loop {
-                let slice = deadline.map_or(SLICE, |d| {
-                    d.saturating_duration_since(Instant::now()).min(SLICE)
+                let slice = deadline.map_or(CHECK_INTERVAL, |d| {
+                    d.saturating_duration_since(Instant::now())
+                        .min(CHECK_INTERVAL)
                 });
                 let got = py.detach(|| self.agent.get_task(Some(slice)));
                 match got {
@@ -867,16 +799,11 @@ impl PyAgent {
     ) -> PyResult<bool> {
         guarded(|| {
             let rc = parse_return_code(return_code)?;
-            let payload = Payload::new(data_kind, meta_json, tensors, opaque)?;
-            let agent = Arc::clone(&self.agent);
-            let work = move || {
-                let dxo = payload.dxo();
-                dxo.map(|dxo| agent.submit_result(&dxo, rc))
-            };
-            // Interrupted: the submission cannot be taken back once it is in the ring; it
-            // completes (or fails) on its own.
-            let submitted =
-                run_blocking(py, work, |_| Ok(()), OnInterrupt::Abandon)?.map_err(dxo_error)?;
+            let dxo = outgoing_dxo(data_kind, meta_json, &tensors, opaque.as_ref())?;
+            let agent = &self.agent;
+            let (submitted, _) = run_abortable(py, None, None, |signal| {
+                agent.submit_result_abortable(&dxo, rc, signal)
+            })?;
             submitted.map_err(|e| submit_error("cannot submit", e))
         })
     }
@@ -893,17 +820,11 @@ impl PyAgent {
     ) -> PyResult<PyResultLoan> {
         guarded(|| {
             let spec = loan_spec(data_kind, meta_json, tensors, opaque_len)?;
-            let agent = Arc::clone(&self.agent);
-            let worker_spec = spec.clone();
-            // Interrupted: the loan made meanwhile is dropped on the helper thread, which
-            // abandons it.
-            let mut loan = run_blocking(
-                py,
-                move || agent.loan_result(&worker_spec),
-                |_| Ok(()),
-                OnInterrupt::Abandon,
-            )?
-            .map_err(|e| submit_error("cannot lend a result", e))?;
+            let agent = &self.agent;
+            let (loaned, _) = run_abortable(py, None, None, |signal| {
+                agent.loan_result_abortable(&spec, signal)
+            })?;
+            let mut loan = loaned.map_err(|e| submit_error("cannot lend a result", e))?;
             let memory = LoanMemory::of(&mut loan, &spec)?;
             let task_id = loan.task_id().to_string();
             Ok(PyResultLoan {
@@ -1260,15 +1181,10 @@ impl PyResultLoan {
         guarded(|| {
             let rc = parse_return_code(return_code)?;
             let loan = self.cell.take_for_commit()?;
-            // Interrupted: the result is in the ring already; the ack is waited for on the
-            // helper thread.
-            run_blocking(
-                py,
-                move || loan.commit(rc),
-                |_| Ok(()),
-                OnInterrupt::Abandon,
-            )?
-            .map_err(|e| submit_error("cannot commit the result loan", e))
+            let (committed, _) = run_abortable(py, None, None, move |signal| {
+                loan.commit_abortable(rc, signal)
+            })?;
+            committed.map_err(|e| submit_error("cannot commit the result loan", e))
         })
     }
 
@@ -1329,28 +1245,9 @@ impl PyTaskLoan {
         timeout: Option<f64>,
     ) -> PyResult<(&'static str, Option<&'static str>, Option<Message>)> {
         guarded(|| {
-            let deadline =
-                optional_seconds("timeout", timeout)?.and_then(|t| Instant::now().checked_add(t));
+            let timeout = optional_seconds("timeout", timeout)?;
             let loan = self.cell.take_for_commit()?;
-            let signal = AbortSignal::new();
-            if abort_requested(&abort, py)? {
-                signal.abort();
-            }
-            let worker_signal = signal.clone();
-            let work = move || loan.execute(&worker_signal);
-            let mut timed_out = false;
-            let between = |py: Python<'_>| {
-                if abort_requested(&abort, py)? {
-                    signal.abort();
-                }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    timed_out = true;
-                    signal.abort();
-                }
-                Ok(())
-            };
-            let reply = run_blocking(py, work, between, OnInterrupt::Abort(signal.clone()))?;
-            Ok(reply_parts(reply, timed_out))
+            run_task(py, abort, timeout, move |signal| loan.execute(signal))
         })
     }
 

@@ -7,7 +7,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{
-    data_and_meta, deadline_after, kind_meta, pump_slice, AgentConfig, Shared, META_DATA_KIND,
+    data_and_meta, deadline_after, kind_meta, pump_slice, AbortSignal, AgentConfig, Shared,
+    META_DATA_KIND,
 };
 use crate::control::Liveness;
 use crate::frame::{
@@ -91,6 +92,15 @@ pub enum SubmitError {
     /// commit or drop it first. Nothing was sent.
     #[error("a result loan of this agent is outstanding")]
     LoanOutstanding,
+    /// The caller's [`AbortSignal`] ended the call ([`Agent::submit_result_abortable`],
+    /// [`Agent::loan_result_abortable`], [`ResultLoan::commit_abortable`]).
+    #[error("aborted by the caller ({})", if *sent { "result sent" } else { "nothing sent" })]
+    Aborted {
+        /// `true`: the result is in the ring and counts as the task's answer (the next task
+        /// can be fetched); whether the exchanger accepts it is not known. `false`: nothing
+        /// was sent and the task may be answered again.
+        sent: bool,
+    },
 }
 
 impl From<LoanError> for SubmitError {
@@ -232,7 +242,18 @@ impl ResultLoan {
     /// returns whether it was accepted, as [`Agent::submit_result`]. If the task was aborted
     /// (or the exchanger lost) while the loan was out, nothing is sent and the answer is
     /// `false`; if the agent was closed, `Err(Closed)`.
-    pub fn commit(mut self, rc: ReturnCode) -> Result<bool, SubmitError> {
+    pub fn commit(self, rc: ReturnCode) -> Result<bool, SubmitError> {
+        self.commit_abortable(rc, &AbortSignal::new())
+    }
+
+    /// [`ResultLoan::commit`] whose wait for the `result_ack` `abort` ends, with
+    /// [`SubmitError::Aborted`] `{ sent: true }` (the commit itself does not wait: the result
+    /// is always sent).
+    pub fn commit_abortable(
+        mut self,
+        rc: ReturnCode,
+        abort: &AbortSignal,
+    ) -> Result<bool, SubmitError> {
         let inner = Arc::clone(&self.inner);
         let (Some(loan), Some(mut producer)) = (self.loan.take(), self.producer.take()) else {
             return Ok(false);
@@ -254,7 +275,7 @@ impl ResultLoan {
             .and_then(|()| loan.commit(&mut producer));
         inner.return_producer(producer, generation);
         match committed {
-            Ok(_) => inner.await_result_ack(&self.claim, sequence),
+            Ok(_) => inner.await_result_ack(&self.claim, sequence, abort),
             // Not reachable: the producer was this loan's alone. Nothing was sent.
             Err(_) => inner.finish_submit(&self.claim.id, false),
         }
@@ -302,14 +323,16 @@ impl Inner {
             return;
         }
         if let Some(mut outbox) = self.try_lock_outbox() {
-            self.flush_acks(&mut outbox);
+            self.flush_acks(&mut outbox, self.config.submit_result_timeout);
         }
     }
 
     /// Pushes the queued `task_ack`s in order, unless the producer is lent to a loan (whose
     /// commit or drop flushes them). Acks for an exchanger that is gone are dropped; what
-    /// does not fit before `submit_result_timeout` stays queued.
-    fn flush_acks(&self, outbox: &mut Option<Outbox>) {
+    /// does not fit within `wait` stays queued. User calls wait one slice (they cannot be
+    /// aborted meanwhile) and leave the rest to the pump, which waits up to
+    /// `submit_result_timeout`.
+    fn flush_acks(&self, outbox: &mut Option<Outbox>, wait: Duration) {
         let Some(Outbox {
             producer: Some(producer),
             sender,
@@ -329,7 +352,7 @@ impl Inner {
             producer,
             acks,
             |ack| ack.generation == *generation,
-            || deadline_after(self.config.submit_result_timeout),
+            || deadline_after(wait),
         );
         if !left.is_empty() {
             let mut st = self.shared.lock();
@@ -338,16 +361,23 @@ impl Inner {
         }
     }
 
-    /// Waits for the `result_ack` of the submission `sequence` of `claim`.
-    fn await_result_ack(&self, claim: &Claim, sequence: u64) -> Result<bool, SubmitError> {
+    /// Waits for the `result_ack` of the submission `sequence` of `claim`, or for `abort`.
+    fn await_result_ack(
+        &self,
+        claim: &Claim,
+        sequence: u64,
+        abort: &AbortSignal,
+    ) -> Result<bool, SubmitError> {
         let inner = self;
         let slice = pump_slice(&inner.config.wait);
         let (id, generation) = (&claim.id, claim.generation);
         let sent_at = Instant::now();
         let mut warned_late = false;
         let spin_until = inner.shared.spin_until();
-        let mut st = inner.shared.lock();
         loop {
+            // Polled before locking: the signal's check may wait (see `AbortSignal::with_check`).
+            let aborted_by_caller = abort.is_aborted();
+            let st = inner.shared.lock();
             // The ack first: an exchanger that answered and then said `bye` accepted it.
             if let Some(ack) = st
                 .last_ack
@@ -371,6 +401,11 @@ impl Inner {
                 drop(st);
                 return self.finish_submit(id, false);
             }
+            if aborted_by_caller {
+                drop(st);
+                self.finish_submit(id, false)?;
+                return Err(SubmitError::Aborted { sent: true });
+            }
             // A late ack only makes us keep checking (the ring is lossless); FLARE logs it.
             if !warned_late && sent_at.elapsed() >= inner.config.submit_result_timeout {
                 warned_late = true;
@@ -381,7 +416,7 @@ impl Inner {
                     inner.config.submit_result_timeout
                 );
             }
-            st = inner.shared.wait(st, slice, None, spin_until);
+            drop(inner.shared.wait(st, slice, None, spin_until));
         }
     }
 
@@ -436,7 +471,7 @@ impl Inner {
         {
             o.producer = Some(producer);
         }
-        self.flush_acks(&mut outbox);
+        self.flush_acks(&mut outbox, pump_slice(&self.config.wait));
     }
 
     fn set_status(&self, status: AgentStatus) {
@@ -635,6 +670,20 @@ impl Agent {
     /// Fails with [`SubmitError::LoanOutstanding`], sending nothing, while a [`ResultLoan`]
     /// of this agent is outstanding.
     pub fn submit_result(&self, dxo: &Dxo<'_>, rc: ReturnCode) -> Result<bool, SubmitError> {
+        self.submit_result_abortable(dxo, rc, &AbortSignal::new())
+    }
+
+    /// [`Agent::submit_result`] that `abort` (set from any thread, or by its check) ends with
+    /// [`SubmitError::Aborted`]: while it waits for ring space, nothing is sent (`sent:
+    /// false`, the task may be answered again; the fragments of a large result already in
+    /// the ring are dropped by the receiver); while it waits for the `result_ack`, the result
+    /// counts as sent (`sent: true`).
+    pub fn submit_result_abortable(
+        &self,
+        dxo: &Dxo<'_>,
+        rc: ReturnCode,
+        abort: &AbortSignal,
+    ) -> Result<bool, SubmitError> {
         let claim = match self.claim()? {
             Ok(claim) => claim,
             Err(()) => return Ok(false),
@@ -642,7 +691,7 @@ impl Agent {
         let slice = pump_slice(&self.inner.config.wait);
         let meta = [kind_meta(dxo)];
         let inner = &*self.inner;
-        let cancelled = || self.inner.claim_cancelled(&claim);
+        let cancelled = || abort.is_aborted() || self.inner.claim_cancelled(&claim);
         let sent = {
             let mut outbox = inner.lock_outbox();
             let sent = match outbox.as_mut() {
@@ -677,11 +726,17 @@ impl Agent {
                 _ => Err(SendError::Cancelled),
             };
             // The pump queued its acks while we held the outbox.
-            inner.flush_acks(&mut outbox);
+            inner.flush_acks(&mut outbox, slice);
             sent
         };
         match sent {
-            Ok(sequence) => self.inner.await_result_ack(&claim, sequence),
+            Ok(sequence) => self.inner.await_result_ack(&claim, sequence, abort),
+            Err(SendError::Cancelled)
+                if abort.is_aborted() && !self.inner.claim_cancelled(&claim) =>
+            {
+                self.inner.unclaim(&claim);
+                Err(SubmitError::Aborted { sent: false })
+            }
             Err(SendError::Cancelled | SendError::PeerLost(_) | SendError::Timeout) => {
                 self.inner.finish_submit(&claim.id, false)
             }
@@ -728,6 +783,16 @@ impl Agent {
     /// # Ok(()) }
     /// ```
     pub fn loan_result(&self, spec: &LoanSpec) -> Result<ResultLoan, SubmitError> {
+        self.loan_result_abortable(spec, &AbortSignal::new())
+    }
+
+    /// [`Agent::loan_result`] whose wait for ring space `abort` ends with
+    /// [`SubmitError::Aborted`] `{ sent: false }` (nothing lent, the task stays answerable).
+    pub fn loan_result_abortable(
+        &self,
+        spec: &LoanSpec,
+        abort: &AbortSignal,
+    ) -> Result<ResultLoan, SubmitError> {
         let claim = match self.claim()? {
             Ok(claim) => claim,
             Err(()) => return Err(SubmitError::NotAnswerable),
@@ -761,7 +826,7 @@ impl Agent {
             }
         };
         let slice = pump_slice(&inner.config.wait);
-        let cancelled = || inner.claim_cancelled(&claim);
+        let cancelled = || abort.is_aborted() || inner.claim_cancelled(&claim);
         let loan = prepared.map_err(SubmitError::from).and_then(|prepared| {
             DetachedLoan::reserve(
                 &mut producer,
@@ -783,6 +848,9 @@ impl Agent {
                 inner.return_producer(producer, claim.generation);
                 inner.unclaim(&claim);
                 Err(match e {
+                    SubmitError::Send(SendError::Cancelled) if !inner.claim_cancelled(&claim) => {
+                        SubmitError::Aborted { sent: false }
+                    }
                     SubmitError::Send(SendError::Cancelled) => SubmitError::NotAnswerable,
                     e => e,
                 })

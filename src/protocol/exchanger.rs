@@ -538,13 +538,15 @@ impl TaskLoan {
         };
         let slice = pump_slice(&inner.config.wait);
         let epoch = loop {
+            // Polled before locking: the signal's check may wait (see `AbortSignal::with_check`).
+            let aborted = abort.is_aborted();
             let mut st = inner.shared.lock();
             let status = st.status;
             let halted = matches!(status, ExchangerStatus::Stopped | ExchangerStatus::Closed);
             let Some(t) = st.task.as_mut() else {
                 break None;
             };
-            if t.outcome.is_some() || abort.is_aborted() || halted {
+            if t.outcome.is_some() || aborted || halted {
                 break None;
             }
             if let ExchangerStatus::Connected { epoch } = status {
@@ -667,6 +669,8 @@ impl Inner {
         let mut warned_late_ack = false;
         let spin_until = self.shared.spin_until();
         loop {
+            // Polled before locking, as in `TaskLoan::execute`.
+            let aborted = abort.is_aborted();
             let mut st = self.shared.lock();
             let status = st.status;
             let Some(t) = st.task.as_mut() else {
@@ -678,7 +682,7 @@ impl Inner {
                 return reply.unwrap_or_else(|| Reply::bare(ReturnCode::Error));
             }
             let halted = matches!(status, ExchangerStatus::Stopped | ExchangerStatus::Closed);
-            if abort.is_aborted() || halted {
+            if aborted || halted {
                 return self.end_task(st, ReturnCode::TaskAborted);
             }
             if let (Some(limit), Some(pushed)) = (self.config.result_timeout, first_push) {

@@ -153,10 +153,18 @@ impl Headers {
     }
 }
 
-/// A flag the caller of [`Exchanger::execute`] sets, from any thread, to abort the task.
-/// Clones share the flag; setting it is one atomic store.
-#[derive(Clone, Debug, Default)]
-pub struct AbortSignal(Arc<AtomicBool>);
+/// A flag the caller of [`Exchanger::execute`] (or of the agent's `*_abortable` calls) sets,
+/// from any thread, to abort the task (the call). Clones share the flag; setting it is one
+/// atomic store. A signal made with [`AbortSignal::with_check`] also asks a hook of the
+/// caller's whenever it is polled.
+#[derive(Clone, Default)]
+pub struct AbortSignal(Arc<AbortState>);
+
+#[derive(Default)]
+struct AbortState {
+    aborted: AtomicBool,
+    check: Option<Box<dyn Fn() -> bool + Send + Sync>>,
+}
 
 impl AbortSignal {
     /// A signal not yet triggered.
@@ -164,14 +172,67 @@ impl AbortSignal {
         AbortSignal::default()
     }
 
-    /// Triggers the signal: a running or later `execute` given it returns `TASK_ABORTED`.
-    pub fn abort(&self) {
-        self.0.store(true, Ordering::Release);
+    /// A signal not yet triggered that also asks `check` whenever it is polled
+    /// ([`AbortSignal::is_aborted`]); the first `true` triggers it for good. For a caller
+    /// that learns of an abort only by running code of its own on the calling thread (a
+    /// binding whose interpreter handles Ctrl-C there), without a second thread to set it.
+    ///
+    /// The calls that take a signal poll it on the calling thread at least once per slice of
+    /// their waits ([`WaitStrategy::poll_interval`] clamped to 1..=100 ms), before each
+    /// fragment they send, and while they wait for ring space: `check` must be quick, so
+    /// rate-limit anything slow by time. A `check` that may only run on one thread should
+    /// still compare thread ids, as a signal can be polled wherever it is cloned to. The
+    /// calls never poll it while holding their side's state lock, so `check` may wait for a
+    /// thread that is reading [`Exchanger::status`] or [`Agent::status`] (a Python hook taking
+    /// the GIL); they may hold the side's sending half, so `check` must not call the exchanger
+    /// or agent itself.
+    ///
+    /// ```
+    /// use shmex::protocol::AbortSignal;
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let interrupted = Arc::new(AtomicBool::new(false));
+    /// let seen = Arc::clone(&interrupted);
+    /// let signal = AbortSignal::with_check(move || seen.load(Ordering::Relaxed));
+    /// assert!(!signal.is_aborted());
+    /// interrupted.store(true, Ordering::Relaxed);
+    /// assert!(signal.is_aborted());
+    /// interrupted.store(false, Ordering::Relaxed);
+    /// assert!(signal.is_aborted()); // triggered for good
+    /// ```
+    pub fn with_check(check: impl Fn() -> bool + Send + Sync + 'static) -> AbortSignal {
+        AbortSignal(Arc::new(AbortState {
+            aborted: AtomicBool::new(false),
+            check: Some(Box::new(check)),
+        }))
     }
 
-    /// Whether the signal was triggered.
+    /// Triggers the signal: a running or later `execute` given it returns `TASK_ABORTED`, an
+    /// agent's call [`SubmitError::Aborted`].
+    pub fn abort(&self) {
+        self.0.aborted.store(true, Ordering::Release);
+    }
+
+    /// Whether the signal was triggered, by [`AbortSignal::abort`] or by its check.
     pub fn is_aborted(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        if self.0.aborted.load(Ordering::Acquire) {
+            return true;
+        }
+        let checked = self.0.check.as_ref().is_some_and(|check| check());
+        if checked {
+            self.abort();
+        }
+        checked
+    }
+}
+
+impl std::fmt::Debug for AbortSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AbortSignal")
+            .field("aborted", &self.0.aborted.load(Ordering::Relaxed))
+            .field("check", &self.0.check.is_some())
+            .finish()
     }
 }
 
@@ -464,5 +525,28 @@ mod tests {
             });
             assert_eq!(*shared.lock(), 400);
         }
+    }
+
+    #[test]
+    fn a_checked_signal_latches_and_its_clones_share_it() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let signal = AbortSignal::with_check(move || counted.fetch_add(1, Ordering::Relaxed) >= 2);
+        let clone = signal.clone();
+        assert!(!signal.is_aborted());
+        assert!(!clone.is_aborted());
+        assert!(signal.is_aborted(), "the third poll says abort");
+        assert!(clone.is_aborted());
+        assert!(signal.is_aborted());
+        assert_eq!(calls.load(Ordering::Relaxed), 3, "not asked once triggered");
+        assert!(format!("{signal:?}").contains("aborted: true"));
+    }
+
+    #[test]
+    fn abort_triggers_a_checked_signal_without_asking_the_check() {
+        let signal = AbortSignal::with_check(|| panic!("asked"));
+        signal.abort();
+        assert!(signal.is_aborted());
+        assert!(!AbortSignal::new().is_aborted());
     }
 }
