@@ -255,7 +255,7 @@ class TaskLoan(_Loan):
         codes and Ctrl-C. Raises :class:`~shmex.CallStateError` while arrays of the loan are
         referenced or once it is executed or abandoned.
         """
-        from ._protocol import Reply, _check_abort, _check_seconds
+        from ._protocol import _check_abort, _check_seconds, _reply
 
         seconds = _check_seconds("timeout", timeout, optional=True)
         _check_abort(abort)
@@ -263,8 +263,4 @@ class TaskLoan(_Loan):
         core = self._core
         assert isinstance(core, _shmex._TaskLoan)
         rc, result_kind, message = core.execute(abort, seconds)
-        task_id = core.task_id()
-        if message is None:
-            return Reply(rc, task_id, result_kind, None, {}, {})
-        received, dtypes = _tensors.incoming(message)
-        return Reply(rc, task_id, result_kind, received, _tensors.meta_of(message), dtypes)
+        return _reply(rc, core.task_id(), result_kind, message)

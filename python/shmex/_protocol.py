@@ -57,6 +57,17 @@ def _check_round(what: str, value: object) -> Optional[int]:
     return int(value)
 
 
+def _check_length(what: str, value: object) -> Optional[int]:
+    """A byte count (an ``int`` >= 0) or ``None``; checked."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int or None, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{what} must be >= 0, got {value}")
+    return value
+
+
 def _check_abort(abort: object) -> None:
     if abort is not None and not callable(getattr(abort, "is_set", None)):
         raise TypeError("abort must have an is_set() method (e.g. threading.Event)")
@@ -86,7 +97,7 @@ class Reply:
     long as any of them is referenced.
     """
 
-    __slots__ = ("data", "data_kind", "dtypes", "meta", "rc", "task_id")
+    __slots__ = ("data", "data_kind", "dtypes", "in_place", "meta", "rc", "task_id")
 
     def __init__(
         self,
@@ -96,6 +107,7 @@ class Reply:
         data: Optional[ReceivedData],
         meta: dict[str, Any],
         dtypes: dict[str, str],
+        in_place: bool = False,
     ) -> None:
         """A reply; made by :meth:`Exchanger.execute`."""
         self.rc = rc
@@ -110,6 +122,9 @@ class Reply:
         """The result's meta dict."""
         self.dtypes = dtypes
         """Each tensor's shmex dtype name (``"f32"``, ``"bf16"``, ...)."""
+        self.in_place = in_place
+        """Whether the arrays view the result where the agent wrote it, in the result ring
+        (``receive_in_place``): its ring space is held until every array is gone."""
 
     @property
     def ok(self) -> bool:
@@ -120,6 +135,17 @@ class Reply:
         """A short description."""
         tensors = len(self.data) if isinstance(self.data, dict) else None
         return f"Reply(rc={self.rc!r}, data_kind={self.data_kind!r}, tensors={tensors})"
+
+
+def _reply(
+    rc: str, task_id: str, result_kind: Optional[str], message: Optional[_shmex._Message]
+) -> Reply:
+    """The :class:`Reply` of an ``execute``: bare when no result message came."""
+    if message is None:
+        return Reply(rc, task_id, result_kind, None, {}, {})
+    received, dtypes = _tensors.incoming(message)
+    meta = _tensors.meta_of(message)
+    return Reply(rc, task_id, result_kind, received, meta, dtypes, message.in_ring())
 
 
 class Exchanger:
@@ -149,14 +175,23 @@ class Exchanger:
         task_ring_capacity: int = _shmex.DEFAULT_RING_CAPACITY,
         result_ring_capacity: int = _shmex.DEFAULT_RING_CAPACITY,
         reclaim_stale: bool = True,
+        receive_in_place: bool = False,
+        expected_message_len: Optional[int] = None,
     ) -> None:
         """Creates the link and starts serving it.
 
         ``agent_heartbeat_timeout``: the agent's silence after which the exchanger stops
         (off by default, as FLARE). ``result_timeout``: longest wait for a result after the
         task is sent (``None``: forever, as FLARE). ``on_agent_restart``: ``"redeliver"``
-        the in-flight task to a restarted agent, or ``"fail"`` it. Raises ``ShmexError`` when
-        the segment cannot be created (e.g. a live exchanger already owns it).
+        the in-flight task to a restarted agent, or ``"fail"`` it. ``receive_in_place``: a
+        result that fits whole in the result ring is viewed where the agent wrote it, not
+        copied (zero copies with a result loan; ``Reply.in_place``); its ring space stays
+        taken until every array of the reply is gone, so drop a reply before the next
+        result can arrive, or give the result ring room for two (see the README).
+        ``expected_message_len``: the largest result's bytes, if known: its receive buffer
+        is mapped and faulted in now, so that no round pays for fresh memory. Raises
+        ``ShmexError`` when the segment cannot be created (e.g. a live exchanger already
+        owns it).
         """
         self._core = _shmex._Exchanger(
             _check_str("site", site),
@@ -172,6 +207,8 @@ class Exchanger:
             int(task_ring_capacity),
             int(result_ring_capacity),
             bool(reclaim_stale),
+            bool(receive_in_place),
+            _check_length("expected_message_len", expected_message_len),
         )
 
     @property
@@ -240,10 +277,7 @@ class Exchanger:
             abort,
             seconds,
         )
-        if message is None:
-            return Reply(rc, task_id, result_kind, None, {}, {})
-        received, dtypes = _tensors.incoming(message)
-        return Reply(rc, task_id, result_kind, received, _tensors.meta_of(message), dtypes)
+        return _reply(rc, task_id, result_kind, message)
 
     def task_loan(
         self,
@@ -328,7 +362,16 @@ class Task:
     them is referenced. Copy an array (``arr.copy()``) to modify it in place.
     """
 
-    __slots__ = ("_agent", "data", "data_kind", "dtypes", "meta", "task_id", "task_name")
+    __slots__ = (
+        "_agent",
+        "data",
+        "data_kind",
+        "dtypes",
+        "in_place",
+        "meta",
+        "task_id",
+        "task_name",
+    )
 
     def __init__(
         self,
@@ -339,6 +382,7 @@ class Task:
         data: ReceivedData,
         meta: dict[str, Any],
         dtypes: dict[str, str],
+        in_place: bool = False,
     ) -> None:
         """A task; made by :meth:`Agent.get_task`."""
         self._agent: Optional[Agent] = agent
@@ -354,6 +398,9 @@ class Task:
         """The task's meta (with ``current_round``, ``total_round``, ``data_kind``)."""
         self.dtypes = dtypes
         """Each tensor's shmex dtype name (``"f32"``, ``"bf16"``, ...)."""
+        self.in_place = in_place
+        """Whether the arrays view the task where the exchanger wrote it, in the task ring
+        (``receive_in_place``): its ring space is held until every array is gone."""
 
     @property
     def current_round(self) -> Optional[int]:
@@ -400,11 +447,19 @@ class Agent:
         resend_result_interval: float = 2.0,
         attach_timeout: float = 60.0,
         heartbeat_interval: float = 5.0,
+        receive_in_place: bool = False,
+        expected_message_len: Optional[int] = None,
     ) -> None:
         """Attaches (the GIL is released while waiting; Ctrl-C raises ``KeyboardInterrupt``).
 
-        Raises ``ShmexError`` when no exchanger appears within ``attach_timeout`` or another
-        agent is attached.
+        ``receive_in_place``: a task that fits whole in the task ring is viewed where the
+        exchanger wrote it, not copied (``Task.in_place``); its ring space stays taken until
+        every array of the task is gone, so ``del task`` (and its arrays) before waiting for
+        the next one, or give the task ring room for two (see the README).
+        ``expected_message_len``: the largest task's bytes, if known: its receive buffer is
+        mapped and faulted in now, so that no round pays for fresh memory. Raises
+        ``ShmexError`` when no exchanger appears within ``attach_timeout`` or another agent
+        is attached.
         """
         self._current: Optional[Task] = None
         self._core = _shmex._Agent(
@@ -418,6 +473,8 @@ class Agent:
             _seconds("resend_result_interval", resend_result_interval),
             _seconds("attach_timeout", attach_timeout),
             _seconds("heartbeat_interval", heartbeat_interval),
+            bool(receive_in_place),
+            _check_length("expected_message_len", expected_message_len),
         )
 
     @property
@@ -452,6 +509,7 @@ class Agent:
             received,
             _tensors.meta_of(message),
             dtypes,
+            message.in_ring(),
         )
         self._current = task
         return task

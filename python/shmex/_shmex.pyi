@@ -30,6 +30,8 @@ _OutTensor = tuple[str, str, list[int], np.ndarray]
 class _Message:
     """A received task or result; owns the memory its tensors are viewed in."""
 
+    def in_ring(self) -> bool:
+        """Whether the message is read in place in the ring (``receive_in_place``)."""
     def data_kind(self) -> Optional[str]:
         """The data kind name, or None when the message carries no DXO."""
     def meta_json(self) -> str:
@@ -100,6 +102,8 @@ class _Exchanger:
         task_ring_capacity: int,
         result_ring_capacity: int,
         reclaim_stale: bool,
+        receive_in_place: bool,
+        expected_message_len: Optional[int],
     ) -> None: ...
     def name(self) -> str:
         """The segment's name."""
@@ -150,6 +154,8 @@ class _Agent:
         resend_result_interval: float,
         attach_timeout: float,
         heartbeat_interval: float,
+        receive_in_place: bool,
+        expected_message_len: Optional[int],
     ) -> None: ...
     def status(self) -> str:
         """The agent's view of the exchanger."""

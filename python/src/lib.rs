@@ -393,6 +393,11 @@ struct Message {
 
 #[pymethods]
 impl Message {
+    /// Whether the message is read in place in the ring (`receive_in_place`).
+    fn in_ring(&self) -> bool {
+        self.message.is_in_ring()
+    }
+
     /// The data kind name, or `None` when the message carries no DXO.
     fn data_kind(&self) -> Option<&'static str> {
         self.message.data_kind().map(DataKind::as_str)
@@ -497,7 +502,7 @@ impl PyExchanger {
     #[pyo3(signature = (site, agent_id, send_task_timeout, resend_task_interval,
         agent_connection_timeout, agent_heartbeat_timeout, agent_heartbeat_interval,
         agent_ack_timeout, result_timeout, on_agent_restart, task_ring_capacity,
-        result_ring_capacity, reclaim_stale))]
+        result_ring_capacity, reclaim_stale, receive_in_place, expected_message_len))]
     fn new(
         py: Python<'_>,
         site: &str,
@@ -513,6 +518,8 @@ impl PyExchanger {
         task_ring_capacity: u64,
         result_ring_capacity: u64,
         reclaim_stale: bool,
+        receive_in_place: bool,
+        expected_message_len: Option<u64>,
     ) -> PyResult<PyExchanger> {
         guarded(|| {
             let name = segment_name(site, agent_id)?;
@@ -547,7 +554,9 @@ impl PyExchanger {
                 .on_agent_restart(on_agent_restart)
                 .task_ring_capacity(task_ring_capacity)
                 .result_ring_capacity(result_ring_capacity)
-                .reclaim_stale(reclaim_stale);
+                .reclaim_stale(reclaim_stale)
+                .receive_in_place(receive_in_place)
+                .expected_message_len(expected_message_len);
             let exchanger = py
                 .detach(|| Exchanger::create(&name, config))
                 .map_err(create_error)?;
@@ -705,7 +714,8 @@ impl PyAgent {
     #[new]
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (site, agent_id, submit_result_timeout, flare_site_connection_timeout,
-        flare_site_heartbeat_timeout, resend_result_interval, attach_timeout, heartbeat_interval))]
+        flare_site_heartbeat_timeout, resend_result_interval, attach_timeout, heartbeat_interval,
+        receive_in_place, expected_message_len))]
     fn new(
         py: Python<'_>,
         site: &str,
@@ -716,6 +726,8 @@ impl PyAgent {
         resend_result_interval: f64,
         attach_timeout: f64,
         heartbeat_interval: f64,
+        receive_in_place: bool,
+        expected_message_len: Option<u64>,
     ) -> PyResult<PyAgent> {
         guarded(|| {
             let name = segment_name(site, agent_id)?;
@@ -731,7 +743,9 @@ impl PyAgent {
                 )?)
                 .resend_result_interval(seconds("resend_result_interval", resend_result_interval)?)
                 .attach_timeout(seconds("attach_timeout", attach_timeout)?)
-                .heartbeat_interval(seconds("heartbeat_interval", heartbeat_interval)?);
+                .heartbeat_interval(seconds("heartbeat_interval", heartbeat_interval)?)
+                .receive_in_place(receive_in_place)
+                .expected_message_len(expected_message_len);
             let agent = attach(py, name, config)?;
             Ok(PyAgent { agent })
         })

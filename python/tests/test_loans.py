@@ -313,3 +313,86 @@ def test_ctrl_c_interrupts_a_task_loan_execute_and_aborts_the_task(
         p = peer(link, echo)
         assert ex.execute("train", W).rc == "OK"  # the exchanger is free again
         p.join()
+
+
+# ---- receive_in_place: loans read where they were written (issue 12) ----------------------
+
+RING = 1 << 20
+BIG = 150 << 10  # float32 elements: 600 KiB, two do not fit a 1 MiB ring
+
+
+def test_receive_in_place_both_ways_with_loans(link: tuple[str, str]) -> None:
+    got: dict[str, Any] = {}
+
+    def trainer() -> None:
+        with shmex.Agent(*link, attach_timeout=10, receive_in_place=True) as agent:
+            task = agent.get_task(timeout=20)
+            assert task is not None
+            got["task_in_place"] = task.in_place
+            got["task_sum"] = float(task.data["w"].sum())
+            with agent.result_loan({"w": ((BIG,), np.float32)}) as loan:
+                np.add(task.data["w"], 1, out=loan["w"])
+                del task
+                got["accepted"] = loan.commit()
+
+    with shmex.Exchanger(
+        *link, task_ring_capacity=RING, result_ring_capacity=RING, receive_in_place=True
+    ) as ex:
+        agent = threading.Thread(target=trainer, daemon=True)
+        agent.start()
+        with ex.task_loan("train", {"w": ((BIG,), np.float32)}) as loan:
+            loan["w"][...] = 2.0
+            reply = loan.execute(timeout=30)
+        agent.join(30)
+        assert got == {"task_in_place": True, "task_sum": 2.0 * BIG, "accepted": True}
+        assert reply.rc == "OK" and reply.in_place
+        np.testing.assert_array_equal(reply.data["w"], np.full(BIG, 3.0, np.float32))
+        assert not reply.data["w"].flags.writeable
+
+
+def test_a_task_viewed_in_place_holds_its_ring_space_until_its_arrays_are_gone(
+    link: tuple[str, str],
+) -> None:
+    def trainer(agent: shmex.Agent) -> list[bool]:
+        seen = []
+        first = agent.get_task(timeout=20)
+        assert first is not None
+        kept = first.data["w"]
+        seen.append(first.in_place)
+        agent.submit_result({"w": np.zeros(1, np.float32)})
+        del first
+        # The second 600 KiB task cannot come while `kept` views the first.
+        assert agent.get_task(timeout=0.3) is None
+        del kept
+        gc.collect()
+        second = agent.get_task(timeout=20)
+        assert second is not None and second.task_id == "t2"
+        seen.append(second.in_place)
+        agent.submit_result({"w": np.zeros(1, np.float32)})
+        return seen
+
+    with shmex.Exchanger(*link, task_ring_capacity=RING) as ex:
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            with shmex.Agent(*link, attach_timeout=10, receive_in_place=True) as agent:
+                result["seen"] = trainer(agent)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        big = {"w": np.ones(BIG, np.float32)}
+        assert ex.execute("train", big, task_id="t1", timeout=30).rc == "OK"
+        assert ex.execute("train", big, task_id="t2", timeout=30).rc == "OK"
+        t.join(30)
+        assert result["seen"] == [True, True]
+
+
+def test_receive_in_place_is_off_by_default_and_checked(link: tuple[str, str], peer: Any) -> None:
+    with shmex.Exchanger(*link) as ex:
+        p = peer(link, echo)
+        reply = ex.execute("train", W)
+        (task,) = p.join()
+        assert not reply.in_place and not task.in_place
+        for bad, error in [(-1, ValueError), (1.5, TypeError), (True, TypeError)]:
+            with pytest.raises(error, match="expected_message_len"):
+                shmex.Agent(*link, attach_timeout=1, expected_message_len=bad)
