@@ -341,6 +341,25 @@ pub struct Attachment {
     role: Role,
     epoch: u64,
     beater: Option<(Arc<StopSignal>, JoinHandle<()>)>,
+    lock: Arc<RoleLock>,
+}
+
+/// The role lock this process holds on a segment, released when the last clone is dropped:
+/// by the [`Attachment`], or later by what must keep other processes (and later attachments
+/// in this one) out of the role, such as records of the incoming ring still read in place
+/// ([`crate::ring::RingHold`]).
+#[derive(Debug)]
+pub struct RoleLock {
+    segment: Arc<Segment>,
+    role: Role,
+}
+
+impl Drop for RoleLock {
+    fn drop(&mut self) {
+        if let Some(fd) = self.segment.fd() {
+            let _ = sys::unlock_byte(fd, self.role.lock_byte());
+        }
+    }
 }
 
 /// Tells the beater thread to stop: a flag and the condvar it sleeps on.
@@ -397,11 +416,16 @@ impl Attachment {
                 .name(format!("shmex-heartbeat-{}", role.name()))
                 .spawn(move || beat(&segment, role, heartbeat_interval, &stop))
         };
+        let lock = Arc::new(RoleLock {
+            segment: Arc::clone(&segment),
+            role,
+        });
         let mut attachment = Attachment {
             segment,
             role,
             epoch,
             beater: None,
+            lock,
         };
         match beater {
             Ok(handle) => {
@@ -426,6 +450,11 @@ impl Attachment {
     /// The segment.
     pub fn segment(&self) -> &Arc<Segment> {
         &self.segment
+    }
+
+    /// The role lock, to keep the role held past this attachment (see [`RoleLock`]).
+    pub fn role_lock(&self) -> Arc<RoleLock> {
+        Arc::clone(&self.lock)
     }
 
     fn side(&self) -> Option<&SideBlock> {
@@ -462,9 +491,7 @@ impl Drop for Attachment {
             side.state
                 .store(SideState::Closed.to_word(), Ordering::Release);
         }
-        if let Some(fd) = self.segment.fd() {
-            let _ = sys::unlock_byte(fd, self.role.lock_byte());
-        }
+        // The role lock goes with the `lock` field, unless a clone still holds it.
     }
 }
 

@@ -554,6 +554,11 @@ impl Link {
         let (out_header, out_data) = ring_parts(&segment, out_offset, out_capacity);
         let (in_header, in_data) = ring_parts(&segment, in_offset, in_capacity);
         let keep: Arc<dyn Send + Sync> = Arc::clone(&segment) as Arc<dyn Send + Sync>;
+        // The consumer's records can outlive it, read in place (`ReadGrant::hold`): they keep
+        // the role lock, so that no later consumer of this ring (here or elsewhere) releases
+        // their bytes to the producer while they are read.
+        let keep_in: Arc<dyn Send + Sync> =
+            Arc::new((Arc::clone(&segment), attachment.role_lock()));
         // SAFETY: `ring_parts` returns pointers into the segment that `validate`/`initialize`
         // laid out by `plan` (header and `capacity` data bytes inside the mapping); `keep`
         // holds the segment mapped for as long as the halves live; this process holds the
@@ -568,9 +573,10 @@ impl Link {
                 Arc::clone(&keep),
             )
         }?;
-        // SAFETY: as above, for the incoming ring.
+        // SAFETY: as above, for the incoming ring; `keep_in` also holds the role lock for as
+        // long as the consumer or any record it holds in place lives.
         let consumer =
-            unsafe { Consumer::from_raw(in_header, in_data, in_capacity, signals, keep) }?;
+            unsafe { Consumer::from_raw(in_header, in_data, in_capacity, signals, keep_in) }?;
         let monitor = PeerMonitor::new(Arc::clone(&segment), role.peer());
         Ok(Link {
             producer,

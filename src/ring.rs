@@ -1115,6 +1115,7 @@ fn publish_head(ring: &RingRef, head: u64) {
 /// advancing, a hold dropped on any thread) republishes it under the lock.
 #[derive(Debug, Default)]
 struct Holds {
+    /// A `std` mutex also under loom: no loom model takes holds.
     state: std::sync::Mutex<HoldState>,
 }
 
@@ -1187,7 +1188,8 @@ impl Consumer {
     /// `header` must point to a [`RingHeader`] and `data` to `capacity` bytes aligned to
     /// [`RECORD_ALIGN`], both valid for reads and writes for as long as `keep` lives, with no
     /// Rust reference to the data bytes held elsewhere; at most one `Consumer` may exist per
-    /// ring at a time.
+    /// ring at a time, and none while a record held by an earlier consumer of the ring
+    /// ([`RingHold`], which keeps that consumer's `keep`) is still live.
     #[cfg(not(loom))]
     pub(crate) unsafe fn from_raw(
         header: NonNull<RingHeader>,
@@ -1373,30 +1375,47 @@ impl<'a> ReadGrant<'a> {
     ///
     /// The producer cannot reuse the held bytes (nor anything after them) until the hold is
     /// dropped, so holds shrink the room the producer has. A hold is refused (the grant comes
-    /// back in `Err`) when, with it, fewer than `keep_free` bytes of the ring could still take
-    /// new records: the caller copies the record out instead, and the records that must keep
-    /// flowing behind it (control messages) still fit.
+    /// back in `Err`) when, with it, fewer than `keep_free` bytes of the ring would be free
+    /// now (counting everything published so far as taken): the caller copies the record out
+    /// instead, and the records that must keep flowing behind it (control messages) still
+    /// fit. `keep_free` is checked once, not reserved: records published later use the room
+    /// too, and free room split by the end of the ring holds smaller records only.
+    ///
+    /// A hold keeps the ring's memory mapped and whatever the consumer was given to keep with
+    /// it (a link's consumer: the role lock, so that no later consumer of the ring, in this
+    /// process or another, can give the held bytes back to the producer).
     pub fn hold(self, keep_free: u64) -> Result<RingHold, ReadGrant<'a>> {
         let capacity = self.consumer.ring.capacity;
-        let start = self.consumer.cursor.head;
-        let end = start.wrapping_add(self.size);
-        let holds = Arc::clone(
-            self.consumer
-                .cursor
-                .holds
-                .get_or_insert_with(|| Arc::new(Holds::default())),
-        );
-        {
-            let mut state = holds.lock();
-            let oldest = state.oldest(start);
-            // Bytes the producer could not write into once this record is held: from the
-            // oldest hold to the end of this record (padding after it only frees more).
-            let pinned = end.wrapping_sub(oldest);
-            if pinned > capacity.saturating_sub(keep_free) {
-                return Err(self);
+        let cursor = &mut self.consumer.cursor;
+        let start = cursor.head;
+        // Bytes the producer cannot write into while this record is held: from the oldest
+        // hold to the last record published so far (everything behind a hold stays taken,
+        // records read later and padding too). Measured now: records published later take
+        // more, until the holds are dropped.
+        let pinned = |oldest: u64| cursor.cached_tail.wrapping_sub(oldest);
+        let limit = capacity.saturating_sub(keep_free);
+        let holds = match &cursor.holds {
+            Some(holds) => {
+                let holds = Arc::clone(holds);
+                {
+                    let mut state = holds.lock();
+                    if pinned(state.oldest(start)) > limit {
+                        return Err(self);
+                    }
+                    state.live.push(start);
+                }
+                holds
             }
-            state.live.push(start);
-        }
+            None => {
+                if pinned(start) > limit {
+                    return Err(self);
+                }
+                let holds = Arc::new(Holds::default());
+                holds.lock().live.push(start);
+                cursor.holds = Some(Arc::clone(&holds));
+                holds
+            }
+        };
         let ring = self.consumer.ring.clone();
         let (ptr, len) = (self.ptr, self.len);
         self.consumer.cursor.advance(&ring, self.size);
@@ -1770,6 +1789,34 @@ mod tests {
         drop(first);
         assert_eq!(header(&p).head.value.load(Ordering::Relaxed), 2112 + 1024);
         assert_eq!(p.free_bytes().unwrap(), 4096, "the whole ring is free");
+    }
+
+    /// Everything published behind a record counts against `keep_free`: records read after
+    /// the held one do not give their room back while it is held.
+    #[test]
+    fn hold_counts_records_published_behind_it() {
+        let (mut p, mut c) = ring(4096);
+        p.push(&pattern(1, 1000), None).unwrap();
+        p.push(&pattern(2, 2000), None).unwrap();
+        let grant = c.try_peek().unwrap().unwrap();
+        // 1,088 + 2,112 bytes published: only 896 would stay free.
+        let grant = grant.hold(1024).expect_err("896 < 1,024 free");
+        let hold = grant.hold(896).unwrap();
+        assert_eq!(pop(&mut c), Some(pattern(2, 2000)));
+        assert_eq!(p.free_bytes().unwrap(), 896);
+        drop(hold);
+        assert_eq!(p.free_bytes().unwrap(), 4096);
+        assert!(c.cursor.holds.is_some());
+        // A refused hold on a fresh consumer does not switch it to the locked path.
+        let (mut p, mut c) = ring(4096);
+        p.push(&pattern(3, 100), None).unwrap();
+        c.try_peek()
+            .unwrap()
+            .unwrap()
+            .hold(4096)
+            .unwrap_err()
+            .release();
+        assert!(c.cursor.holds.is_none());
     }
 
     /// A hold that outlives its consumer stops publishing: the ring's next consumer starts at

@@ -2054,6 +2054,41 @@ fn abort_and_bye_reach_an_agent_that_holds_its_task_in_place() {
     assert!(all_equal(&task.message, 2.0), "the held task is intact");
 }
 
+/// A task read in place keeps the agent's role after the agent is closed: no later agent can
+/// attach (and let the exchanger write over the task) until the task is dropped.
+#[test]
+fn a_task_held_in_place_keeps_the_role_until_dropped() {
+    let (exchanger, agent) = in_place_pair("inplace-role", 1 << 20);
+    let pending = spawn_execute(&exchanger, "t1", watchdog());
+    let task = get(&agent);
+    assert!(task.message.is_in_ring());
+    assert!(agent.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+    agent.close();
+    drop(agent);
+    let quick = agent_config().attach_timeout(Duration::from_millis(300));
+    assert!(
+        Agent::attach(exchanger.name(), quick.clone()).is_err(),
+        "the role is still held by the task"
+    );
+    assert!(all_equal_w(&task.message, &WEIGHTS));
+    drop(task);
+    let next = Agent::attach(exchanger.name(), quick.attach_timeout(WATCHDOG)).unwrap();
+    let pending = spawn_execute(&exchanger, "t2", watchdog());
+    assert_eq!(get(&next).id, "t2");
+    assert!(next.submit_result(&diff(), ReturnCode::Ok).unwrap());
+    assert_eq!(join(pending).rc, ReturnCode::Ok);
+}
+
+fn all_equal_w(message: &OwnedMessage, want: &[f32]) -> bool {
+    message
+        .tensor_by_name("w")
+        .unwrap()
+        .as_slice::<f32>()
+        .unwrap()
+        == want
+}
+
 #[test]
 fn a_held_task_keeps_the_next_one_out_until_dropped_and_a_task_too_large_to_hold_is_copied() {
     let (exchanger, agent) = in_place_pair("inplace-next", 1 << 20);
