@@ -1115,8 +1115,7 @@ fn publish_head(ring: &RingRef, head: u64) {
 /// advancing, a hold dropped on any thread) republishes it under the lock.
 #[derive(Debug, Default)]
 struct Holds {
-    /// A `std` mutex also under loom: no loom model takes holds.
-    state: std::sync::Mutex<HoldState>,
+    state: crate::sync::Mutex<HoldState>,
 }
 
 #[derive(Debug, Default)]
@@ -1129,7 +1128,7 @@ struct HoldState {
 }
 
 impl Holds {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HoldState> {
+    fn lock(&self) -> crate::sync::MutexGuard<'_, HoldState> {
         // Nothing panics while the lock is held; a poisoned state is still consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

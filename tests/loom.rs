@@ -93,3 +93,29 @@ fn a_producer_blocked_on_a_full_ring_is_woken_by_a_release() {
         reader.join().unwrap();
     });
 }
+
+/// A record held in place (`ReadGrant::hold`) and dropped on another thread, while the
+/// consumer reads on and the producer waits for room: the producer never writes over the
+/// held bytes, and the drop wakes it (a lost wake-up would deadlock the model).
+#[test]
+fn a_hold_dropped_on_another_thread_frees_its_room_and_wakes_the_producer() {
+    model(|| {
+        let (mut producer, mut consumer) = in_process(256, signals()).unwrap();
+        // Two records fill the ring: A [0,128), B [128,256).
+        producer.try_push(&[1; 64]).unwrap();
+        producer.try_push(&[2; 1]).unwrap();
+        let hold = consumer.try_peek().unwrap().unwrap().hold(0).unwrap();
+        let dropper = thread::spawn(move || {
+            assert_eq!(hold.as_slice()[0], 1, "the held bytes are intact");
+            drop(hold);
+        });
+        let writer = thread::spawn(move || {
+            // Needs A's room: only there once B is read and the hold is dropped.
+            push(&mut producer, 64, 3);
+        });
+        expect(&mut consumer, 1, 2);
+        expect(&mut consumer, 64, 3);
+        dropper.join().unwrap();
+        writer.join().unwrap();
+    });
+}
