@@ -18,7 +18,8 @@ W = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
 
 
 def started(link: tuple[str, str]) -> IPCAgent:
-    agent = IPCAgent("", link[0], link[1], "", attach_timeout=10)
+    # A receive buffer reserved up front (shmex's own option) changes nothing else.
+    agent = IPCAgent("", link[0], link[1], "", attach_timeout=10, expected_message_len=1 << 20)
     agent.start()
     return agent
 
@@ -246,8 +247,11 @@ def test_shmex_exchanger_executes_a_dxo_task(link: tuple[str, str]) -> None:
     from shmex.flare import ShmexExchanger
 
     site, agent_id = link
-    executor = ShmexExchanger(agent_id=agent_id, agent_heartbeat_timeout=30.0)
+    executor = ShmexExchanger(
+        agent_id=agent_id, agent_heartbeat_timeout=30.0, expected_message_len=1 << 20
+    )
     assert executor.agent_heartbeat_timeout == 30.0 and executor.train_command is None
+    assert executor.expected_message_len == 1 << 20
     ctx = _fl_ctx(site)
     executor.handle_event(EventType.START_RUN, ctx)
 

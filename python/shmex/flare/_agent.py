@@ -101,8 +101,10 @@ class IPCAgent:
     ``secure_mode`` and ``decomposer_module`` are accepted and not needed (the link is a
     segment only the same user can open; arrays need no decomposer). ``flare_site_name`` and
     ``agent_id`` default to ``$SHMEX_SITE`` and ``$SHMEX_AGENT_ID`` (set for a trainer that
-    ``ShmexExchanger`` starts). ``attach_timeout`` (shmex's own): how long :meth:`start` waits
-    for the FLARE site's segment to appear; default ``flare_site_connection_timeout``.
+    ``ShmexExchanger`` starts). shmex's own, keyword-only: ``attach_timeout``, how long
+    :meth:`start` waits for the FLARE site's segment to appear (default
+    ``flare_site_connection_timeout``); ``expected_message_len``, the largest task's bytes if
+    known, so that the receive buffer is faulted in at :meth:`start`, not during round 1.
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class IPCAgent:
         decomposer_module: Optional[str] = None,
         *,
         attach_timeout: Optional[float] = None,
+        expected_message_len: Optional[int] = None,
     ) -> None:
         """Checks the names; nothing is attached before :meth:`start`."""
         site, agent = link_names(flare_site_name, agent_id)
@@ -146,6 +149,8 @@ class IPCAgent:
             flare_site_connection_timeout if attach_timeout is None else attach_timeout
         )
         """How long :meth:`start` waits for the FLARE site's segment."""
+        self.expected_message_len = expected_message_len
+        """The largest task's bytes, if known (its receive buffer is reserved at start)."""
         self.is_started = False
         """Whether :meth:`start` was called."""
         self.is_stopped = False
@@ -181,6 +186,7 @@ class IPCAgent:
                 flare_site_heartbeat_timeout=self.flare_site_heartbeat_timeout,
                 resend_result_interval=self.resend_result_interval,
                 attach_timeout=self.attach_timeout,
+                expected_message_len=self.expected_message_len,
             )
             self.is_started = True
 

@@ -76,8 +76,10 @@ class ShmexExchanger(Executor):  # type: ignore[misc]  # nvflare has no type inf
     started at START_RUN with ``$SHMEX_SITE``, ``$SHMEX_AGENT_ID`` and ``$SHMEX_JOB_ID`` set,
     and ended at END_RUN), ``train_command_cwd`` (its working directory, default the
     client's), ``result_timeout`` (longest wait for a result, ``None``: forever, as FLARE),
-    ``ring_capacity`` (bytes of each ring, ``None``: shmex's default). Every argument is kept
-    under an attribute of its own name, which FLARE's job export reads back.
+    ``ring_capacity`` (bytes of each ring, ``None``: shmex's default), ``expected_message_len``
+    (the largest result's bytes, if known: its receive buffer is faulted in at START_RUN, not
+    during round 1). Every argument is kept under an attribute of its own name, which FLARE's
+    job export reads back.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class ShmexExchanger(Executor):  # type: ignore[misc]  # nvflare has no type inf
         train_command_cwd: Optional[str] = None,
         result_timeout: Optional[float] = None,
         ring_capacity: Optional[int] = None,
+        expected_message_len: Optional[int] = None,
     ) -> None:
         """Keeps the arguments; the link is created at START_RUN."""
         Executor.__init__(self)
@@ -107,6 +110,7 @@ class ShmexExchanger(Executor):  # type: ignore[misc]  # nvflare has no type inf
         self.train_command_cwd = train_command_cwd
         self.result_timeout = result_timeout
         self.ring_capacity = ring_capacity
+        self.expected_message_len = expected_message_len
         self.exchanger: Optional[Exchanger] = None
         """The shmex exchanger, from START_RUN to END_RUN."""
         self.trainer: Optional[subprocess.Popen[bytes]] = None
@@ -152,6 +156,7 @@ class ShmexExchanger(Executor):  # type: ignore[misc]  # nvflare has no type inf
                 agent_heartbeat_interval=self.agent_heartbeat_interval,
                 agent_ack_timeout=self.agent_ack_timeout,
                 result_timeout=self.result_timeout,
+                expected_message_len=self.expected_message_len,
                 **options,
             )
         except Exception as e:
