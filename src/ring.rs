@@ -1390,31 +1390,17 @@ impl<'a> ReadGrant<'a> {
         // Bytes the producer cannot write into while this record is held: from the oldest
         // hold to the last record published so far (everything behind a hold stays taken,
         // records read later and padding too). Measured now: records published later take
-        // more, until the holds are dropped.
-        let pinned = |oldest: u64| cursor.cached_tail.wrapping_sub(oldest);
-        let limit = capacity.saturating_sub(keep_free);
-        let holds = match &cursor.holds {
-            Some(holds) => {
-                let holds = Arc::clone(holds);
-                {
-                    let mut state = holds.lock();
-                    if pinned(state.oldest(start)) > limit {
-                        return Err(self);
-                    }
-                    state.live.push(start);
-                }
-                holds
-            }
-            None => {
-                if pinned(start) > limit {
-                    return Err(self);
-                }
-                let holds = Arc::new(Holds::default());
-                holds.lock().live.push(start);
-                cursor.holds = Some(Arc::clone(&holds));
-                holds
-            }
-        };
+        // more, until the holds are dropped. Only this thread adds holds (others only drop
+        // them, which frees room), so the check and the push need not share one lock.
+        let oldest = cursor
+            .holds
+            .as_ref()
+            .map_or(start, |h| h.lock().oldest(start));
+        if cursor.cached_tail.wrapping_sub(oldest) > capacity.saturating_sub(keep_free) {
+            return Err(self);
+        }
+        let holds = Arc::clone(cursor.holds.get_or_insert_with(Arc::default));
+        holds.lock().live.push(start);
         let ring = self.consumer.ring.clone();
         let (ptr, len) = (self.ptr, self.len);
         self.consumer.cursor.advance(&ring, self.size);

@@ -1998,9 +1998,17 @@ fn big_task(exchanger: &Exchanger, id: &str, len: u64, value: f32) -> TaskLoan {
     loan
 }
 
+/// The f32 tensor `w` of a message, viewed in place.
+fn w_of(message: &OwnedMessage) -> &[f32] {
+    message
+        .tensor_by_name("w")
+        .unwrap()
+        .as_slice::<f32>()
+        .unwrap()
+}
+
 fn all_equal(message: &OwnedMessage, value: f32) -> bool {
-    let w = message.tensor_by_name("w").unwrap();
-    w.as_slice::<f32>().unwrap().iter().all(|&x| x == value)
+    w_of(message).iter().all(|&x| x == value)
 }
 
 #[test]
@@ -2071,22 +2079,13 @@ fn a_task_held_in_place_keeps_the_role_until_dropped() {
         Agent::attach(exchanger.name(), quick.clone()).is_err(),
         "the role is still held by the task"
     );
-    assert!(all_equal_w(&task.message, &WEIGHTS));
+    assert!(w_of(&task.message) == WEIGHTS);
     drop(task);
     let next = Agent::attach(exchanger.name(), quick.attach_timeout(WATCHDOG)).unwrap();
     let pending = spawn_execute(&exchanger, "t2", watchdog());
     assert_eq!(get(&next).id, "t2");
     assert!(next.submit_result(&diff(), ReturnCode::Ok).unwrap());
     assert_eq!(join(pending).rc, ReturnCode::Ok);
-}
-
-fn all_equal_w(message: &OwnedMessage, want: &[f32]) -> bool {
-    message
-        .tensor_by_name("w")
-        .unwrap()
-        .as_slice::<f32>()
-        .unwrap()
-        == want
 }
 
 #[test]

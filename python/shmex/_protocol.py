@@ -59,13 +59,10 @@ def _check_round(what: str, value: object) -> Optional[int]:
 
 def _check_length(what: str, value: object) -> Optional[int]:
     """A byte count (an ``int`` >= 0) or ``None``; checked."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int or None, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{what} must be >= 0, got {value}")
-    return value
+    length = _check_round(what, value)
+    if length is not None and length < 0:
+        raise ValueError(f"{what} must be >= 0, got {length}")
+    return length
 
 
 def _check_abort(abort: object) -> None:
